@@ -1,0 +1,109 @@
+# Tandem: the one entry point. Non-recursive; quiet unless V=1.
+#   make            build tandemd, tandemctl and the tests (release)
+#   make test       all test tiers; ends with "N passed, N failed, N skipped"
+#   make test-unit | test-scenario
+#   make demo       a real two-node cluster in namespaces, with a failover
+#   make MODE=asan test   ASan+UBSan build of everything
+.DEFAULT_GOAL := all
+MODE ?= release
+OUT  := build/$(MODE)
+CXX  ?= g++
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iebpf/include -Iagent/include \
+            -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_ASIO_NO_DEPRECATED
+CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -g -MMD -MP -pipe
+LDLIBS   := -lfmt -lcrypto -lsystemd -lpthread
+NL_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 2>/dev/null)
+NL_LIBS   := $(shell pkg-config --libs libnl-route-3.0 2>/dev/null)
+CPPFLAGS += $(NL_CFLAGS)
+
+ifeq ($(MODE),release)
+CXXFLAGS += -O2
+else ifeq ($(MODE),asan)
+CXXFLAGS += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS  += -fsanitize=address,undefined
+else ifeq ($(MODE),tsan)
+CXXFLAGS += -O1 -fsanitize=thread
+LDFLAGS  += -fsanitize=thread
+else
+$(error MODE must be release, asan or tsan, not '$(MODE)')
+endif
+
+# ---- components: one static library each; agent -> {netlink, replication, ebpf} -> base
+define component
+$(1)_SRCS := $$(filter-out $$($(1)_MAINS),$$(wildcard $(1)/src/*.cpp))
+$(1)_OBJS := $$($(1)_SRCS:%.cpp=$(OUT)/obj/%.o)
+$(1)_LIB  := $(OUT)/lib/libtandem_$(1).a
+$$($(1)_LIB): $$($(1)_OBJS)
+	@mkdir -p $$(@D)
+	@echo "  AR      $$@"
+	$(Q)rm -f $$@ && ar rcs $$@ $$^
+endef
+
+agent_MAINS := agent/src/tandemd.cpp agent/src/tandemctl.cpp
+COMPONENTS := base netlink agent
+$(foreach c,$(COMPONENTS),$(eval $(call component,$(c))))
+
+LIBS := $(agent_LIB) $(netlink_LIB) $(base_LIB)
+
+$(OUT)/obj/%.o: %.cpp
+	@mkdir -p $(@D)
+	@echo "  CXX     $<"
+	$(Q)$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
+
+TANDEMD   := $(OUT)/bin/tandemd
+TANDEMCTL := $(OUT)/bin/tandemctl
+TESTS_BIN := $(OUT)/bin/tandem-tests
+
+$(TANDEMD): $(OUT)/obj/agent/src/tandemd.o $(LIBS)
+	@mkdir -p $(@D)
+	@echo "  LD      $@"
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+
+$(TANDEMCTL): $(OUT)/obj/agent/src/tandemctl.o $(LIBS)
+	@mkdir -p $(@D)
+	@echo "  LD      $@"
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+
+TEST_SRCS := $(wildcard tests/unit/*.cpp tests/scenario/*.cpp tests/support/*.cpp)
+TEST_OBJS := $(TEST_SRCS:%.cpp=$(OUT)/obj/%.o)
+$(OUT)/obj/tests/%.o: CPPFLAGS += -Itests
+$(TESTS_BIN): $(TEST_OBJS) $(LIBS)
+	@mkdir -p $(@D)
+	@echo "  LD      $@"
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+
+.PHONY: all deps test test-unit test-scenario demo clean format tidy
+all: deps
+	$(Q)$(MAKE) --no-print-directory build-only
+
+.PHONY: build-only
+build-only: $(TANDEMD) $(TANDEMCTL) $(TESTS_BIN)
+
+deps:
+	$(Q)scripts/deps.sh
+
+# Test tiers are Catch2 tags; tests/run prints the final tally line.
+test: all
+	$(Q)tests/run $(TESTS_BIN) "[unit],[kernel],[scenario]"
+test-unit: all
+	$(Q)tests/run $(TESTS_BIN) "[unit]"
+test-scenario: all
+	$(Q)tests/run $(TESTS_BIN) "[scenario]"
+
+demo: all
+	$(Q)scripts/demo.sh $(OUT)/bin
+
+clean:
+	rm -rf build
+
+format:
+	clang-format -i $(shell git ls-files '*.cpp' '*.hpp')
+
+-include $(shell find $(OUT)/obj -name '*.d' 2>/dev/null)
