@@ -1,0 +1,120 @@
+// agent: tandemd's configuration — the TOML schema, validation and what a reload may change.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tandem::agent {
+
+enum class node_role : std::uint8_t { primary = 1, secondary = 2 };
+enum class backend_kind : std::uint8_t { none, uring, drbd, shared };
+enum class connectivity_rule : std::uint8_t { any, all };
+
+// An IP address with an optional prefix, kept in the form the kernel wants.
+struct ip_address {
+    int family = 0;                        // AF_INET or AF_INET6
+    std::array<std::uint8_t, 16> bytes{};  // network order; IPv4 uses the first 4
+    int prefix = -1;                       // -1 when the text had none
+    std::string text;                      // as written, without the prefix
+
+    [[nodiscard]] bool same_subnet(const ip_address& other, int prefix_len) const;
+    [[nodiscard]] bool operator==(const ip_address& o) const { return family == o.family && bytes == o.bytes; }
+};
+
+struct config {
+    std::string path;  // the file it was read from
+
+    struct {
+        std::string name;
+        ip_address vip;         // with prefix
+        std::string interface;  // management interface; the VIP goes on "<interface>:0"
+    } cluster;
+    struct {
+        std::string name;
+        node_role role = node_role::primary;
+        ip_address address;
+        std::string software_version;  // advertised to the peer; defaults to the build's version
+    } node;
+    struct {
+        std::string name;
+        ip_address address;
+    } peer;
+    struct {
+        std::chrono::milliseconds interval{10'000};
+        std::chrono::milliseconds timeout{30'000};
+        std::uint16_t port = 694;
+        std::vector<std::string> links;
+    } heartbeat;
+    struct {
+        std::vector<ip_address> targets;
+        std::chrono::milliseconds timeout{1000};   // per ping round
+        std::chrono::milliseconds interval{10'000};  // how often the active node tests
+        connectivity_rule require = connectivity_rule::any;
+    } connectivity;
+    struct {
+        std::string key_file;
+        std::vector<std::byte> key;  // never logged
+    } auth;
+    struct {
+        backend_kind backend = backend_kind::none;
+        std::uint16_t port = 7789;
+        std::uint32_t rate_mib = 100;  // MiB/s, 1..4096
+        std::string device;
+    } replication;
+    struct {
+        std::string interface;  // empty: no crossover link
+        std::optional<ip_address> address;
+        std::optional<ip_address> peer_address;
+    } crossover;
+    struct {
+        std::string socket = "/run/tandem/tandemd.sock";
+    } control;
+    struct {
+        std::string store_path;     // empty: no writability probe
+        std::string check_command;  // empty: none
+        std::chrono::milliseconds interval{5000};
+        std::chrono::milliseconds command_timeout{10'000};
+    } health;
+    struct {
+        std::string start;  // hooks run in failover phase 4 and on release
+        std::string stop;
+        std::chrono::milliseconds timeout{30'000};
+    } services;
+
+    // Where heartbeats go on `link`: the peer's management address, or its
+    // crossover address on the crossover interface.
+    [[nodiscard]] const ip_address& peer_address_on(const std::string& link) const;
+};
+
+// Every problem found, one per line: "FILE:LINE: key = value: what is allowed".
+class config_error : public std::runtime_error {
+public:
+    explicit config_error(const std::vector<std::string>& problems);
+    std::vector<std::string> problems;
+};
+
+// Reads and validates the file, including the key file (mode 0600, >= 32 bytes).
+// Throws config_error listing every problem found.
+[[nodiscard]] config load_config(const std::string& path);
+// The same for text already in memory (tests); `key_file` paths are still read.
+[[nodiscard]] config parse_config(std::string_view text, const std::string& path);
+
+// What a reload may apply without moving the VIP (the seeds' "Editing an HA
+// Cluster": heartbeat, connectivity and rate), and what needs a re-pairing.
+struct reload_plan {
+    std::vector<std::string> applied;  // "heartbeat.interval: 10s -> 1s"
+    std::vector<std::string> refused;  // "cluster.vip: changing it needs a re-pairing ..."
+    [[nodiscard]] bool ok() const { return refused.empty(); }
+};
+[[nodiscard]] reload_plan plan_reload(const config& running, const config& fresh);
+
+[[nodiscard]] const char* to_string(node_role r) noexcept;
+[[nodiscard]] const char* to_string(backend_kind b) noexcept;
+
+}  // namespace tandem::agent

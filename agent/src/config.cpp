@@ -1,0 +1,529 @@
+// agent: TOML configuration reading and validation; every error names file, line, key, value and what is allowed.
+#include "tandem/agent/config.hpp"
+
+#include "tandem/base/duration.hpp"
+#include "tandem/agent/version.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <net/if.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace tandem::agent {
+
+namespace {
+
+constexpr std::size_t min_key_bytes = 32;
+constexpr std::size_t max_key_bytes = 4096;
+
+std::string join(const std::vector<std::string>& v, std::string_view sep) {
+    std::string s;
+    for (std::size_t i = 0; i < v.size(); ++i) s += (i ? std::string(sep) : "") + v[i];
+    return s;
+}
+
+std::string repr(const toml::node& n) {
+    std::ostringstream os;
+    n.visit([&](auto&& v) {
+        if constexpr (toml::is_string<decltype(v)>) os << '"' << v.get() << '"';
+        else if constexpr (toml::is_number<decltype(v)> || toml::is_boolean<decltype(v)>) os << v;
+        else if constexpr (toml::is_array<decltype(v)>) os << "[...]";
+        else os << "{...}";
+    });
+    return os.str();
+}
+
+// Collects problems with their source positions while a file is read.
+class reader {
+public:
+    explicit reader(std::string path) : path_(std::move(path)) {}
+
+    void problem(const toml::node* n, std::string_view key, std::string_view what) {
+        std::string where = path_;
+        if (n && n->source().begin.line) where += fmt::format(":{}", n->source().begin.line);
+        if (n && !n->is_table())
+            problems_.push_back(fmt::format("{}: {} = {}: {}", where, key, repr(*n), what));
+        else
+            problems_.push_back(fmt::format("{}: {}: {}", where, key, what));
+    }
+    void problem_at(std::string_view key, std::string_view what) {
+        problems_.push_back(fmt::format("{}: {}: {}", path_, key, what));
+    }
+    [[nodiscard]] const std::vector<std::string>& problems() const { return problems_; }
+
+    // A section with a fixed set of keys; unknown keys are errors (a typo must
+    // not silently fall back to a default on a production cluster).
+    const toml::table* section(const toml::table& root, std::string_view name, bool required,
+                               std::initializer_list<std::string_view> keys) {
+        const toml::node* n = root.get(name);
+        if (!n) {
+            if (required) problem_at(fmt::format("[{}]", name), "missing section");
+            return nullptr;
+        }
+        const toml::table* t = n->as_table();
+        if (!t) {
+            problem(n, name, "must be a table, e.g. [" + std::string(name) + "]");
+            return nullptr;
+        }
+        for (auto&& [k, v] : *t) {
+            if (std::find(keys.begin(), keys.end(), k.str()) == keys.end()) {
+                std::vector<std::string> allowed(keys.begin(), keys.end());
+                problem(&v, fmt::format("{}.{}", name, k.str()), "unknown key; allowed: " + join(allowed, ", "));
+            }
+        }
+        return t;
+    }
+
+    std::optional<std::string> string(const toml::table* t, std::string_view sec, std::string_view key,
+                                      bool required) {
+        if (!t) return std::nullopt;
+        const toml::node* n = t->get(key);
+        auto full = fmt::format("{}.{}", sec, key);
+        if (!n) {
+            if (required) problem_at(full, "missing (required)");
+            return std::nullopt;
+        }
+        if (auto s = n->value<std::string>()) return *s;
+        problem(n, full, "must be a string");
+        return std::nullopt;
+    }
+
+    std::optional<std::int64_t> integer(const toml::table* t, std::string_view sec, std::string_view key,
+                                        std::int64_t lo, std::int64_t hi, std::string_view unit = "") {
+        if (!t) return std::nullopt;
+        const toml::node* n = t->get(key);
+        if (!n) return std::nullopt;
+        auto full = fmt::format("{}.{}", sec, key);
+        auto v = n->value_exact<std::int64_t>();
+        if (!v || *v < lo || *v > hi) {
+            problem(n, full, fmt::format("must be an integer from {} to {}{}", lo, hi, unit));
+            return std::nullopt;
+        }
+        return *v;
+    }
+
+    std::optional<std::chrono::milliseconds> duration(const toml::table* t, std::string_view sec,
+                                                      std::string_view key, std::chrono::milliseconds lo,
+                                                      std::chrono::milliseconds hi) {
+        if (!t) return std::nullopt;
+        const toml::node* n = t->get(key);
+        if (!n) return std::nullopt;
+        auto full = fmt::format("{}.{}", sec, key);
+        auto allowed = fmt::format("must be a duration such as \"50ms\", \"10s\" or \"2min\", from {} to {}",
+                                   format_duration(lo), format_duration(hi));
+        auto s = n->value<std::string>();
+        if (!s) {
+            problem(n, full, allowed);
+            return std::nullopt;
+        }
+        auto d = parse_duration(*s);
+        if (!d || *d < lo || *d > hi) {
+            problem(n, full, allowed);
+            return std::nullopt;
+        }
+        return *d;
+    }
+
+    std::vector<std::pair<std::string, const toml::node*>> strings(const toml::table* t, std::string_view sec,
+                                                                   std::string_view key) {
+        std::vector<std::pair<std::string, const toml::node*>> out;
+        if (!t) return out;
+        const toml::node* n = t->get(key);
+        if (!n) return out;
+        auto full = fmt::format("{}.{}", sec, key);
+        const toml::array* a = n->as_array();
+        if (!a) {
+            problem(n, full, "must be a list of strings, e.g. [\"a\", \"b\"]");
+            return out;
+        }
+        for (auto&& e : *a) {
+            if (auto s = e.value<std::string>()) out.emplace_back(*s, &e);
+            else problem(&e, full, "every element must be a string");
+        }
+        return out;
+    }
+
+    template <class E>
+    std::optional<E> choice(const toml::table* t, std::string_view sec, std::string_view key,
+                            std::initializer_list<std::pair<std::string_view, E>> options) {
+        auto s = string(t, sec, key, false);
+        if (!s) return std::nullopt;
+        for (auto& [name, e] : options)
+            if (*s == name) return e;
+        std::vector<std::string> names;
+        for (auto& [name, e] : options) names.emplace_back(name);
+        problem(t->get(key), fmt::format("{}.{}", sec, key), "must be one of: " + join(names, ", "));
+        return std::nullopt;
+    }
+
+private:
+    std::string path_;
+    std::vector<std::string> problems_;
+};
+
+std::optional<ip_address> parse_ip(std::string_view text, bool with_prefix) {
+    ip_address a;
+    std::string addr(text);
+    if (auto slash = addr.find('/'); slash != std::string::npos) {
+        if (!with_prefix) return std::nullopt;
+        std::string p = addr.substr(slash + 1);
+        addr.resize(slash);
+        if (p.empty() || p.size() > 3 || !std::all_of(p.begin(), p.end(), ::isdigit)) return std::nullopt;
+        a.prefix = std::stoi(p);
+    } else if (with_prefix) {
+        return std::nullopt;
+    }
+    if (::inet_pton(AF_INET, addr.c_str(), a.bytes.data()) == 1) a.family = AF_INET;
+    else if (::inet_pton(AF_INET6, addr.c_str(), a.bytes.data()) == 1) a.family = AF_INET6;
+    else return std::nullopt;
+    int max = a.family == AF_INET ? 32 : 128;
+    if (with_prefix && (a.prefix < 1 || a.prefix > max)) return std::nullopt;
+    a.text = addr;
+    return a;
+}
+
+bool valid_ifname(std::string_view s) {
+    // The kernel's dev_valid_name(): 1..IFNAMSIZ-1 bytes, no '/', ':' or whitespace, not "." or "..".
+    if (s.empty() || s.size() >= IFNAMSIZ || s == "." || s == "..") return false;
+    return std::none_of(s.begin(), s.end(), [](char c) { return c == '/' || c == ':' || std::isspace(c); });
+}
+
+bool valid_name(std::string_view s) {
+    return !s.empty() && s.size() <= 63 &&
+           std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+
+void read_key(reader& r, config& c, const toml::table* auth) {
+    const toml::node* n = auth ? auth->get("key_file") : nullptr;
+    const std::string& path = c.auth.key_file;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        r.problem(n, "auth.key_file", fmt::format("cannot open: {}", std::strerror(errno)));
+        return;
+    }
+    struct stat st {};
+    ::fstat(fd, &st);
+    if (!S_ISREG(st.st_mode)) {
+        r.problem(n, "auth.key_file", "must be a regular file");
+    } else if ((st.st_mode & 077) != 0) {
+        r.problem(n, "auth.key_file",
+                  fmt::format("mode is {:04o}; the shared secret must be readable by its owner only (chmod 0600)",
+                              st.st_mode & 07777));
+    } else if (st.st_size < static_cast<off_t>(min_key_bytes) || st.st_size > static_cast<off_t>(max_key_bytes)) {
+        r.problem(n, "auth.key_file",
+                  fmt::format("is {} bytes; the shared secret must be {} to {} bytes "
+                              "(e.g. head -c 64 /dev/urandom > FILE)",
+                              st.st_size, min_key_bytes, max_key_bytes));
+    } else {
+        c.auth.key.resize(static_cast<std::size_t>(st.st_size));
+        if (::read(fd, c.auth.key.data(), c.auth.key.size()) != st.st_size) {
+            r.problem(n, "auth.key_file", "short read");
+            c.auth.key.clear();
+        }
+    }
+    ::close(fd);
+}
+
+config validate(const toml::table& root, const std::string& path) {
+    reader r(path);
+    config c;
+    c.path = path;
+    for (auto&& [k, v] : root) {
+        static const std::set<std::string_view> sections = {"cluster",      "node", "peer",    "heartbeat",
+                                                             "connectivity", "auth", "replication", "crossover",
+                                                             "control",      "health", "services"};
+        if (!sections.count(k.str()))
+            r.problem(&v, k.str(), "unknown section; allowed: " +
+                                       join({"cluster", "node", "peer", "heartbeat", "connectivity", "auth",
+                                             "replication", "crossover", "control", "health", "services"},
+                                            ", "));
+    }
+
+    auto ip_field = [&](const toml::table* t, std::string_view sec, std::string_view key, bool required,
+                        bool prefix) -> std::optional<ip_address> {
+        auto s = r.string(t, sec, key, required);
+        if (!s) return std::nullopt;
+        auto a = parse_ip(*s, prefix);
+        if (!a)
+            r.problem(t->get(key), fmt::format("{}.{}", sec, key),
+                      prefix ? "must be an IPv4 or IPv6 address with a prefix length, e.g. \"10.77.0.100/24\" "
+                               "(1..32 for IPv4, 1..128 for IPv6)"
+                             : "must be an IPv4 or IPv6 address without a prefix, e.g. \"10.77.0.1\"");
+        return a;
+    };
+    auto name_field = [&](const toml::table* t, std::string_view sec, std::string_view key) {
+        auto s = r.string(t, sec, key, true);
+        if (s && !valid_name(*s))
+            r.problem(t->get(key), fmt::format("{}.{}", sec, key),
+                      "must be 1 to 63 characters of letters, digits, '-', '_' or '.'");
+        return s.value_or("");
+    };
+    auto ifname_field = [&](const toml::table* t, std::string_view sec, std::string_view key, bool required,
+                            std::size_t max_len) -> std::string {
+        auto s = r.string(t, sec, key, required);
+        if (!s) return "";
+        if (!valid_ifname(*s) || s->size() > max_len)
+            r.problem(t->get(key), fmt::format("{}.{}", sec, key),
+                      fmt::format("must be a network interface name of 1 to {} characters without '/', ':' or "
+                                  "spaces",
+                                  max_len));
+        return *s;
+    };
+
+    auto* cl = r.section(root, "cluster", true, {"name", "vip", "interface"});
+    c.cluster.name = name_field(cl, "cluster", "name");
+    if (auto v = ip_field(cl, "cluster", "vip", true, true)) c.cluster.vip = *v;
+    // The alias "<ifname>:0" is an IFA_LABEL, at most IFNAMSIZ-1 = 15 characters.
+    c.cluster.interface = ifname_field(cl, "cluster", "interface", true, IFNAMSIZ - 1 - 2);
+
+    auto* nd = r.section(root, "node", true, {"name", "role", "address", "software_version"});
+    c.node.name = name_field(nd, "node", "name");
+    if (auto role = r.choice<node_role>(nd, "node", "role",
+                                        {{"primary", node_role::primary}, {"secondary", node_role::secondary}}))
+        c.node.role = *role;
+    else if (nd && !nd->get("role"))
+        r.problem_at("node.role", "missing (required): primary or secondary");
+    if (auto v = ip_field(nd, "node", "address", true, false)) c.node.address = *v;
+    c.node.software_version = r.string(nd, "node", "software_version", false).value_or(tandem_version);
+
+    auto* pe = r.section(root, "peer", true, {"name", "address"});
+    c.peer.name = name_field(pe, "peer", "name");
+    if (auto v = ip_field(pe, "peer", "address", true, false)) c.peer.address = *v;
+
+    auto* hb = r.section(root, "heartbeat", false, {"interval", "timeout", "port", "links"});
+    using std::chrono::milliseconds;
+    if (auto d = r.duration(hb, "heartbeat", "interval", milliseconds(10), milliseconds(600'000)))
+        c.heartbeat.interval = *d;
+    if (auto d = r.duration(hb, "heartbeat", "timeout", milliseconds(30), milliseconds(3'600'000)))
+        c.heartbeat.timeout = *d;
+    if (c.heartbeat.timeout <= 2 * c.heartbeat.interval) {
+        const toml::node* n = hb ? hb->get("timeout") : nullptr;
+        r.problem(n, "heartbeat.timeout",
+                  fmt::format("must exceed 2 x heartbeat.interval (2 x {} = {}), so that one lost heartbeat "
+                              "never causes a failover",
+                              format_duration(c.heartbeat.interval), format_duration(2 * c.heartbeat.interval)));
+    }
+    if (auto p = r.integer(hb, "heartbeat", "port", 1, 65535)) c.heartbeat.port = static_cast<std::uint16_t>(*p);
+    for (auto& [link, n] : r.strings(hb, "heartbeat", "links")) {
+        if (!valid_ifname(link))
+            r.problem(n, "heartbeat.links", "every element must be a network interface name");
+        else if (std::find(c.heartbeat.links.begin(), c.heartbeat.links.end(), link) != c.heartbeat.links.end())
+            r.problem(n, "heartbeat.links", fmt::format("lists \"{}\" twice", link));
+        else
+            c.heartbeat.links.push_back(link);
+    }
+    if (c.heartbeat.links.empty() && !c.cluster.interface.empty()) c.heartbeat.links.push_back(c.cluster.interface);
+
+    auto* co = r.section(root, "connectivity", false, {"targets", "timeout", "interval", "require"});
+    for (auto& [t, n] : r.strings(co, "connectivity", "targets")) {
+        if (auto a = parse_ip(t, false)) c.connectivity.targets.push_back(*a);
+        else r.problem(n, "connectivity.targets", "every element must be an IPv4 or IPv6 address");
+    }
+    if (auto d = r.duration(co, "connectivity", "timeout", milliseconds(10), milliseconds(60'000)))
+        c.connectivity.timeout = *d;
+    if (auto d = r.duration(co, "connectivity", "interval", milliseconds(100), milliseconds(3'600'000)))
+        c.connectivity.interval = *d;
+    if (auto q = r.choice<connectivity_rule>(co, "connectivity", "require",
+                                             {{"any", connectivity_rule::any}, {"all", connectivity_rule::all}}))
+        c.connectivity.require = *q;
+
+    auto* au = r.section(root, "auth", true, {"key_file"});
+    if (auto k = r.string(au, "auth", "key_file", true)) {
+        c.auth.key_file = *k;
+        read_key(r, c, au);
+    }
+
+    auto* re = r.section(root, "replication", false, {"backend", "port", "rate", "device"});
+    if (auto b = r.choice<backend_kind>(re, "replication", "backend",
+                                        {{"none", backend_kind::none},
+                                         {"uring", backend_kind::uring},
+                                         {"drbd", backend_kind::drbd},
+                                         {"shared", backend_kind::shared}}))
+        c.replication.backend = *b;
+    if (auto p = r.integer(re, "replication", "port", 1, 65535)) c.replication.port = static_cast<std::uint16_t>(*p);
+    // The seeds' disk synchronization rate: default 100 MB/s, DRBD's ceiling 4096 MB/s.
+    if (auto v = r.integer(re, "replication", "rate", 1, 4096, " MB/s (MiB/s)"))
+        c.replication.rate_mib = static_cast<std::uint32_t>(*v);
+    c.replication.device = r.string(re, "replication", "device", false).value_or("");
+    if ((c.replication.backend == backend_kind::uring || c.replication.backend == backend_kind::drbd ||
+         c.replication.backend == backend_kind::shared) &&
+        c.replication.device.empty())
+        r.problem_at("replication.device",
+                     fmt::format("missing: backend \"{}\" needs the device holding /store",
+                                 to_string(c.replication.backend)));
+    if (c.heartbeat.port == c.replication.port)
+        r.problem_at("replication.port", "must differ from heartbeat.port");
+
+    auto* xo = r.section(root, "crossover", false, {"interface", "address", "peer_address"});
+    if (xo) {
+        c.crossover.interface = ifname_field(xo, "crossover", "interface", true, IFNAMSIZ - 1);
+        c.crossover.address = ip_field(xo, "crossover", "address", true, false);
+        c.crossover.peer_address = ip_field(xo, "crossover", "peer_address", true, false);
+        if (c.crossover.interface == c.cluster.interface)
+            r.problem(xo->get("interface"), "crossover.interface",
+                      "must not be the management interface (the seeds: crossover cables connect other ports)");
+    }
+    for (auto& link : c.heartbeat.links) {
+        if (link != c.cluster.interface && link != c.crossover.interface)
+            r.problem(hb ? hb->get("links") : nullptr, "heartbeat.links",
+                      fmt::format("\"{}\" is neither cluster.interface (\"{}\") nor crossover.interface; Tandem "
+                                  "knows the peer's address only on those",
+                                  link, c.cluster.interface));
+    }
+
+    auto* ct = r.section(root, "control", false, {"socket"});
+    if (auto s = r.string(ct, "control", "socket", false)) {
+        if (s->empty() || (*s)[0] != '/' || s->size() >= 108)
+            r.problem(ct->get("socket"), "control.socket", "must be an absolute path shorter than 108 bytes");
+        else
+            c.control.socket = *s;
+    }
+
+    auto* he = r.section(root, "health", false, {"store_path", "check_command", "interval", "command_timeout"});
+    c.health.store_path = r.string(he, "health", "store_path", false).value_or("");
+    c.health.check_command = r.string(he, "health", "check_command", false).value_or("");
+    if (auto d = r.duration(he, "health", "interval", milliseconds(100), milliseconds(3'600'000)))
+        c.health.interval = *d;
+    if (auto d = r.duration(he, "health", "command_timeout", milliseconds(100), milliseconds(600'000)))
+        c.health.command_timeout = *d;
+
+    auto* sv = r.section(root, "services", false, {"start", "stop", "timeout"});
+    c.services.start = r.string(sv, "services", "start", false).value_or("");
+    c.services.stop = r.string(sv, "services", "stop", false).value_or("");
+    if (auto d = r.duration(sv, "services", "timeout", milliseconds(100), milliseconds(3'600'000)))
+        c.services.timeout = *d;
+
+    // The seeds' pairing rules ("IP Addressing and Subnets"): node, peer and VIP in one subnet.
+    if (c.cluster.vip.family && c.node.address.family && c.peer.address.family) {
+        if (c.node.address.family != c.peer.address.family)
+            r.problem_at("peer.address", fmt::format("\"{}\" is not of the same IP family as node.address \"{}\"",
+                                                     c.peer.address.text, c.node.address.text));
+        else if (c.node.address == c.peer.address)
+            r.problem_at("peer.address", "must differ from node.address");
+        if (c.cluster.vip.family == c.node.address.family) {
+            for (auto* a : {&c.node.address, &c.peer.address})
+                if (!c.cluster.vip.same_subnet(*a, c.cluster.vip.prefix))
+                    r.problem_at(a == &c.node.address ? "node.address" : "peer.address",
+                                 fmt::format("\"{}\" is not in the VIP's subnet {}/{}; the seeds require the "
+                                             "nodes and the cluster VIP in one subnet",
+                                             a->text, c.cluster.vip.text, c.cluster.vip.prefix));
+        }
+        if (c.cluster.vip == c.node.address || c.cluster.vip == c.peer.address)
+            r.problem_at("cluster.vip", "must be an unused address, not a node's own address");
+    }
+    if (!c.node.name.empty() && c.node.name == c.peer.name)
+        r.problem_at("peer.name", "must differ from node.name");
+
+    if (!r.problems().empty()) throw config_error(r.problems());
+    return c;
+}
+
+}  // namespace
+
+bool ip_address::same_subnet(const ip_address& other, int prefix_len) const {
+    if (family != other.family) return false;
+    for (int bit = 0; bit < prefix_len; ++bit) {
+        int byte = bit / 8, mask = 0x80 >> (bit % 8);
+        if ((bytes[byte] & mask) != (other.bytes[byte] & mask)) return false;
+    }
+    return true;
+}
+
+const ip_address& config::peer_address_on(const std::string& link) const {
+    if (link == crossover.interface && crossover.peer_address) return *crossover.peer_address;
+    return peer.address;
+}
+
+config_error::config_error(const std::vector<std::string>& p) : std::runtime_error(join(p, "\n")), problems(p) {}
+
+config parse_config(std::string_view text, const std::string& path) {
+    toml::table root;
+    try {
+        root = toml::parse(text, path);
+    } catch (const toml::parse_error& e) {
+        throw config_error({fmt::format("{}:{}:{}: not valid TOML: {}", path, e.source().begin.line,
+                                        e.source().begin.column, e.description())});
+    }
+    return validate(root, path);
+}
+
+config load_config(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) throw config_error({fmt::format("{}: cannot read the configuration: {}", path, std::strerror(errno))});
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return parse_config(ss.str(), path);
+}
+
+reload_plan plan_reload(const config& a, const config& b) {
+    reload_plan p;
+    auto applied = [&](std::string_view key, std::string from, std::string to) {
+        if (from != to) p.applied.push_back(fmt::format("{}: {} -> {}", key, from, to));
+    };
+    auto refused = [&](std::string_view key, bool changed) {
+        if (changed)
+            p.refused.push_back(fmt::format("{}: changing it needs a re-pairing of the cluster (stop both nodes, "
+                                            "change both configurations, start them again)",
+                                            key));
+    };
+    refused("cluster.name", a.cluster.name != b.cluster.name);
+    refused("cluster.vip", !(a.cluster.vip == b.cluster.vip) || a.cluster.vip.prefix != b.cluster.vip.prefix);
+    refused("cluster.interface", a.cluster.interface != b.cluster.interface);
+    refused("node.name", a.node.name != b.node.name);
+    refused("node.role", a.node.role != b.node.role);
+    refused("node.address", !(a.node.address == b.node.address));
+    refused("peer.name", a.peer.name != b.peer.name);
+    refused("peer.address", !(a.peer.address == b.peer.address));
+    refused("heartbeat.port", a.heartbeat.port != b.heartbeat.port);
+    refused("heartbeat.links", a.heartbeat.links != b.heartbeat.links);
+    refused("auth.key_file", a.auth.key != b.auth.key);
+    refused("replication.backend", a.replication.backend != b.replication.backend);
+    refused("replication.port", a.replication.port != b.replication.port);
+    refused("replication.device", a.replication.device != b.replication.device);
+    refused("crossover", a.crossover.interface != b.crossover.interface);
+    refused("control.socket", a.control.socket != b.control.socket);
+
+    applied("heartbeat.interval", format_duration(a.heartbeat.interval), format_duration(b.heartbeat.interval));
+    applied("heartbeat.timeout", format_duration(a.heartbeat.timeout), format_duration(b.heartbeat.timeout));
+    auto targets = [](const config& c) {
+        std::vector<std::string> v;
+        for (auto& t : c.connectivity.targets) v.push_back(t.text);
+        return "[" + join(v, ", ") + "]";
+    };
+    applied("connectivity.targets", targets(a), targets(b));
+    applied("connectivity.timeout", format_duration(a.connectivity.timeout), format_duration(b.connectivity.timeout));
+    applied("connectivity.interval", format_duration(a.connectivity.interval),
+            format_duration(b.connectivity.interval));
+    applied("connectivity.require", a.connectivity.require == connectivity_rule::any ? "any" : "all",
+            b.connectivity.require == connectivity_rule::any ? "any" : "all");
+    applied("replication.rate", std::to_string(a.replication.rate_mib), std::to_string(b.replication.rate_mib));
+    applied("health.store_path", a.health.store_path, b.health.store_path);
+    applied("health.check_command", a.health.check_command, b.health.check_command);
+    applied("health.interval", format_duration(a.health.interval), format_duration(b.health.interval));
+    applied("services.start", a.services.start, b.services.start);
+    applied("services.stop", a.services.stop, b.services.stop);
+    return p;
+}
+
+const char* to_string(node_role r) noexcept { return r == node_role::primary ? "primary" : "secondary"; }
+
+const char* to_string(backend_kind b) noexcept {
+    switch (b) {
+        case backend_kind::none: return "none";
+        case backend_kind::uring: return "uring";
+        case backend_kind::drbd: return "drbd";
+        case backend_kind::shared: return "shared";
+    }
+    return "?";
+}
+
+}  // namespace tandem::agent

@@ -1,0 +1,146 @@
+// agent: heartbeat encoding, authentication and replay protection.
+#include "tandem/agent/heartbeat_codec.hpp"
+
+#include "tandem/base/bytes.hpp"
+#include "tandem/base/hmac.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+namespace tandem::agent {
+
+namespace {
+
+void put_name(std::span<std::byte> out, std::string_view s) {
+    std::fill(out.begin(), out.end(), std::byte{0});
+    std::memcpy(out.data(), s.data(), std::min(s.size(), out.size()));
+}
+
+// A name field: text then zero padding; a NUL inside the text or a byte after
+// the padding starts is malformed.
+bool get_name(std::span<const std::byte> in, std::string& out) {
+    auto end = std::find(in.begin(), in.end(), std::byte{0});
+    if (std::any_of(end, in.end(), [](std::byte b) { return b != std::byte{0}; })) return false;
+    out.assign(reinterpret_cast<const char*>(in.data()), static_cast<std::size_t>(end - in.begin()));
+    return true;
+}
+
+}  // namespace
+
+std::string_view to_string(drop_reason r) noexcept {
+    switch (r) {
+        case drop_reason::truncated: return "truncated";
+        case drop_reason::oversize: return "oversize";
+        case drop_reason::bad_magic: return "bad_magic";
+        case drop_reason::bad_version: return "bad_version";
+        case drop_reason::bad_length: return "bad_length";
+        case drop_reason::bad_mac: return "bad_mac";
+        case drop_reason::bad_field: return "bad_field";
+        case drop_reason::replayed: return "replayed";
+        case drop_reason::wrong_cluster: return "wrong_cluster";
+        case drop_reason::wrong_sender: return "wrong_sender";
+        case drop_reason::count_: break;
+    }
+    return "unknown";
+}
+
+void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::span<std::byte, heartbeat_size> out) {
+    std::span<std::byte> b(out);
+    std::fill(b.begin(), b.end(), std::byte{0});
+    store_be<std::uint32_t>(b.subspan(0), heartbeat_magic);
+    b[4] = std::byte{heartbeat_version};
+    b[5] = std::byte{1};
+    store_be<std::uint16_t>(b.subspan(6), heartbeat_size);
+    store_be<std::uint64_t>(b.subspan(8), hb.boot_id);
+    store_be<std::uint64_t>(b.subspan(16), hb.seq);
+    store_be<std::uint64_t>(b.subspan(24), hb.send_mono_ns);
+    store_be<std::uint64_t>(b.subspan(32), hb.echo_seq);
+    store_be<std::uint64_t>(b.subspan(40), hb.echo_mono_ns);
+    store_be<std::uint64_t>(b.subspan(48), hb.echo_hold_ns);
+    store_be<std::uint64_t>(b.subspan(56), hb.generation);
+    b[64] = std::byte{hb.role};
+    b[65] = static_cast<std::byte>(hb.state);
+    b[66] = static_cast<std::byte>(hb.mode);
+    b[67] = static_cast<std::byte>(hb.sync);
+    store_be<std::uint16_t>(b.subspan(68), hb.flags);
+    store_be<std::uint16_t>(b.subspan(70), hb.sync_permille);
+    b[72] = std::byte{hb.link};
+    put_name(b.subspan(80, name_field), hb.cluster);
+    put_name(b.subspan(112, name_field), hb.node);
+    put_name(b.subspan(144, version_field), hb.version);
+    auto mac = hmac_sha256(key, b.first(heartbeat_mac_offset));
+    std::copy(mac.begin(), mac.end(), b.begin() + heartbeat_mac_offset);
+}
+
+decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const std::byte> key) {
+    decode_result r;
+    auto fail = [&](drop_reason why) {
+        r.ok = false;
+        r.reason = why;
+        return r;
+    };
+    if (in.size() < heartbeat_size) return fail(drop_reason::truncated);
+    if (in.size() > heartbeat_size) return fail(drop_reason::oversize);
+    if (load_be<std::uint32_t>(in) != heartbeat_magic) return fail(drop_reason::bad_magic);
+    if (std::to_integer<std::uint8_t>(in[4]) != heartbeat_version) return fail(drop_reason::bad_version);
+    if (std::to_integer<std::uint8_t>(in[5]) != 1 || load_be<std::uint16_t>(in.subspan(6)) != heartbeat_size)
+        return fail(drop_reason::bad_length);
+    // Nothing below the MAC is trusted until it verifies.
+    auto mac = hmac_sha256(key, in.first(heartbeat_mac_offset));
+    if (!equal_constant_time(mac, in.subspan(heartbeat_mac_offset, 32))) return fail(drop_reason::bad_mac);
+
+    heartbeat& hb = r.hb;
+    hb.boot_id = load_be<std::uint64_t>(in.subspan(8));
+    hb.seq = load_be<std::uint64_t>(in.subspan(16));
+    hb.send_mono_ns = load_be<std::uint64_t>(in.subspan(24));
+    hb.echo_seq = load_be<std::uint64_t>(in.subspan(32));
+    hb.echo_mono_ns = load_be<std::uint64_t>(in.subspan(40));
+    hb.echo_hold_ns = load_be<std::uint64_t>(in.subspan(48));
+    hb.generation = load_be<std::uint64_t>(in.subspan(56));
+    hb.role = std::to_integer<std::uint8_t>(in[64]);
+    auto state = std::to_integer<std::uint8_t>(in[65]);
+    auto mode = std::to_integer<std::uint8_t>(in[66]);
+    auto sync = std::to_integer<std::uint8_t>(in[67]);
+    hb.flags = load_be<std::uint16_t>(in.subspan(68));
+    hb.sync_permille = load_be<std::uint16_t>(in.subspan(70));
+    hb.link = std::to_integer<std::uint8_t>(in[72]);
+    bool padding_zero = std::all_of(in.begin() + 73, in.begin() + 80, [](std::byte x) { return x == std::byte{0}; });
+    if (!padding_zero || (hb.role != 1 && hb.role != 2) || !valid_state(state) ||
+        state == static_cast<std::uint8_t>(host_state::unknown) || !valid_mode(mode) || !valid_sync(sync) ||
+        (hb.flags & ~hb_known_flags) != 0 || hb.sync_permille > 1000 || hb.seq == 0)
+        return fail(drop_reason::bad_field);
+    hb.state = static_cast<host_state>(state);
+    hb.mode = static_cast<host_mode>(mode);
+    hb.sync = static_cast<sync_state>(sync);
+    if (!get_name(in.subspan(80, name_field), hb.cluster) || !get_name(in.subspan(112, name_field), hb.node) ||
+        !get_name(in.subspan(144, version_field), hb.version))
+        return fail(drop_reason::bad_field);
+    r.ok = true;
+    return r;
+}
+
+bool replay_window::accept(std::uint64_t boot_id, std::uint64_t seq) noexcept {
+    constexpr std::uint64_t width = 64;
+    if (!any_ || boot_id > boot_id_) {
+        any_ = true;
+        boot_id_ = boot_id;
+        highest_ = seq;
+        bitmap_ = 1;
+        return true;
+    }
+    if (boot_id < boot_id_) return false;
+    if (seq > highest_) {
+        std::uint64_t shift = seq - highest_;
+        bitmap_ = shift >= width ? 1 : (bitmap_ << shift) | 1;
+        highest_ = seq;
+        return true;
+    }
+    std::uint64_t age = highest_ - seq;
+    if (age >= width) return false;
+    std::uint64_t bit = 1ull << age;
+    if (bitmap_ & bit) return false;
+    bitmap_ |= bit;
+    return true;
+}
+
+}  // namespace tandem::agent

@@ -1,0 +1,140 @@
+// tests: the heartbeat datagram — round trip, tampering, truncation, oversize, replay.
+#include "tandem/agent/heartbeat_codec.hpp"
+
+#include "tandem/base/bytes.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <vector>
+
+using namespace tandem;
+using namespace tandem::agent;
+
+namespace {
+const std::vector<std::byte> key(48, std::byte{0x5a});
+
+heartbeat sample() {
+    heartbeat hb;
+    hb.boot_id = 1'700'000'000'000'000'000ull;
+    hb.seq = 42;
+    hb.send_mono_ns = 123456789;
+    hb.echo_seq = 41;
+    hb.echo_mono_ns = 120000000;
+    hb.echo_hold_ns = 5000;
+    hb.generation = 7;
+    hb.role = 1;
+    hb.state = host_state::active;
+    hb.mode = host_mode::online;
+    hb.sync = sync_state::up_to_date;
+    hb.flags = hb_handover;
+    hb.sync_permille = 1000;
+    hb.link = 1;
+    hb.cluster = "store-ha";
+    hb.node = "alpha";
+    hb.version = "0.1.0";
+    return hb;
+}
+
+std::array<std::byte, heartbeat_size> encoded(const heartbeat& hb = sample()) {
+    std::array<std::byte, heartbeat_size> buf{};
+    encode_heartbeat(hb, key, buf);
+    return buf;
+}
+}  // namespace
+
+TEST_CASE("a heartbeat survives encode and decode", "[unit][heartbeat]") {
+    auto buf = encoded();
+    CHECK(load_be<std::uint32_t>(buf) == 0x544E4448);  // "TNDH" on the wire
+    auto r = decode_heartbeat(buf, key);
+    REQUIRE(r.ok);
+    const auto& hb = r.hb;
+    auto s = sample();
+    CHECK(hb.boot_id == s.boot_id);
+    CHECK(hb.seq == 42);
+    CHECK(hb.send_mono_ns == s.send_mono_ns);
+    CHECK(hb.echo_seq == 41);
+    CHECK(hb.echo_mono_ns == s.echo_mono_ns);
+    CHECK(hb.echo_hold_ns == 5000);
+    CHECK(hb.generation == 7);
+    CHECK(hb.role == 1);
+    CHECK(hb.state == host_state::active);
+    CHECK(hb.sync == sync_state::up_to_date);
+    CHECK(hb.flags == hb_handover);
+    CHECK(hb.sync_permille == 1000);
+    CHECK(hb.link == 1);
+    CHECK(hb.cluster == "store-ha");
+    CHECK(hb.node == "alpha");
+    CHECK(hb.version == "0.1.0");
+}
+
+TEST_CASE("any flipped bit is rejected", "[unit][heartbeat]") {
+    auto good = encoded();
+    for (std::size_t i = 0; i < heartbeat_size; ++i) {
+        for (int bit : {0, 7}) {
+            auto buf = good;
+            buf[i] ^= std::byte(1 << bit);
+            auto r = decode_heartbeat(buf, key);
+            INFO("byte " << i << " bit " << bit);
+            CHECK_FALSE(r.ok);
+        }
+    }
+}
+
+TEST_CASE("a heartbeat signed with another key is bad_mac", "[unit][heartbeat]") {
+    auto buf = encoded();
+    std::vector<std::byte> other(48, std::byte{0x5b});
+    auto r = decode_heartbeat(buf, other);
+    CHECK_FALSE(r.ok);
+    CHECK(r.reason == drop_reason::bad_mac);
+}
+
+TEST_CASE("truncated, oversize and foreign datagrams are classified", "[unit][heartbeat]") {
+    auto buf = encoded();
+    CHECK(decode_heartbeat(std::span(buf).first(0), key).reason == drop_reason::truncated);
+    CHECK(decode_heartbeat(std::span(buf).first(heartbeat_size - 1), key).reason == drop_reason::truncated);
+    std::vector<std::byte> big(buf.begin(), buf.end());
+    big.push_back(std::byte{0});
+    CHECK(decode_heartbeat(big, key).reason == drop_reason::oversize);
+    std::vector<std::byte> huge(65507, std::byte{0xff});
+    CHECK(decode_heartbeat(huge, key).reason == drop_reason::oversize);
+    auto wrong = buf;
+    wrong[0] = std::byte{'X'};
+    CHECK(decode_heartbeat(wrong, key).reason == drop_reason::bad_magic);
+    auto ver = buf;
+    ver[4] = std::byte{2};
+    CHECK(decode_heartbeat(ver, key).reason == drop_reason::bad_version);
+}
+
+TEST_CASE("authentic but invalid fields are bad_field", "[unit][heartbeat]") {
+    auto hb = sample();
+    hb.flags = 0x8000;  // unknown flag
+    CHECK(decode_heartbeat(encoded(hb), key).reason == drop_reason::bad_field);
+    hb = sample();
+    hb.role = 3;
+    CHECK(decode_heartbeat(encoded(hb), key).reason == drop_reason::bad_field);
+    hb = sample();
+    hb.state = host_state::unknown;  // a node never sends UNKNOWN about itself
+    CHECK(decode_heartbeat(encoded(hb), key).reason == drop_reason::bad_field);
+    hb = sample();
+    hb.sync_permille = 1001;
+    CHECK(decode_heartbeat(encoded(hb), key).reason == drop_reason::bad_field);
+    hb = sample();
+    hb.seq = 0;
+    CHECK(decode_heartbeat(encoded(hb), key).reason == drop_reason::bad_field);
+}
+
+TEST_CASE("the replay window accepts each sequence number once", "[unit][heartbeat]") {
+    replay_window w;
+    const std::uint64_t boot = 1000;
+    CHECK(w.accept(boot, 10));
+    CHECK_FALSE(w.accept(boot, 10));  // replayed
+    CHECK(w.accept(boot, 12));
+    CHECK(w.accept(boot, 11));        // reordered within the window
+    CHECK_FALSE(w.accept(boot, 11));
+    CHECK(w.accept(boot, 100));
+    CHECK_FALSE(w.accept(boot, 36));  // older than the 64-entry window
+    CHECK(w.accept(boot, 37));        // oldest still inside
+    CHECK_FALSE(w.accept(boot - 1, 500));  // a replay of an earlier run of the peer
+    CHECK(w.accept(boot + 1, 1));          // the peer restarted
+    CHECK_FALSE(w.accept(boot, 101));      // the old run is over
+}

@@ -1,0 +1,334 @@
+// tests: the HA rules on a simulated two-node cluster with a manual clock — no sockets, no sleeps.
+#include "tandem/agent/machine.hpp"
+
+#include "tandem/agent/heartbeat_codec.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <memory>
+
+using namespace tandem;
+using namespace tandem::agent;
+using namespace std::chrono_literals;
+using S = host_state;
+
+namespace {
+
+// One simulated node: its machine plus what the runtime would do with effects.
+struct node {
+    node_role role;
+    std::unique_ptr<ha_machine> m;
+    bool up = true;        // process running and heartbeats flowing
+    bool reach_targets = true;  // result of its connectivity test
+    bool auto_complete = true;  // sequences finish at once
+    int acquires = 0, releases = 0, tests = 0;
+    std::vector<event> log;
+    sequence_kind pending = sequence_kind::none;
+
+    bool has(const std::string& id) const {
+        return std::any_of(log.begin(), log.end(), [&](const event& e) { return e.id == id; });
+    }
+};
+
+struct cluster {
+    manual_clock clock{steady_time{} + 1000s};
+    node a{node_role::primary, nullptr}, b{node_role::secondary, nullptr};
+    bool link = true;  // the heartbeat path between them
+    machine_params base;
+
+    explicit cluster(bool targets = true, std::chrono::milliseconds interval = 100ms,
+                     std::chrono::milliseconds timeout = 300ms) {
+        base.version = "1.0";
+        base.interval = interval;
+        base.timeout = timeout;
+        base.connectivity_configured = targets;
+        base.connectivity_retry = 100ms;
+        base.connectivity_interval = 1s;
+        restart(a);
+        restart(b);
+    }
+    void restart(node& n) {
+        auto p = base;
+        p.role = n.role;
+        n.m = std::make_unique<ha_machine>(p, clock.now());
+        n.up = true;
+    }
+    node& other(node& n) { return &n == &a ? b : a; }
+
+    void apply(node& n, effects e) {
+        for (auto& ev : e.events) n.log.push_back(ev);
+        if (e.run_connectivity_test) {
+            ++n.tests;
+            apply(n, n.m->on_connectivity(clock.now(), n.reach_targets, n.reach_targets ? "ok" : "no target answered"));
+        }
+        if (e.sequence != sequence_kind::none) {
+            (e.sequence == sequence_kind::acquire ? n.acquires : n.releases)++;
+            if (n.auto_complete) apply(n, n.m->on_sequence_done(clock.now(), true, ""));
+            else n.pending = e.sequence;
+        }
+    }
+    peer_info info(const node& n) {
+        peer_info p;
+        p.role = n.role;
+        p.state = n.m->state();
+        p.mode = n.m->mode();
+        p.sync = n.m->local_sync();
+        p.flags = n.m->outgoing_flags();
+        p.generation = n.m->generation();
+        p.version = n.m->params().version;
+        return p;
+    }
+    // One heartbeat interval: both send, both receive, both tick.
+    void step() {
+        clock.advance(base.interval);
+        for (node* n : {&a, &b}) {
+            node& o = other(*n);
+            if (n->up && o.up && link) apply(o, o.m->on_heartbeat(clock.now(), info(*n)));
+        }
+        for (node* n : {&a, &b})
+            if (n->up) apply(*n, n->m->on_tick(clock.now()));
+    }
+    void run(std::chrono::milliseconds d) {
+        for (auto t = 0ms; t < d; t += base.interval) step();
+    }
+    bool one_active() { return (a.m->state() == S::active) != (b.m->state() == S::active); }
+};
+
+}  // namespace
+
+TEST_CASE("the primary starts active only after listening for one timeout", "[unit][machine]") {
+    cluster c;
+    c.b.up = false;  // alone
+    c.run(200ms);
+    CHECK(c.a.m->state() == S::initializing);
+    CHECK(c.a.acquires == 0);
+    c.run(200ms);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.a.acquires == 1);
+}
+
+TEST_CASE("both start together: the primary is active and the secondary standby", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.acquires == 0);
+}
+
+TEST_CASE("a primary that hears an active peer joins as standby (no automatic failback)", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.a.up = false;  // primary crashes
+    c.run(1s);
+    REQUIRE(c.b.m->state() == S::active);
+    c.restart(c.a);  // primary comes back
+    int acquires_before = c.a.acquires;
+    c.run(2s);
+    CHECK(c.a.m->state() == S::standby);
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.acquires == acquires_before);
+}
+
+TEST_CASE("the standby takes over when the active is lost and its connectivity test passes", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.a.up = false;
+    auto lost_at = c.clock.now();
+    while (c.b.m->state() != S::active && c.clock.now() - lost_at < 5s) c.step();
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.b.has("peer.lost"));
+    CHECK(c.b.tests >= 1);
+    // detection waits for the timeout, not longer than timeout + one interval
+    CHECK(c.clock.now() - lost_at >= 300ms);
+    CHECK(c.clock.now() - lost_at <= 400ms);
+}
+
+TEST_CASE("a standby that cannot reach the targets does not take over", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.b.reach_targets = false;
+    c.a.up = false;
+    c.run(3s);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.has("failover.blocked"));
+    CHECK(c.b.tests > 1);  // it keeps retrying
+    c.b.reach_targets = true;
+    c.run(500ms);
+    CHECK(c.b.m->state() == S::active);
+}
+
+TEST_CASE("without connectivity targets the standby takes over on heartbeat loss alone", "[unit][machine]") {
+    cluster c(false);
+    c.run(1s);
+    c.a.up = false;
+    c.run(1s);
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.b.tests == 0);
+}
+
+TEST_CASE("takeover and giveback swap roles only with a synchronized standby", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+
+    auto [r1, e1] = c.a.m->on_command(c.clock.now(), command::takeover);
+    CHECK_FALSE(r1.ok);
+    CHECK_THAT(r1.message, Catch::Contains("takeover runs on the STANDBY node"));
+
+    auto [r2, e2] = c.b.m->on_command(c.clock.now(), command::takeover);
+    REQUIRE(r2.ok);
+    c.apply(c.b, e2);
+    c.run(500ms);
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.m->state() == S::standby);
+    CHECK(c.one_active());
+
+    auto [r3, e3] = c.b.m->on_command(c.clock.now(), command::giveback);
+    REQUIRE(r3.ok);
+    c.apply(c.b, e3);
+    c.run(500ms);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::standby);
+
+    // An unsynchronized standby may not take over.
+    c.apply(c.b, c.b.m->on_local_sync(c.clock.now(), sync_state::synchronizing));
+    c.run(200ms);
+    CHECK(c.b.m->state() == S::synchronizing);
+    auto [r4, e4] = c.b.m->on_command(c.clock.now(), command::takeover);
+    CHECK_FALSE(r4.ok);
+    auto [r5, e5] = c.a.m->on_command(c.clock.now(), command::giveback);
+    CHECK_FALSE(r5.ok);
+    CHECK_THAT(r5.message, Catch::Contains("the peer is SYNCHRONIZING"));
+}
+
+TEST_CASE("an offline standby never takes over; online again, it does", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    auto [r, e] = c.b.m->on_command(c.clock.now(), command::offline);
+    REQUIRE(r.ok);
+    c.apply(c.b, e);
+    c.a.up = false;
+    c.run(2s);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.m->mode() == host_mode::offline);
+    CHECK(c.b.acquires == 0);
+    auto [r2, e2] = c.b.m->on_command(c.clock.now(), command::online);
+    REQUIRE(r2.ok);
+    c.apply(c.b, e2);
+    c.run(500ms);
+    CHECK(c.b.m->state() == S::active);
+}
+
+TEST_CASE("setting the active node offline is a manual failover", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    auto [r, e] = c.a.m->on_command(c.clock.now(), command::offline);
+    REQUIRE(r.ok);
+    c.apply(c.a, e);
+    c.run(500ms);
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.m->state() == S::standby);
+    CHECK(c.a.m->mode() == host_mode::offline);
+    // The offline node does not come back by itself, and the peer going away does not move it.
+    c.b.up = false;
+    c.run(2s);
+    CHECK(c.a.m->state() == S::standby);
+}
+
+TEST_CASE("offline on an active node with no standby to take over is refused", "[unit][machine]") {
+    cluster c;
+    c.b.up = false;
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+    auto [r, e] = c.a.m->on_command(c.clock.now(), command::offline);
+    CHECK_FALSE(r.ok);
+    CHECK_THAT(r.message, Catch::Contains("would leave no node active"));
+}
+
+TEST_CASE("a healed partition with two actives ends with exactly one", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.link = false;  // partition: both reach the targets
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+    REQUIRE(c.b.m->state() == S::active);
+    c.link = true;
+    c.run(1s);
+    CHECK(c.one_active());
+    // The secondary took over last (higher generation) and keeps the VIP.
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.has("collision.detected"));
+    CHECK(c.b.has("collision.detected"));
+    CHECK(c.a.has("collision.resolved"));
+}
+
+TEST_CASE("an equal-generation collision goes to the primary", "[unit][machine]") {
+    cluster c;
+    c.link = false;
+    c.run(1s);  // both start alone and both claim with generation 1
+    REQUIRE(c.a.m->generation() == c.b.m->generation());
+    REQUIRE(c.b.m->state() == S::active);
+    c.link = true;
+    c.run(1s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::standby);
+}
+
+TEST_CASE("a failed health check on the active moves the service to the standby", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.apply(c.a, c.a.m->on_health(c.clock.now(), false, "/store is not writable: Read-only file system"));
+    c.run(300ms);
+    CHECK(c.a.m->state() == S::failed);
+    CHECK(c.b.m->state() == S::active);
+    c.apply(c.a, c.a.m->on_health(c.clock.now(), true, ""));
+    c.run(300ms);
+    CHECK(c.a.m->state() == S::standby);  // repaired, but no automatic failback
+    CHECK(c.b.m->state() == S::active);
+}
+
+TEST_CASE("a peer with another software version: no pairing, no failover", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.base.version = "2.0";
+    c.base.role = node_role::secondary;
+    c.restart(c.b);
+    c.run(1s);
+    CHECK(c.b.m->state() == S::needs_upgrade);
+    CHECK(c.a.m->state() == S::active);
+    c.a.up = false;
+    c.run(2s);
+    CHECK(c.b.m->state() == S::needs_upgrade);  // unprotected: the operator must upgrade first
+    CHECK(c.b.acquires == 0);
+}
+
+TEST_CASE("the active node's lost connectivity hands over to a standby that has it", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.a.reach_targets = false;
+    c.run(3s);
+    CHECK(c.a.has("connectivity.lost"));
+    CHECK(c.b.has("connectivity.handover"));
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.m->state() == S::standby);
+}
+
+TEST_CASE("a clean shutdown of the active hands over at once", "[unit][machine]") {
+    cluster c(true, 100ms, 10s);
+    c.run(21s);
+    REQUIRE(c.a.m->state() == S::active);
+    c.apply(c.a, c.a.m->on_shutdown(c.clock.now()));
+    c.step();
+    c.a.up = false;
+    c.step();
+    CHECK(c.b.m->state() == S::active);  // well before the 10 s timeout
+}
+
+TEST_CASE("deadlines: the machine asks to be woken at the peer timeout", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    auto now = c.clock.now();
+    auto d = c.b.m->next_deadline();
+    CHECK(d > now);
+    CHECK(d <= now + 300ms);
+}
