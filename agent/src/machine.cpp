@@ -37,10 +37,18 @@ steady_time ha_machine::next_deadline() const {
     steady_time t = steady_time::max();
     if (state_ == host_state::initializing) t = std::min(t, listen_until_);
     if (peer_ && peer_was_alive_) t = std::min(t, last_heard_ + p_.timeout);
-    if (p_.connectivity_configured && test_running_ == test_purpose::none && next_test_at_ != steady_time{})
-        t = std::min(t, next_test_at_);
+    if (test_wanted()) t = std::min(t, next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
     return t;
+}
+
+bool ha_machine::test_wanted() const {
+    if (!p_.connectivity_configured || test_running_ != test_purpose::none || busy_ != sequence_kind::none)
+        return false;
+    if (state_ == host_state::active) return true;  // the periodic test
+    if (state_ != host_state::standby || mode_ != host_mode::online) return false;
+    if (!peer_was_alive_) return !lost_test_passed_;  // retry after a failed test
+    return peer_->state == host_state::active && (peer_->flags & hb_connectivity_lost) && !request_takeover_;
 }
 
 void ha_machine::set_timing(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,

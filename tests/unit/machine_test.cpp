@@ -332,3 +332,17 @@ TEST_CASE("deadlines: the machine asks to be woken at the peer timeout", "[unit]
     CHECK(d > now);
     CHECK(d <= now + 300ms);
 }
+
+TEST_CASE("after any tick the next deadline is in the future, so the watchdog never spins", "[unit][machine]") {
+    for (bool targets : {true, false}) {
+        cluster c(targets);
+        for (int i = 0; i < 60; ++i) {
+            c.step();
+            if (i == 15) c.a.up = false;               // failover
+            if (i == 30) c.b.reach_targets = false;    // the active loses its targets
+            if (i == 40) c.restart(c.a);               // the old primary comes back
+            for (node* n : {&c.a, &c.b})
+                if (n->up) CHECK(n->m->next_deadline() > c.clock.now());
+        }
+    }
+}

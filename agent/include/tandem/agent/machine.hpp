@@ -105,6 +105,7 @@ private:
     void start_test(test_purpose why, effects& e);
     void block(const std::string& why, effects& e);  // report once why a failover does not happen
     [[nodiscard]] std::optional<std::string> pairing_problem() const;
+    [[nodiscard]] bool test_wanted() const;  // a connectivity test is due at next_test_at_
     [[nodiscard]] bool peer_can_take_over(steady_time now, std::string& why) const;
 
     machine_params p_;

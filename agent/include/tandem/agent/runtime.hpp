@@ -1,0 +1,89 @@
+// agent: tandemd's runtime — the machine fed by heartbeats, timers, health and the control socket.
+#pragma once
+
+#include "tandem/agent/config.hpp"
+#include "tandem/agent/control.hpp"
+#include "tandem/agent/event_bus.hpp"
+#include "tandem/agent/failover.hpp"
+#include "tandem/agent/heartbeat_codec.hpp"
+#include "tandem/agent/machine.hpp"
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/udp.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <array>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tandem::agent {
+
+class node_runtime {
+public:
+    // Binds every heartbeat link and the control socket; throws std::runtime_error
+    // naming the link, address or path that failed.
+    node_runtime(boost::asio::io_context& io, config cfg);
+    ~node_runtime();
+
+    // The configuration, updated in place by a reload; phases may keep a reference.
+    [[nodiscard]] const config& current_config() const { return cfg_; }
+    void install_sequence(failover_sequence seq);
+    // Starts the coroutines; io.run() returns after a clean shutdown.
+    void start();
+    [[nodiscard]] nlohmann::json status() const;
+
+private:
+    struct link_state;
+
+    boost::asio::awaitable<void> receive(link_state& l);
+    boost::asio::awaitable<void> send_loop();
+    boost::asio::awaitable<void> watchdog_loop();
+    boost::asio::awaitable<void> health_loop();
+    boost::asio::awaitable<void> sd_watchdog_loop();
+    boost::asio::awaitable<void> signal_loop();
+    boost::asio::awaitable<std::pair<bool, std::string>> probe_store();
+
+    void apply(effects e);
+    void send_heartbeats();
+    void start_sequence(sequence_kind k);
+    void start_connectivity_test();
+    void on_datagram(link_state& l, std::span<const std::byte> data);
+    void drop(drop_reason r, const std::string& link);
+    nlohmann::json handle(const nlohmann::json& req);
+    nlohmann::json reload();
+    void begin_shutdown();
+    void maybe_finish_shutdown();
+    void notify_status();
+    [[nodiscard]] steady_time now() const { return std::chrono::steady_clock::now(); }
+
+    boost::asio::io_context& io_;
+    config cfg_;
+    event_bus bus_;
+    ha_machine machine_;
+    std::optional<failover_sequence> sequence_;
+    std::vector<std::unique_ptr<link_state>> links_;
+    std::unique_ptr<control_server> control_;
+    boost::asio::steady_timer send_timer_;
+    boost::asio::steady_timer watchdog_timer_;
+    boost::asio::signal_set signals_;
+
+    std::uint64_t boot_id_;
+    std::uint64_t tx_seq_ = 0;
+    replay_window replay_;
+    std::optional<std::uint64_t> peer_boot_;
+    std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> drops_{};
+    std::string last_status_;
+    bool stopping_ = false;
+    nlohmann::json last_sequence_;
+
+    struct probe_state;
+    std::shared_ptr<probe_state> probe_inflight_;
+};
+
+}  // namespace tandem::agent

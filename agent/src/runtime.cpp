@@ -1,0 +1,544 @@
+// agent: tandemd's event loop — one coroutine per activity on one io_context.
+#include "tandem/agent/runtime.hpp"
+
+#include "tandem/agent/connectivity.hpp"
+#include "tandem/agent/process.hpp"
+#include "tandem/agent/version.hpp"
+#include "tandem/base/clock.hpp"
+#include "tandem/base/duration.hpp"
+#include "tandem/base/log.hpp"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <systemd/sd-daemon.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fmt/format.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+namespace tandem::agent {
+
+namespace asio = boost::asio;
+using asio::ip::udp;
+using nlohmann::json;
+
+struct node_runtime::link_state {
+    std::string name;
+    std::uint8_t index = 0;
+    udp::socket sock;
+    udp::endpoint peer;
+    std::uint64_t tx = 0, rx = 0, tx_errors = 0;
+    std::optional<steady_time> last_rx;
+    // The newest heartbeat received on this link, echoed back for the peer's RTT.
+    std::uint64_t echo_seq = 0, echo_send_ns = 0, echo_rx_ns = 0;
+    std::optional<double> rtt_ms;
+    std::array<std::byte, 2048> buf{};
+
+    link_state(asio::io_context& io, std::string n) : name(std::move(n)), sock(io) {}
+};
+
+struct node_runtime::probe_state {
+    std::atomic<bool> done{false};
+    bool ok = false;
+    std::string detail;
+};
+
+namespace {
+
+udp::endpoint endpoint_of(const ip_address& a, std::uint16_t port) {
+    if (a.family == AF_INET) {
+        asio::ip::address_v4::bytes_type b;
+        std::copy_n(a.bytes.begin(), 4, b.begin());
+        return {asio::ip::address_v4(b), port};
+    }
+    asio::ip::address_v6::bytes_type b;
+    std::copy_n(a.bytes.begin(), 16, b.begin());
+    return {asio::ip::address_v6(b), port};
+}
+
+// Writes and syncs a small file in the store; a read-only or failing store is a
+// failover trigger, a full one is not (the seeds' 95 % rule).
+std::pair<bool, std::string> blocking_store_probe(const std::string& dir) {
+    struct statvfs vfs {};
+    if (::statvfs(dir.c_str(), &vfs) != 0) return {false, fmt::format("{}: {}", dir, std::strerror(errno))};
+    if (vfs.f_flag & ST_RDONLY) return {false, fmt::format("{} is mounted read-only", dir)};
+    std::string path = dir + "/.tandem-health";
+    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int e = errno;
+        if (e == ENOSPC || e == EDQUOT) return {true, fmt::format("{} is full (not a failover trigger)", dir)};
+        return {false, fmt::format("{} is not writable: {}", dir, std::strerror(e))};
+    }
+    char block[512] = "tandem health probe\n";
+    bool ok = ::write(fd, block, sizeof block) == static_cast<ssize_t>(sizeof block) && ::fdatasync(fd) == 0;
+    int e = errno;
+    ::close(fd);
+    ::unlink(path.c_str());
+    if (!ok) {
+        if (e == ENOSPC || e == EDQUOT) return {true, fmt::format("{} is full (not a failover trigger)", dir)};
+        return {false, fmt::format("writing to {} failed: {}", dir, std::strerror(e))};
+    }
+    return {true, ""};
+}
+
+// Outside the coroutine: GCC 12 miscompiles brace-initialised literals there.
+std::vector<std::pair<std::string, std::string>> check_env(const config& c) {
+    return {{"TANDEM_NODE", c.node.name}, {"TANDEM_CLUSTER", c.cluster.name}};
+}
+
+machine_params params_of(const config& c) {
+    machine_params p;
+    p.role = c.node.role;
+    p.version = c.node.software_version;
+    p.interval = c.heartbeat.interval;
+    p.timeout = c.heartbeat.timeout;
+    p.connectivity_configured = !c.connectivity.targets.empty();
+    p.connectivity_interval = c.connectivity.interval;
+    p.connectivity_retry = std::max(c.heartbeat.interval, c.connectivity.timeout);
+    return p;
+}
+
+}  // namespace
+
+node_runtime::node_runtime(asio::io_context& io, config cfg)
+    : io_(io),
+      cfg_(std::move(cfg)),
+      bus_(cfg_.node.name),
+      machine_(params_of(cfg_), std::chrono::steady_clock::now()),
+      send_timer_(io),
+      watchdog_timer_(io),
+      signals_(io, SIGTERM, SIGINT, SIGHUP),
+      boot_id_(realtime_ns()) {
+    std::uint8_t index = 0;
+    for (auto& name : cfg_.heartbeat.links) {
+        auto l = std::make_unique<link_state>(io, name);
+        l->index = index++;
+        const auto& peer = cfg_.peer_address_on(name);
+        l->peer = endpoint_of(peer, cfg_.heartbeat.port);
+        auto proto = peer.family == AF_INET ? udp::v4() : udp::v6();
+        boost::system::error_code ec;
+        l->sock.open(proto, ec);
+        if (ec) throw std::runtime_error(fmt::format("heartbeat link {}: cannot open a UDP socket: {}", name, ec.message()));
+        // One socket per link, bound to its device: a heartbeat that arrives on
+        // eth1 proves eth1 works, and the same port can be bound on every link.
+        if (::setsockopt(l->sock.native_handle(), SOL_SOCKET, SO_BINDTODEVICE, name.c_str(),
+                         static_cast<socklen_t>(name.size())) != 0)
+            throw std::runtime_error(fmt::format("heartbeat link {}: {} (does the interface exist?)", name,
+                                                 std::strerror(errno)));
+        // Network control traffic class (DSCP CS6), as routing protocols use.
+        int tos = 0xc0;
+        if (peer.family == AF_INET) ::setsockopt(l->sock.native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
+        else ::setsockopt(l->sock.native_handle(), IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof tos);
+        l->sock.set_option(udp::socket::reuse_address(true));
+        l->sock.bind(udp::endpoint(proto, cfg_.heartbeat.port), ec);
+        if (ec)
+            throw std::runtime_error(
+                fmt::format("heartbeat link {}: cannot bind UDP port {}: {}", name, cfg_.heartbeat.port, ec.message()));
+        l->sock.non_blocking(true);
+        links_.push_back(std::move(l));
+    }
+    control_ = std::make_unique<control_server>(io, cfg_.control.socket, [this](const json& r) { return handle(r); },
+                                                bus_);
+}
+
+node_runtime::~node_runtime() = default;
+
+void node_runtime::install_sequence(failover_sequence seq) { sequence_.emplace(std::move(seq)); }
+
+void node_runtime::start() {
+    bus_.publish({"tandemd.started",
+                  fmt::format("tandemd {} as {} {} of cluster {}; listening for the peer for {}", tandem_version,
+                              to_string(cfg_.node.role), cfg_.node.name, cfg_.cluster.name,
+                              format_duration(cfg_.heartbeat.timeout)),
+                  {{"version", cfg_.node.software_version},
+                   {"role", to_string(cfg_.node.role)},
+                   {"phases", fmt::format("{}", fmt::join(sequence_->names(), ","))}}});
+    for (auto& l : links_) asio::co_spawn(io_, receive(*l), asio::detached);
+    asio::co_spawn(io_, send_loop(), asio::detached);
+    asio::co_spawn(io_, watchdog_loop(), asio::detached);
+    asio::co_spawn(io_, health_loop(), asio::detached);
+    asio::co_spawn(io_, signal_loop(), asio::detached);
+    asio::co_spawn(io_, control_->serve(), asio::detached);
+    std::uint64_t usec = 0;
+    if (sd_watchdog_enabled(0, &usec) > 0) asio::co_spawn(io_, sd_watchdog_loop(), asio::detached);
+    sd_notify(0, "READY=1");
+    notify_status();
+}
+
+// ---- heartbeats
+
+void node_runtime::send_heartbeats() {
+    auto mono = monotonic_ns();
+    for (auto& l : links_) {
+        heartbeat hb;
+        hb.boot_id = boot_id_;
+        hb.seq = ++tx_seq_;  // unique per datagram, so copies on several links are not replays
+        hb.send_mono_ns = mono;
+        hb.echo_seq = l->echo_seq;
+        hb.echo_mono_ns = l->echo_send_ns;
+        hb.echo_hold_ns = l->echo_rx_ns ? mono - l->echo_rx_ns : 0;
+        hb.generation = machine_.generation();
+        hb.role = static_cast<std::uint8_t>(cfg_.node.role);
+        hb.state = machine_.state();
+        hb.mode = machine_.mode();
+        hb.sync = machine_.local_sync();
+        hb.flags = machine_.outgoing_flags();
+        hb.sync_permille = promotable(machine_.local_sync()) ? 1000 : 0;
+        hb.link = l->index;
+        hb.cluster = cfg_.cluster.name;
+        hb.node = cfg_.node.name;
+        hb.version = cfg_.node.software_version;
+        std::array<std::byte, heartbeat_size> buf{};
+        encode_heartbeat(hb, cfg_.auth.key, buf);
+        boost::system::error_code ec;
+        l->sock.send_to(asio::buffer(buf), l->peer, 0, ec);
+        if (ec) ++l->tx_errors;  // link down or no route: the receiver's silence tells the story
+        else ++l->tx;
+    }
+}
+
+asio::awaitable<void> node_runtime::send_loop() {
+    for (;;) {
+        send_heartbeats();
+        send_timer_.expires_after(cfg_.heartbeat.interval);
+        co_await send_timer_.async_wait(asio::as_tuple(asio::use_awaitable));  // cancelled = send now
+    }
+}
+
+asio::awaitable<void> node_runtime::receive(link_state& l) {
+    for (;;) {
+        udp::endpoint from;
+        auto [ec, n] = co_await l.sock.async_receive_from(asio::buffer(l.buf), from, asio::as_tuple(asio::use_awaitable));
+        if (ec == asio::error::operation_aborted) co_return;
+        if (ec) continue;  // e.g. ICMP port unreachable reported on the socket
+        on_datagram(l, std::span(l.buf).first(n));
+    }
+}
+
+void node_runtime::drop(drop_reason r, const std::string& link) {
+    // Counted always, logged once per reason so a flood cannot fill the journal.
+    if (drops_[static_cast<std::size_t>(r)]++ == 0)
+        log::warning("heartbeat.dropped", "dropped a heartbeat on {}: {} (logged once per reason; see status --json)",
+                     link, to_string(r));
+}
+
+void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data) {
+    auto d = decode_heartbeat(data, cfg_.auth.key);
+    if (!d.ok) return drop(d.reason, l.name);
+    const heartbeat& hb = d.hb;
+    if (hb.cluster != cfg_.cluster.name) return drop(drop_reason::wrong_cluster, l.name);
+    if (hb.node != cfg_.peer.name) return drop(drop_reason::wrong_sender, l.name);
+    if (!replay_.accept(hb.boot_id, hb.seq)) return drop(drop_reason::replayed, l.name);
+
+    auto mono = monotonic_ns();
+    if (peer_boot_ && *peer_boot_ != hb.boot_id)
+        bus_.publish({"peer.restarted", "the peer's tandemd restarted", {}});
+    peer_boot_ = hb.boot_id;
+    ++l.rx;
+    l.last_rx = now();
+    l.echo_seq = hb.seq;
+    l.echo_send_ns = hb.send_mono_ns;
+    l.echo_rx_ns = mono;
+    // Both timestamps are ours: no clock synchronisation between the nodes is needed.
+    if (hb.echo_mono_ns && mono > hb.echo_mono_ns + hb.echo_hold_ns) {
+        double rtt = static_cast<double>(mono - hb.echo_mono_ns - hb.echo_hold_ns) / 1e6;
+        if (rtt < 60'000) l.rtt_ms = rtt;
+    }
+    peer_info p;
+    p.role = static_cast<node_role>(hb.role);
+    p.state = hb.state;
+    p.mode = hb.mode;
+    p.sync = hb.sync;
+    p.flags = hb.flags;
+    p.sync_permille = hb.sync_permille;
+    p.generation = hb.generation;
+    p.version = hb.version;
+    apply(machine_.on_heartbeat(now(), p));
+}
+
+// ---- decisions
+
+void node_runtime::apply(effects e) {
+    for (auto& ev : e.events) bus_.publish(ev);
+    if (e.run_connectivity_test) start_connectivity_test();
+    if (e.sequence != sequence_kind::none) start_sequence(e.sequence);
+    if (e.send_now) send_timer_.cancel();
+    watchdog_timer_.cancel();  // the deadline may have moved
+    notify_status();
+}
+
+asio::awaitable<void> node_runtime::watchdog_loop() {
+    for (;;) {
+        watchdog_timer_.expires_at(machine_.next_deadline());
+        auto [ec] = co_await watchdog_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (!ec) apply(machine_.on_tick(now()));
+    }
+}
+
+void node_runtime::start_sequence(sequence_kind k) {
+    asio::co_spawn(
+        io_,
+        [this, k]() -> asio::awaitable<void> {
+            bool acquire = k == sequence_kind::acquire;
+            sequence_report rep;  // not a ?: expression: GCC 12 miscompiles co_await inside one
+            if (acquire) rep = co_await sequence_->acquire(bus_);
+            else rep = co_await sequence_->release(bus_);
+            last_sequence_ = {{"direction", acquire ? "acquire" : "release"},
+                              {"ok", rep.ok},
+                              {"total_us", rep.total.count()},
+                              {"detail", rep.detail}};
+            bus_.publish({"failover.sequence",
+                          fmt::format("{} {} in {:.3f} ms{}", acquire ? "acquire" : "release",
+                                      rep.ok ? "finished" : "FAILED", rep.total.count() / 1000.0,
+                                      rep.detail.empty() ? "" : ": " + rep.detail),
+                          {{"direction", acquire ? "acquire" : "release"},
+                           {"ok", rep.ok ? "true" : "false"},
+                           {"total_us", std::to_string(rep.total.count())}}});
+            apply(machine_.on_sequence_done(now(), rep.ok, rep.detail));
+            if (stopping_) maybe_finish_shutdown();
+        },
+        asio::detached);
+}
+
+void node_runtime::start_connectivity_test() {
+    asio::co_spawn(
+        io_,
+        [this]() -> asio::awaitable<void> {
+            auto r = co_await test_connectivity(cfg_.connectivity.targets, cfg_.connectivity.timeout,
+                                                cfg_.connectivity.require);
+            log::debug("connectivity.result", "{}: {}", r.ok ? "passed" : "failed", r.detail);
+            apply(machine_.on_connectivity(now(), r.ok, r.detail));
+        },
+        asio::detached);
+}
+
+// ---- health
+
+asio::awaitable<std::pair<bool, std::string>> node_runtime::probe_store() {
+    // A hung store (dead NFS server, failing disk) blocks write(2) for minutes:
+    // probe on a thread of its own and give up waiting after the timeout.
+    if (probe_inflight_ && !probe_inflight_->done.load(std::memory_order_acquire))
+        co_return std::pair{false, fmt::format("a write to {} is still blocked", cfg_.health.store_path)};
+    auto st = std::make_shared<probe_state>();
+    probe_inflight_ = st;
+    auto ex = co_await asio::this_coro::executor;
+    auto timer = std::make_shared<asio::steady_timer>(ex, cfg_.health.command_timeout);
+    std::thread([st, timer, ex, dir = cfg_.health.store_path] {
+        auto [ok, detail] = blocking_store_probe(dir);
+        st->ok = ok;
+        st->detail = detail;
+        st->done.store(true, std::memory_order_release);
+        asio::post(ex, [timer] { timer->cancel(); });
+    }).detach();
+    co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!st->done.load(std::memory_order_acquire))
+        co_return std::pair{false, fmt::format("writing to {} did not finish within {}", cfg_.health.store_path,
+                                               format_duration(cfg_.health.command_timeout))};
+    co_return std::pair{st->ok, st->detail};
+}
+
+asio::awaitable<void> node_runtime::health_loop() {
+    asio::steady_timer t(io_);
+    for (;;) {
+        bool ok = true;
+        std::string detail;
+        // The store is only meaningful where it is mounted: on the active node.
+        if (!cfg_.health.store_path.empty() && machine_.state() == host_state::active) {
+            std::tie(ok, detail) = co_await probe_store();
+            if (ok && !detail.empty()) log::warning("health.store_full", "{}", detail);
+        }
+        if (ok && !cfg_.health.check_command.empty()) {
+            auto r = co_await run_command(cfg_.health.check_command, check_env(cfg_), cfg_.health.command_timeout);
+            if (!r.ok()) {
+                ok = false;
+                detail = fmt::format("check command \"{}\" {}", cfg_.health.check_command, r.describe());
+            }
+        }
+        if (ok) detail.clear();
+        if (ok != machine_.healthy() || (!ok && detail != machine_.health_detail()))
+            apply(machine_.on_health(now(), ok, detail));
+        t.expires_after(cfg_.health.interval);
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+// ---- systemd, signals, shutdown
+
+asio::awaitable<void> node_runtime::sd_watchdog_loop() {
+    std::uint64_t usec = 0;
+    sd_watchdog_enabled(0, &usec);
+    asio::steady_timer t(io_);
+    for (;;) {
+        sd_notify(0, "WATCHDOG=1");
+        t.expires_after(std::chrono::microseconds(usec / 2));
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+void node_runtime::notify_status() {
+    auto s = fmt::format("{}/{} peer {} {}", to_string(machine_.state()), to_string(machine_.mode()),
+                         cfg_.peer.name,
+                         machine_.peer_alive(now()) ? to_string(machine_.peer()->state) : std::string_view("UNKNOWN"));
+    if (s != last_status_) {
+        last_status_ = s;
+        sd_notifyf(0, "STATUS=%s", s.c_str());
+    }
+}
+
+asio::awaitable<void> node_runtime::signal_loop() {
+    for (;;) {
+        auto [ec, sig] = co_await signals_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (ec) co_return;
+        if (sig == SIGHUP) {
+            auto r = reload();
+            if (!r.value("ok", false)) log::error("config.reload_refused", "{}", r.value("error", ""));
+        } else {
+            begin_shutdown();
+        }
+    }
+}
+
+void node_runtime::begin_shutdown() {
+    if (stopping_) return;
+    stopping_ = true;
+    sd_notify(0, "STOPPING=1");
+    bus_.publish({"tandemd.stopping", "releasing resources and telling the peer", {}});
+    apply(machine_.on_shutdown(now()));
+    maybe_finish_shutdown();
+}
+
+void node_runtime::maybe_finish_shutdown() {
+    if (machine_.busy()) return;
+    if (machine_.state() == host_state::active) {  // an acquire finished after the signal
+        apply(machine_.on_shutdown(now()));
+        return;
+    }
+    send_heartbeats();  // with the shutting-down flag: the peer may claim at once
+    bus_.publish({"tandemd.stopped", "clean shutdown", {}});
+    io_.stop();
+}
+
+// ---- control
+
+json node_runtime::status() const {
+    auto t = now();
+    bool alive = machine_.peer_alive(t);
+    std::optional<double> rtt;
+    bool any_up = false;
+    json links = json::array();
+    for (auto& l : links_) {
+        bool up = l->last_rx && t - *l->last_rx < cfg_.heartbeat.timeout;
+        any_up |= up;
+        if (up && l->rtt_ms && (!rtt || *l->rtt_ms < *rtt)) rtt = l->rtt_ms;
+        links.push_back({{"name", l->name},
+                         {"peer", l->peer.address().to_string()},
+                         {"up", up},
+                         {"rtt_ms", up && l->rtt_ms ? json(*l->rtt_ms) : json(nullptr)},
+                         {"tx", l->tx},
+                         {"rx", l->rx},
+                         {"tx_errors", l->tx_errors},
+                         {"last_rx_ms", l->last_rx ? json(std::chrono::duration<double, std::milli>(t - *l->last_rx).count())
+                                                   : json(nullptr)}});
+    }
+    json dropped = json::object();
+    for (std::size_t i = 0; i < drops_.size(); ++i) dropped[std::string(to_string(static_cast<drop_reason>(i)))] = drops_[i];
+    const auto& peer = machine_.peer();
+    node_role peer_role = cfg_.node.role == node_role::primary ? node_role::secondary : node_role::primary;
+    return {
+        {"cluster", {{"name", cfg_.cluster.name},
+                     {"vip", fmt::format("{}/{}", cfg_.cluster.vip.text, cfg_.cluster.vip.prefix)},
+                     {"interface", cfg_.cluster.interface},
+                     {"alias", cfg_.cluster.interface + ":0"}}},
+        {"collision", machine_.collision()},
+        {"local", {{"name", cfg_.node.name},
+                   {"role", to_string(cfg_.node.role)},
+                   {"state", to_string(machine_.state())},
+                   {"mode", to_string(machine_.mode())},
+                   {"sync", to_string(machine_.local_sync())},
+                   {"generation", machine_.generation()},
+                   {"heartbeat_up", any_up},
+                   {"rtt_ms", rtt ? json(*rtt) : json(nullptr)},
+                   {"version", cfg_.node.software_version},
+                   {"healthy", machine_.healthy()},
+                   {"health_detail", machine_.health_detail()},
+                   {"busy", machine_.busy()},
+                   {"blocked", machine_.blocked_reason()}}},
+        {"remote", {{"name", cfg_.peer.name},
+                    {"role", to_string(peer && alive ? peer->role : peer_role)},
+                    {"state", alive ? to_string(peer->state) : to_string(host_state::unknown)},
+                    {"mode", alive ? to_string(peer->mode) : std::string_view("UNKNOWN")},
+                    {"sync", alive ? to_string(peer->sync) : std::string_view("UNKNOWN")},
+                    {"generation", peer ? peer->generation : 0},
+                    {"heartbeat_up", alive},
+                    {"version", peer ? peer->version : ""}}},
+        {"heartbeat", {{"interval_ms", cfg_.heartbeat.interval.count()},
+                       {"timeout_ms", cfg_.heartbeat.timeout.count()},
+                       {"port", cfg_.heartbeat.port},
+                       {"links", links},
+                       {"dropped", dropped}}},
+        {"replication", {{"backend", to_string(cfg_.replication.backend)},
+                         {"port", cfg_.replication.port},
+                         {"rate_mib", cfg_.replication.rate_mib}}},
+        {"last_sequence", last_sequence_},
+    };
+}
+
+json node_runtime::reload() {
+    config fresh;
+    try {
+        fresh = load_config(cfg_.path);
+    } catch (const config_error& e) {
+        return {{"ok", false}, {"error", std::string("the new configuration is not valid; nothing changed:\n") + e.what()}};
+    }
+    auto plan = plan_reload(cfg_, fresh);
+    if (!plan.ok()) {
+        std::string msg = "refused; nothing changed:";
+        for (auto& r : plan.refused) msg += "\n  " + r;
+        return {{"ok", false}, {"error", msg}};
+    }
+    cfg_ = std::move(fresh);
+    auto p = params_of(cfg_);
+    machine_.set_timing(p.interval, p.timeout, p.connectivity_configured, p.connectivity_interval);
+    std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));
+    bus_.publish({"config.reloaded", what, {}});
+    apply({});  // timers: the interval and the deadlines may have changed
+    send_timer_.cancel();
+    return {{"ok", true}, {"applied", plan.applied}};
+}
+
+json node_runtime::handle(const json& req) {
+    std::string cmd = req.value("cmd", "");
+    if (cmd == "status") return {{"ok", true}, {"status", status()}};
+    if (cmd == "reload") return reload();
+    static const std::pair<std::string_view, command> commands[] = {{"takeover", command::takeover},
+                                                                     {"giveback", command::giveback},
+                                                                     {"offline", command::offline},
+                                                                     {"online", command::online}};
+    for (auto& [name, c] : commands) {
+        if (cmd == name) {
+            auto [reply, e] = machine_.on_command(now(), c);
+            apply(std::move(e));
+            if (!reply.ok) return {{"ok", false}, {"error", reply.message}};
+            return {{"ok", true}, {"message", reply.message}};
+        }
+    }
+    return {{"ok", false},
+            {"error", fmt::format("unknown command \"{}\"; known: status, events, takeover, giveback, offline, online, "
+                                  "reload",
+                                  cmd)}};
+}
+
+}  // namespace tandem::agent

@@ -1,0 +1,257 @@
+// agent: tandemctl — the operator's command line over tandemd's control socket.
+#include "tandem/agent/control.hpp"
+
+#include "tandem/base/duration.hpp"
+#include "tandem/base/unique_fd.hpp"
+
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <toml++/toml.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <string>
+
+using nlohmann::json;
+using namespace tandem;
+
+namespace {
+
+// Exit codes, documented in the operator guide.
+enum exit_code : int { ok = 0, refused = 1, usage_error = 2, timed_out = 3, not_running = 4 };
+
+constexpr const char* usage =
+    "usage: tandemctl [-s SOCKET | -c CONFIG] COMMAND\n"
+    "commands:\n"
+    "  cstate                    one line: local and remote role, state/mode, heartbeat, RTT\n"
+    "  status [--json]           the whole status\n"
+    "  events [--follow] [--backlog N]   the event stream, one JSON object per line\n"
+    "  takeover                  on the standby: become active (the peer must be synchronized)\n"
+    "  giveback                  on the active: hand over to the standby\n"
+    "  offline | online          maintenance mode; offline on the active node is a manual failover\n"
+    "  reload                    apply heartbeat, connectivity and rate changes from the configuration\n"
+    "  wait state=STATE|event=ID [--timeout 30s]   block until this node reaches a state or emits an event\n"
+    "exit codes: 0 done, 1 refused or failed, 2 usage, 3 wait timed out, 4 tandemd not running\n";
+
+class connection {
+public:
+    explicit connection(const std::string& path) {
+        fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_un sa{};
+        sa.sun_family = AF_UNIX;
+        std::strncpy(sa.sun_path, path.c_str(), sizeof sa.sun_path - 1);
+        if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) {
+            int e = errno;
+            throw std::runtime_error(
+                fmt::format("tandemd is not running (cannot connect to {}: {}){}", path, std::strerror(e),
+                            e == EACCES ? "; the control socket is for root only" : ""));
+        }
+    }
+    void send(const json& j) {
+        auto s = j.dump() + "\n";
+        for (std::size_t off = 0; off < s.size();) {
+            auto n = ::write(fd_.get(), s.data() + off, s.size() - off);
+            if (n <= 0) throw std::runtime_error("the connection to tandemd broke");
+            off += static_cast<std::size_t>(n);
+        }
+    }
+    // One line, or nullopt at the deadline; throws when tandemd closes the connection.
+    std::optional<std::string> line(std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt) {
+        for (;;) {
+            if (auto nl = buf_.find('\n'); nl != std::string::npos) {
+                auto l = buf_.substr(0, nl);
+                buf_.erase(0, nl + 1);
+                return l;
+            }
+            int wait = -1;
+            if (deadline) {
+                auto left = std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - std::chrono::steady_clock::now());
+                if (left.count() <= 0) return std::nullopt;
+                wait = static_cast<int>(left.count());
+            }
+            pollfd p{fd_.get(), POLLIN, 0};
+            int r = ::poll(&p, 1, wait);
+            if (r == 0) return std::nullopt;
+            if (r < 0 && errno == EINTR) continue;
+            char chunk[4096];
+            auto n = ::read(fd_.get(), chunk, sizeof chunk);
+            if (n <= 0) throw std::runtime_error("tandemd closed the connection");
+            buf_.append(chunk, static_cast<std::size_t>(n));
+        }
+    }
+    json request(const json& j) {
+        send(j);
+        return json::parse(*line());
+    }
+
+private:
+    unique_fd fd_;
+    std::string buf_;
+};
+
+std::string socket_from_config(const std::string& path) {
+    try {
+        auto t = toml::parse_file(path);
+        return t["control"]["socket"].value_or(std::string("/run/tandem/tandemd.sock"));
+    } catch (const toml::parse_error& e) {
+        throw std::runtime_error(fmt::format("{}: {}", path, e.description()));
+    }
+}
+
+int print_reply(const json& r) {
+    if (!r.value("ok", false)) {
+        std::cerr << "tandemctl: " << r.value("error", "failed") << "\n";
+        return refused;
+    }
+    if (r.contains("message")) std::cout << r["message"].get<std::string>() << "\n";
+    if (r.contains("applied")) {
+        if (r["applied"].empty()) std::cout << "no changes\n";
+        for (auto& a : r["applied"]) std::cout << "applied " << a.get<std::string>() << "\n";
+    }
+    return ok;
+}
+
+void print_status(const json& st) {
+    const auto& l = st["local"];
+    const auto& r = st["remote"];
+    std::cout << fmt::format("cluster   {}  VIP {} on {}\n", st["cluster"]["name"].get<std::string>(),
+                             st["cluster"]["vip"].get<std::string>(), st["cluster"]["alias"].get<std::string>());
+    std::cout << fmt::format("local     {} ({})  {}/{}  sync {}  generation {}{}\n", l["name"].get<std::string>(),
+                             l["role"].get<std::string>(), l["state"].get<std::string>(), l["mode"].get<std::string>(),
+                             l["sync"].get<std::string>(), l["generation"].get<std::uint64_t>(),
+                             l["healthy"].get<bool>() ? "" : "  UNHEALTHY: " + l["health_detail"].get<std::string>());
+    std::cout << fmt::format("remote    {} ({})  {}/{}  sync {}\n", r["name"].get<std::string>(),
+                             r["role"].get<std::string>(), r["state"].get<std::string>(), r["mode"].get<std::string>(),
+                             r["sync"].get<std::string>());
+    if (!l["blocked"].get<std::string>().empty())
+        std::cout << "failover  blocked: " << l["blocked"].get<std::string>() << "\n";
+    if (st["collision"].get<bool>()) std::cout << "collision both nodes are ACTIVE; resolving\n";
+    for (auto& k : st["heartbeat"]["links"]) {
+        std::cout << fmt::format("link      {:<8} {}  rtt {}  tx {} rx {}\n", k["name"].get<std::string>(),
+                                 k["up"].get<bool>() ? "UP  " : "DOWN",
+                                 k["rtt_ms"].is_null() ? "-" : fmt::format("{:.3f} ms", k["rtt_ms"].get<double>()),
+                                 k["tx"].get<std::uint64_t>(), k["rx"].get<std::uint64_t>());
+    }
+}
+
+int wait_for(const std::string& sock, const std::string& cond, std::chrono::milliseconds timeout) {
+    auto eq = cond.find('=');
+    if (eq == std::string::npos) throw std::invalid_argument("wait needs state=STATE or event=ID");
+    std::string kind = cond.substr(0, eq), want = cond.substr(eq + 1);
+    if (kind != "state" && kind != "event") throw std::invalid_argument("wait needs state=STATE or event=ID");
+    for (auto& c : want)
+        if (kind == "state") c = static_cast<char>(std::toupper(c));
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    // tandemd may still be starting (at boot, in scripts): retry the connection
+    // until the deadline with a short back-off, as systemctl does.
+    std::optional<connection> conn;
+    while (!conn) {
+        try {
+            conn.emplace(sock);
+        } catch (const std::runtime_error&) {
+            if (std::chrono::steady_clock::now() >= deadline) throw;
+            ::usleep(50'000);
+        }
+    }
+    // Subscribe first, then look at the current state: no event can slip between.
+    connection& events = *conn;
+    events.send({{"cmd", "events"}, {"follow", true}, {"backlog", 0}});
+    if (kind == "state") {
+        connection c(sock);
+        auto st = c.request({{"cmd", "status"}});
+        if (st["status"]["local"]["state"] == want) {
+            std::cout << "state " << want << "\n";
+            return ok;
+        }
+    }
+    while (auto l = events.line(deadline)) {
+        auto j = json::parse(*l);
+        if ((kind == "event" && j.value("id", "") == want) ||
+            (kind == "state" && j.value("id", "") == "state.changed" && j.value("to", "") == want)) {
+            std::cout << *l << "\n";
+            return ok;
+        }
+    }
+    std::cerr << fmt::format("tandemctl: timed out after {} waiting for {}\n", format_duration(timeout), cond);
+    return timed_out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string sock = std::getenv("TANDEM_SOCKET") ? std::getenv("TANDEM_SOCKET") : "/run/tandem/tandemd.sock";
+    std::vector<std::string> args;
+    try {
+        for (int i = 1; i < argc; ++i) {
+            std::string a = argv[i];
+            if (a == "-s" && i + 1 < argc) sock = argv[++i];
+            else if (a == "-c" && i + 1 < argc) sock = socket_from_config(argv[++i]);
+            else if (a == "-h" || a == "--help") {
+                std::cout << usage;
+                return ok;
+            } else args.push_back(a);
+        }
+        if (args.empty()) {
+            std::cerr << usage;
+            return usage_error;
+        }
+        const std::string cmd = args[0];
+        auto flag = [&](const std::string& f) { return std::find(args.begin(), args.end(), f) != args.end(); };
+        auto option = [&](const std::string& f) -> std::optional<std::string> {
+            auto it = std::find(args.begin(), args.end(), f);
+            if (it == args.end() || it + 1 == args.end()) return std::nullopt;
+            return *(it + 1);
+        };
+        if (cmd == "cstate" || cmd == "status") {
+            connection c(sock);
+            auto r = c.request({{"cmd", "status"}});
+            if (!r.value("ok", false)) return print_reply(r);
+            if (cmd == "cstate") std::cout << agent::format_cstate(r["status"]) << "\n";
+            else if (flag("--json")) std::cout << r["status"].dump(2) << "\n";
+            else print_status(r["status"]);
+            return ok;
+        }
+        if (cmd == "events") {
+            connection c(sock);
+            std::size_t backlog = 100;
+            if (auto b = option("--backlog")) backlog = std::stoul(*b);
+            c.send({{"cmd", "events"}, {"follow", flag("--follow") || flag("-f")}, {"backlog", backlog}});
+            try {
+                while (auto l = c.line()) std::cout << *l << std::endl;  // flushed per line for pipes
+            } catch (const std::runtime_error&) {
+                // tandemd closed the stream: the end of the backlog, or it stopped.
+            }
+            return ok;
+        }
+        if (cmd == "takeover" || cmd == "giveback" || cmd == "offline" || cmd == "online" || cmd == "reload") {
+            connection c(sock);
+            return print_reply(c.request({{"cmd", cmd}}));
+        }
+        if (cmd == "wait") {
+            if (args.size() < 2) throw std::invalid_argument("wait needs state=STATE or event=ID");
+            auto timeout = std::chrono::milliseconds(30'000);
+            if (auto t = option("--timeout")) {
+                auto d = parse_duration(*t);
+                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 500ms or 30s", *t));
+                timeout = *d;
+            }
+            return wait_for(sock, args[1], timeout);
+        }
+        std::cerr << fmt::format("tandemctl: unknown command \"{}\"\n", cmd) << usage;
+        return usage_error;
+    } catch (const std::invalid_argument& e) {
+        std::cerr << "tandemctl: " << e.what() << "\n";
+        return usage_error;
+    } catch (const std::exception& e) {
+        std::cerr << "tandemctl: " << e.what() << "\n";
+        return not_running;
+    }
+}

@@ -1,0 +1,111 @@
+// agent: tandemd's main — reads the configuration and wires the components together.
+#include "tandem/agent/config.hpp"
+#include "tandem/agent/failover.hpp"
+#include "tandem/agent/runtime.hpp"
+#include "tandem/agent/version.hpp"
+#include "tandem/base/log.hpp"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <iostream>
+#include <string>
+
+using namespace tandem;
+using namespace tandem::agent;
+
+namespace {
+
+constexpr const char* usage =
+    "usage: tandemd [-c FILE] [--debug]\n"
+    "       tandemd --check-config FILE\n"
+    "       tandemd --version\n"
+    "  -c, --config FILE      configuration (default /etc/tandem/tandem.toml)\n"
+    "      --check-config FILE  validate FILE and the key it names, then exit\n"
+    "      --debug            log debug messages too\n";
+
+// Features checked once at start-up, each failure naming what is missing.
+void check_features(const config& c) {
+    if (c.replication.backend != backend_kind::none)
+        throw std::runtime_error(fmt::format(
+            "replication.backend = \"{}\" is not available in this build yet; use \"none\" (the /store replication "
+            "engines are being built: uring, drbd and shared storage)",
+            to_string(c.replication.backend)));
+    if (!c.connectivity.targets.empty()) {
+        int fd = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+        if (fd < 0)
+            throw std::runtime_error(fmt::format(
+                "connectivity.targets needs raw ICMP sockets, which failed: {} (run as root or with CAP_NET_RAW)",
+                std::strerror(errno)));
+        ::close(fd);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string path = "/etc/tandem/tandem.toml";
+    bool check_only = false;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if ((a == "-c" || a == "--config") && i + 1 < argc) {
+            path = argv[++i];
+        } else if (a == "--check-config" && i + 1 < argc) {
+            path = argv[++i];
+            check_only = true;
+        } else if (a == "--debug") {
+            log::set_min_level(log::level::debug);
+        } else if (a == "--version") {
+            std::cout << "tandemd " << tandem_version << "\n";
+            return 0;
+        } else if (a == "-h" || a == "--help") {
+            std::cout << usage;
+            return 0;
+        } else {
+            std::cerr << "tandemd: unknown argument \"" << a << "\"\n" << usage;
+            return 2;
+        }
+    }
+    config cfg;
+    try {
+        cfg = load_config(path);
+    } catch (const config_error& e) {
+        std::cerr << e.what() << "\n";
+        return 1;
+    }
+    if (check_only) {
+        std::cout << fmt::format("{}: valid — cluster {} (VIP {}/{} on {}:0), this node {} as {}, peer {} at {}\n",
+                                 path, cfg.cluster.name, cfg.cluster.vip.text, cfg.cluster.vip.prefix,
+                                 cfg.cluster.interface, cfg.node.name, to_string(cfg.node.role), cfg.peer.name,
+                                 cfg.peer.address.text);
+        return 0;
+    }
+    log::set_tag(cfg.node.name);
+    ::signal(SIGPIPE, SIG_IGN);
+    try {
+        check_features(cfg);
+        boost::asio::io_context io(1);
+        node_runtime rt(io, cfg);
+        const config& live = rt.current_config();  // updated in place by reloads
+        std::vector<std::unique_ptr<failover_phase>> phases;
+        phases.push_back(make_local_storage_phase());
+        phases.push_back(make_absent_phase("alias", "VIP ownership through netlink is not in this build yet"));
+        phases.push_back(make_absent_phase("vip", "VIP ownership through netlink is not in this build yet"));
+        phases.push_back(make_services_phase(live));
+        phases.push_back(make_absent_phase("announce", "gratuitous ARP is not in this build yet"));
+        rt.install_sequence(failover_sequence(std::move(phases)));
+        rt.start();
+        io.run();
+    } catch (const std::exception& e) {
+        log::error("tandemd.failed", "{}", e.what());
+        return 1;
+    }
+    return 0;
+}
