@@ -15,7 +15,8 @@ namespace tandem::test {
 
 cmd_result run(const std::string& cmd) {
     cmd_result r;
-    std::string full = cmd + " 2>&1";
+    // A group, so a here-document's terminator line stays alone on its line.
+    std::string full = "{ " + cmd + "\n} 2>&1";
     FILE* p = ::popen(full.c_str(), "r");
     if (!p) throw std::runtime_error("popen failed for: " + cmd);
     std::array<char, 4096> buf{};
