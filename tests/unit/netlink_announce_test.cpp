@@ -2,10 +2,7 @@
 #include "tandem/netlink/announce.hpp"
 
 #include "netlink_test_util.hpp"
-#include "support/netns.hpp"
-#include "support/skip.hpp"
 #include "tandem/netlink/frames.hpp"
-#include "tandem/netlink/route.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -16,26 +13,10 @@ using namespace tandem::netlink;
 using namespace tandem::test;
 
 namespace {
-bool can_capture(std::string* why) {
-    if (!can_make_namespaces(why)) return false;
-    if (run("command -v tcpdump").status != 0) {
-        *why = "tcpdump is not installed";
-        return false;
-    }
-    return true;
-}
-
-// The sending side: host a's eth0, its MAC and a packet socket on it.
-struct sender {
-    mac_address mac{};
-    result<packet_socket> socket = error_code();
-    explicit sender(const netns& ns) {
-        scoped_netns_enter in(ns);
-        auto rs = route_socket::open().value();
-        auto l = rs.link(rs.link_index("eth0").value()).value();
-        mac = l.mac;
-        socket = packet_socket::open(l.ifindex);
-    }
+// Host a of in_host_a sending: eth0's MAC and a packet socket on it.
+struct sender : in_host_a {
+    mac_address mac = rs.link(eth0).value().mac;
+    packet_socket socket = packet_socket::open(eth0).value();
 };
 
 // What `ip neigh` in `ns` says the MAC of `address` is, or "" without an entry.
@@ -55,74 +36,63 @@ std::vector<std::byte> built(result<std::size_t> (*build)(std::span<std::byte>, 
 }  // namespace
 
 TEST_CASE("a GARP burst arrives on the peer as a request then a reply, byte for byte", "[kernel][netlink]") {
-    std::string why;
-    if (!can_capture(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    sender a(hosts.a);
-    REQUIRE(ok(a.socket));
+    TANDEM_REQUIRE_NAMESPACES();
+    if (run("command -v tcpdump").status != 0) TANDEM_SKIP("tcpdump is not installed");
+    sender h;
     auto vip = parse_vip("10.200.0.100/24").value();
 
-    capture cap(hosts.b, "eth0", 2, "arp");
-    REQUIRE(ok(send_burst(*a.socket, a.mac, vip)));
+    capture cap(h.b, "eth0", 2, "arp");
+    REQUIRE(ok(send_burst(h.socket, h.mac, vip)));
     auto frames = cap.frames();
     REQUIRE(frames.size() == 2);
-    CHECK(hex(frames[0]) == hex(built(build_garp_request, a.mac, vip)));
-    CHECK(hex(frames[1]) == hex(built(build_garp_reply, a.mac, vip)));
+    CHECK(hex(frames[0]) == hex(built(build_garp_request, h.mac, vip)));
+    CHECK(hex(frames[1]) == hex(built(build_garp_reply, h.mac, vip)));
 }
 
 TEST_CASE("a GARP burst moves the peer's existing neighbour entry to our MAC", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    sender a(hosts.a);
-    REQUIRE(ok(a.socket));
+    TANDEM_REQUIRE_NAMESPACES();
+    sender h;
     // The peer still knows the VIP at the failed node's MAC. arp_accept stays 0:
     // ARP updates an entry that exists without it.
-    hosts.b.exec_ok("ip neigh replace 10.200.0.100 lladdr 02:00:00:00:00:99 dev eth0 nud stale");
-    REQUIRE(neighbour_mac(hosts.b, "10.200.0.100") == "02:00:00:00:00:99");
+    h.b.exec_ok("ip neigh replace 10.200.0.100 lladdr 02:00:00:00:00:99 dev eth0 nud stale");
+    REQUIRE(neighbour_mac(h.b, "10.200.0.100") == "02:00:00:00:00:99");
 
-    REQUIRE(ok(send_burst(*a.socket, a.mac, parse_vip("10.200.0.100/24").value())));
-    CHECK(wait_until([&] { return neighbour_mac(hosts.b, "10.200.0.100") == to_string(a.mac); }));
+    REQUIRE(ok(send_burst(h.socket, h.mac, parse_vip("10.200.0.100/24").value())));
+    CHECK(wait_until([&] { return neighbour_mac(h.b, "10.200.0.100") == to_string(h.mac); }));
 }
 
 TEST_CASE("with arp_accept=1 a GARP burst creates the peer's neighbour entry", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    sender a(hosts.a);
-    REQUIRE(ok(a.socket));
-    hosts.b.exec_ok("sysctl -qw net.ipv4.conf.all.arp_accept=1");
-    REQUIRE(neighbour_mac(hosts.b, "10.200.0.101").empty());
+    TANDEM_REQUIRE_NAMESPACES();
+    sender h;
+    h.b.exec_ok("sysctl -qw net.ipv4.conf.all.arp_accept=1");
+    REQUIRE(neighbour_mac(h.b, "10.200.0.101").empty());
 
-    REQUIRE(ok(send_burst(*a.socket, a.mac, parse_vip("10.200.0.101/24").value())));
-    CHECK(wait_until([&] { return neighbour_mac(hosts.b, "10.200.0.101") == to_string(a.mac); }));
+    REQUIRE(ok(send_burst(h.socket, h.mac, parse_vip("10.200.0.101/24").value())));
+    CHECK(wait_until([&] { return neighbour_mac(h.b, "10.200.0.101") == to_string(h.mac); }));
 }
 
 TEST_CASE("an unsolicited NA arrives intact and overrides the peer's IPv6 neighbour entry", "[kernel][netlink]") {
-    std::string why;
-    if (!can_capture(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    hosts.b.exec_ok("ip addr add fd00:200::2/64 dev eth0 nodad");
-    sender a(hosts.a);
-    REQUIRE(ok(a.socket));
+    TANDEM_REQUIRE_NAMESPACES();
+    if (run("command -v tcpdump").status != 0) TANDEM_SKIP("tcpdump is not installed");
+    sender h;
+    h.b.exec_ok("ip addr add fd00:200::2/64 dev eth0 nodad");
     auto vip = parse_vip("fd00:200::100/64").value();
-    hosts.b.exec_ok("ip -6 neigh replace fd00:200::100 lladdr 02:00:00:00:00:99 dev eth0 nud stale");
+    h.b.exec_ok("ip -6 neigh replace fd00:200::100 lladdr 02:00:00:00:00:99 dev eth0 nud stale");
 
-    capture cap(hosts.b, "eth0", 1, "icmp6 and ip6[40] == 136");  // Neighbor Advertisements only
-    REQUIRE(ok(send_burst(*a.socket, a.mac, vip)));
+    capture cap(h.b, "eth0", 1, "icmp6 and ip6[40] == 136");  // Neighbor Advertisements only
+    REQUIRE(ok(send_burst(h.socket, h.mac, vip)));
     auto frames = cap.frames();
     REQUIRE(frames.size() == 1);
     std::array<std::byte, na_frame_size> expected{};
-    REQUIRE(ok(build_unsolicited_na(expected, a.mac, vip.bytes)));
+    REQUIRE(ok(build_unsolicited_na(expected, h.mac, vip.bytes)));
     CHECK(hex(frames[0]) == hex(expected));
     // The kernel accepts it only with a correct checksum and hop limit 255, and
     // replaces the old MAC only because Override is set (RFC 4861 §7.2.5).
-    CHECK(wait_until([&] { return neighbour_mac(hosts.b, "fd00:200::100") == to_string(a.mac); }));
+    CHECK(wait_until([&] { return neighbour_mac(h.b, "fd00:200::100") == to_string(h.mac); }));
 }
 
 TEST_CASE("packet_socket fails cleanly on a link that does not exist", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_NAMESPACES();
     netns a("a");
     scoped_netns_enter in(a);
     auto s = packet_socket::open(99999);

@@ -2,8 +2,6 @@
 #include "tandem/netlink/events.hpp"
 
 #include "netlink_test_util.hpp"
-#include "support/netns.hpp"
-#include "support/skip.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -11,8 +9,8 @@
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
-#include <fstream>
 
 using namespace tandem;
 using namespace tandem::netlink;
@@ -52,22 +50,20 @@ auto address_is(bool added, const vip_address& vip) {
 }  // namespace
 
 TEST_CASE("event_socket is non-blocking, CLOEXEC and sees a link go down and up", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    scoped_netns_enter in(hosts.a);
+    TANDEM_REQUIRE_NAMESPACES();
+    in_host_a h;
     auto es = event_socket::open();
     REQUIRE(ok(es));
     CHECK((::fcntl(es->fd(), F_GETFD) & FD_CLOEXEC) != 0);
     CHECK((::fcntl(es->fd(), F_GETFL) & O_NONBLOCK) != 0);
     REQUIRE(ok(es->drain()));  // nothing pending must not block
 
-    hosts.a.exec_ok("ip link set eth0 down");
+    h.a.exec_ok("ip link set eth0 down");
     CHECK(wait_for_event(*es, link_is("eth0", false)));
-    hosts.a.exec_ok("ip link set eth0 up");
+    h.a.exec_ok("ip link set eth0 up");
     CHECK(wait_for_event(*es, link_is("eth0", true)));
 
-    hosts.a.exec_ok("ip link del eth0");
+    h.a.exec_ok("ip link del eth0");
     CHECK(wait_for_event(*es, [](const event& e) {
         const auto* l = std::get_if<link_event>(&e);
         return l && l->removed && l->link.name == "eth0";
@@ -75,58 +71,43 @@ TEST_CASE("event_socket is non-blocking, CLOEXEC and sees a link go down and up"
 }
 
 TEST_CASE("event_socket reports a VIP that someone deletes by hand", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    scoped_netns_enter in(hosts.a);
+    TANDEM_REQUIRE_NAMESPACES();
+    in_host_a h;
     auto es = event_socket::open();
     REQUIRE(ok(es));
-    auto rs = route_socket::open();
-    REQUIRE(ok(rs));
-    int idx = rs->link_index("eth0").value();
 
     for (const char* text : {"10.200.0.100/24", "fd00:200::100/64"}) {
         INFO(text);
         auto vip = parse_vip(text).value();
-        REQUIRE(ok(rs->add_vip(idx, vip, "eth0:0")));
+        REQUIRE(ok(h.rs.add_vip(h.eth0, vip, "eth0:0")));
         CHECK(wait_for_event(*es, address_is(true, vip)));  // "the VIP is up" once the kernel says so
 
-        hosts.a.exec_ok(std::string("ip addr del ") + text + " dev eth0");
+        h.a.exec_ok(std::string("ip addr del ") + text + " dev eth0");
         CHECK(wait_for_event(*es, [&](const event& e) {
             const auto* a = std::get_if<address_event>(&e);
-            return address_is(false, vip)(e) && a->address.ifindex == idx && a->address.proto == tandem_proto &&
+            return address_is(false, vip)(e) && a->address.ifindex == h.eth0 && a->address.proto == tandem_proto &&
                    a->address.label == (vip.family == AF_INET ? "eth0:0" : "");
         }));
     }
 }
 
 TEST_CASE("event_socket turns a buffer overrun into resync_needed", "[kernel][netlink]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
-    two_hosts hosts;
-    scoped_netns_enter in(hosts.a);
+    TANDEM_REQUIRE_NAMESPACES();
+    in_host_a h;
     auto es = event_socket::open();
     REQUIRE(ok(es));
     // Shrink the queue to the kernel's minimum so that a burst overruns it.
     int tiny = 0;
     REQUIRE(::setsockopt(es->fd(), SOL_SOCKET, SO_RCVBUFFORCE, &tiny, sizeof tiny) == 0);
 
-    char batch[] = "/tmp/tandem-batch-XXXXXX";
-    int fd = ::mkstemp(batch);
-    REQUIRE(fd >= 0);
-    ::close(fd);
-    {
-        std::ofstream out(batch);
-        for (int i = 1; i <= 100; ++i) out << "addr add 10.200.1." << i << "/24 dev eth0\n";
-    }
-    hosts.a.exec_ok(std::string("ip -batch ") + batch);
-    std::remove(batch);
+    // One rtnetlink request per address, all queued before we read.
+    h.a.exec_ok("sh -c 'for i in $(seq 1 100); do echo addr add 10.200.1.$i/24 dev eth0; done | ip -batch -'");
 
     auto events = es->drain();
     REQUIRE(ok(events));
     CHECK(std::ranges::any_of(*events, [](const event& e) { return std::holds_alternative<resync_needed>(e); }));
     // After the overrun the socket delivers again. (A secondary: deleting the
     // primary 10.200.1.1 would take all 99 secondaries with it, and overrun again.)
-    hosts.a.exec_ok("ip addr del 10.200.1.100/24 dev eth0");
+    h.a.exec_ok("ip addr del 10.200.1.100/24 dev eth0");
     CHECK(wait_for_event(*es, address_is(false, parse_vip("10.200.1.100/24").value())));
 }

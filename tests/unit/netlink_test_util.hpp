@@ -2,6 +2,8 @@
 #pragma once
 
 #include "support/netns.hpp"
+#include "support/skip.hpp"
+#include "tandem/netlink/route.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -60,10 +62,25 @@ bool wait_until(Pred&& pred, std::chrono::milliseconds timeout = std::chrono::se
     }
 }
 
+// Skips the running test case where namespaces cannot be made (not root, no iproute2).
+#define TANDEM_REQUIRE_NAMESPACES()                                     \
+    do {                                                                \
+        std::string why_;                                               \
+        if (!::tandem::test::can_make_namespaces(&why_)) TANDEM_SKIP(why_); \
+    } while (0)
+
 // Two namespaces joined by eth0 <-> eth0, 10.200.0.1/24 in a and 10.200.0.2/24 in b.
 struct two_hosts {
     netns a{"a"}, b{"b"};
     two_hosts() { veth(a, "eth0", "10.200.0.1/24", b, "eth0", "10.200.0.2/24"); }
+};
+
+// two_hosts with this thread inside host a, a route socket there and eth0's ifindex.
+// Members leave the namespace before two_hosts deletes it.
+struct in_host_a : two_hosts {
+    scoped_netns_enter enter{a};
+    netlink::route_socket rs = netlink::route_socket::open().value();
+    int eth0 = rs.link_index("eth0").value();
 };
 
 inline std::string read_file(const std::filesystem::path& p) {
