@@ -18,7 +18,7 @@ inline constexpr std::size_t na_frame_size = 86;
 // Each builder writes one complete Ethernet frame at the start of `out` and
 // returns its length, or errc::no_buffer_space when `out` is too small.
 
-// Gratuitous ARP in request form (RFC 5227 §3 "ARP Announcement"): broadcast,
+// Gratuitous ARP in request form (RFC 5227 §2.3 "ARP Announcement"): broadcast,
 // opcode 1, sender = (mac, ipv4), target IP = ipv4, target MAC zero.
 [[nodiscard]] result<std::size_t> build_garp_request(std::span<std::byte> out, const mac_address& mac,
                                                      std::span<const std::byte, 4> ipv4);
