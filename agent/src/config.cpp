@@ -4,7 +4,6 @@
 #include "tandem/base/duration.hpp"
 #include "tandem/agent/version.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sys/stat.h>
@@ -171,24 +170,9 @@ private:
 };
 
 std::optional<ip_address> parse_ip(std::string_view text, bool with_prefix) {
-    ip_address a;
-    std::string addr(text);
-    if (auto slash = addr.find('/'); slash != std::string::npos) {
-        if (!with_prefix) return std::nullopt;
-        std::string p = addr.substr(slash + 1);
-        addr.resize(slash);
-        if (p.empty() || p.size() > 3 || !std::all_of(p.begin(), p.end(), ::isdigit)) return std::nullopt;
-        a.prefix = std::stoi(p);
-    } else if (with_prefix) {
-        return std::nullopt;
-    }
-    if (::inet_pton(AF_INET, addr.c_str(), a.bytes.data()) == 1) a.family = AF_INET;
-    else if (::inet_pton(AF_INET6, addr.c_str(), a.bytes.data()) == 1) a.family = AF_INET6;
-    else return std::nullopt;
-    int max = a.family == AF_INET ? 32 : 128;
-    if (with_prefix && (a.prefix < 1 || a.prefix > max)) return std::nullopt;
-    a.text = addr;
-    return a;
+    auto r = with_prefix ? netlink::parse_vip(text) : netlink::parse_ip(text);
+    if (!r || (!with_prefix && text.find('/') != std::string_view::npos)) return std::nullopt;
+    return *r;
 }
 
 bool valid_ifname(std::string_view s) {
@@ -406,18 +390,19 @@ config validate(const toml::table& root, const std::string& path) {
     if (c.cluster.vip.family && c.node.address.family && c.peer.address.family) {
         if (c.node.address.family != c.peer.address.family)
             r.problem_at("peer.address", fmt::format("\"{}\" is not of the same IP family as node.address \"{}\"",
-                                                     c.peer.address.text, c.node.address.text));
-        else if (c.node.address == c.peer.address)
+                                                     netlink::address_string(c.peer.address),
+                                                     netlink::address_string(c.node.address)));
+        else if (netlink::same_address(c.node.address, c.peer.address))
             r.problem_at("peer.address", "must differ from node.address");
         if (c.cluster.vip.family == c.node.address.family) {
             for (auto* a : {&c.node.address, &c.peer.address})
-                if (!c.cluster.vip.same_subnet(*a, c.cluster.vip.prefix))
+                if (!netlink::same_subnet(c.cluster.vip, *a, c.cluster.vip.prefix))
                     r.problem_at(a == &c.node.address ? "node.address" : "peer.address",
-                                 fmt::format("\"{}\" is not in the VIP's subnet {}/{}; the seeds require the "
+                                 fmt::format("\"{}\" is not in the VIP's subnet {}; the seeds require the "
                                              "nodes and the cluster VIP in one subnet",
-                                             a->text, c.cluster.vip.text, c.cluster.vip.prefix));
+                                             netlink::address_string(*a), netlink::to_string(c.cluster.vip)));
         }
-        if (c.cluster.vip == c.node.address || c.cluster.vip == c.peer.address)
+        if (netlink::same_address(c.cluster.vip, c.node.address) || netlink::same_address(c.cluster.vip, c.peer.address))
             r.problem_at("cluster.vip", "must be an unused address, not a node's own address");
     }
     if (!c.node.name.empty() && c.node.name == c.peer.name)
@@ -428,15 +413,6 @@ config validate(const toml::table& root, const std::string& path) {
 }
 
 }  // namespace
-
-bool ip_address::same_subnet(const ip_address& other, int prefix_len) const {
-    if (family != other.family) return false;
-    for (int bit = 0; bit < prefix_len; ++bit) {
-        int byte = bit / 8, mask = 0x80 >> (bit % 8);
-        if ((bytes[byte] & mask) != (other.bytes[byte] & mask)) return false;
-    }
-    return true;
-}
 
 const ip_address& config::peer_address_on(const std::string& link) const {
     if (link == crossover.interface && crossover.peer_address) return *crossover.peer_address;
@@ -476,13 +452,13 @@ reload_plan plan_reload(const config& a, const config& b) {
                                             key));
     };
     refused("cluster.name", a.cluster.name != b.cluster.name);
-    refused("cluster.vip", !(a.cluster.vip == b.cluster.vip) || a.cluster.vip.prefix != b.cluster.vip.prefix);
+    refused("cluster.vip", a.cluster.vip != b.cluster.vip);
     refused("cluster.interface", a.cluster.interface != b.cluster.interface);
     refused("node.name", a.node.name != b.node.name);
     refused("node.role", a.node.role != b.node.role);
-    refused("node.address", !(a.node.address == b.node.address));
+    refused("node.address", a.node.address != b.node.address);
     refused("peer.name", a.peer.name != b.peer.name);
-    refused("peer.address", !(a.peer.address == b.peer.address));
+    refused("peer.address", a.peer.address != b.peer.address);
     refused("heartbeat.port", a.heartbeat.port != b.heartbeat.port);
     refused("heartbeat.links", a.heartbeat.links != b.heartbeat.links);
     refused("auth.key_file", a.auth.key != b.auth.key);
@@ -496,7 +472,7 @@ reload_plan plan_reload(const config& a, const config& b) {
     applied("heartbeat.timeout", format_duration(a.heartbeat.timeout), format_duration(b.heartbeat.timeout));
     auto targets = [](const config& c) {
         std::vector<std::string> v;
-        for (auto& t : c.connectivity.targets) v.push_back(t.text);
+        for (auto& t : c.connectivity.targets) v.push_back(netlink::address_string(t));
         return "[" + join(v, ", ") + "]";
     };
     applied("connectivity.targets", targets(a), targets(b));

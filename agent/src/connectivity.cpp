@@ -14,6 +14,7 @@
 #include <fmt/format.h>
 
 #include <array>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <random>
@@ -36,11 +37,11 @@ std::uint16_t inet_checksum(std::span<const std::byte> data) {
 asio::ip::address to_asio(const ip_address& a) {
     if (a.family == AF_INET) {
         asio::ip::address_v4::bytes_type b;
-        std::copy_n(a.bytes.begin(), 4, b.begin());
+        std::memcpy(b.data(), a.bytes.data(), 4);
         return asio::ip::address_v4(b);
     }
     asio::ip::address_v6::bytes_type b;
-    std::copy_n(a.bytes.begin(), 16, b.begin());
+    std::memcpy(b.data(), a.bytes.data(), 16);
     return asio::ip::address_v6(b);
 }
 
@@ -148,9 +149,9 @@ asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> t
         if (!detail.empty()) detail += "; ";
         if (answered[i]) {
             ++ok;
-            detail += fmt::format("{} answered in {:.2f} ms", targets[i].text, *answered[i]);
+            detail += fmt::format("{} answered in {:.2f} ms", netlink::address_string(targets[i]), *answered[i]);
         } else {
-            detail += fmt::format("{} did not answer within {} ms", targets[i].text, timeout.count());
+            detail += fmt::format("{} did not answer within {} ms", netlink::address_string(targets[i]), timeout.count());
         }
     }
     if (!open_error.empty()) detail += "; " + open_error;

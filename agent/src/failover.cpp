@@ -43,7 +43,7 @@ private:
     std::vector<std::pair<std::string, std::string>> env(const std::string& what) const {
         return {{"TANDEM_CLUSTER", c_.cluster.name},
                 {"TANDEM_NODE", c_.node.name},
-                {"TANDEM_VIP", c_.cluster.vip.text + "/" + std::to_string(c_.cluster.vip.prefix)},
+                {"TANDEM_VIP", netlink::to_string(c_.cluster.vip)},
                 {"TANDEM_INTERFACE", c_.cluster.interface},
                 {"TANDEM_EVENT", what}};
     }

@@ -61,11 +61,11 @@ namespace {
 udp::endpoint endpoint_of(const ip_address& a, std::uint16_t port) {
     if (a.family == AF_INET) {
         asio::ip::address_v4::bytes_type b;
-        std::copy_n(a.bytes.begin(), 4, b.begin());
+        std::memcpy(b.data(), a.bytes.data(), 4);
         return {asio::ip::address_v4(b), port};
     }
     asio::ip::address_v6::bytes_type b;
-    std::copy_n(a.bytes.begin(), 16, b.begin());
+    std::memcpy(b.data(), a.bytes.data(), 16);
     return {asio::ip::address_v6(b), port};
 }
 
@@ -459,7 +459,7 @@ json node_runtime::status() const {
     node_role peer_role = cfg_.node.role == node_role::primary ? node_role::secondary : node_role::primary;
     return {
         {"cluster", {{"name", cfg_.cluster.name},
-                     {"vip", fmt::format("{}/{}", cfg_.cluster.vip.text, cfg_.cluster.vip.prefix)},
+                     {"vip", netlink::to_string(cfg_.cluster.vip)},
                      {"interface", cfg_.cluster.interface},
                      {"alias", cfg_.cluster.interface + ":0"}}},
         {"collision", machine_.collision()},

@@ -81,10 +81,10 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (check_only) {
-        std::cout << fmt::format("{}: valid — cluster {} (VIP {}/{} on {}:0), this node {} as {}, peer {} at {}\n",
-                                 path, cfg.cluster.name, cfg.cluster.vip.text, cfg.cluster.vip.prefix,
-                                 cfg.cluster.interface, cfg.node.name, to_string(cfg.node.role), cfg.peer.name,
-                                 cfg.peer.address.text);
+        std::cout << fmt::format("{}: valid — cluster {} (VIP {} on {}:0), this node {} as {}, peer {} at {}\n",
+                                 path, cfg.cluster.name, netlink::to_string(cfg.cluster.vip), cfg.cluster.interface,
+                                 cfg.node.name, to_string(cfg.node.role), cfg.peer.name,
+                                 netlink::address_string(cfg.peer.address));
         return 0;
     }
     log::set_tag(cfg.node.name);

@@ -70,11 +70,13 @@ parse_result<vip_address> parse_vip(std::string_view text) {
 
 parse_result<vip_address> parse_ip(std::string_view text) { return parse_address(text, text); }
 
-std::string to_string(const vip_address& a) {
+std::string address_string(const vip_address& a) {
     std::array<char, INET6_ADDRSTRLEN> buf{};
     ::inet_ntop(a.family, a.bytes.data(), buf.data(), buf.size());
-    return fmt::format("{}/{}", buf.data(), a.prefix);
+    return buf.data();
 }
+
+std::string to_string(const vip_address& a) { return fmt::format("{}/{}", address_string(a), a.prefix); }
 
 std::string to_string(const mac_address& m) {
     return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", std::to_integer<unsigned>(m[0]),

@@ -16,6 +16,7 @@ namespace {
 
 // One simulated node: its machine plus what the runtime would do with effects.
 struct node {
+    explicit node(node_role r) : role(r) {}
     node_role role;
     std::unique_ptr<ha_machine> m;
     bool up = true;        // process running and heartbeats flowing
@@ -32,7 +33,7 @@ struct node {
 
 struct cluster {
     manual_clock clock{steady_time{} + 1000s};
-    node a{node_role::primary, nullptr}, b{node_role::secondary, nullptr};
+    node a{node_role::primary}, b{node_role::secondary};
     bool link = true;  // the heartbeat path between them
     machine_params base;
 

@@ -1,6 +1,8 @@
 // agent: tandemd's configuration — the TOML schema, validation and what a reload may change.
 #pragma once
 
+#include "tandem/netlink/vip.hpp"
+
 #include <array>
 #include <chrono>
 #include <cstddef>
@@ -16,16 +18,8 @@ enum class node_role : std::uint8_t { primary = 1, secondary = 2 };
 enum class backend_kind : std::uint8_t { none, uring, drbd, shared };
 enum class connectivity_rule : std::uint8_t { any, all };
 
-// An IP address with an optional prefix, kept in the form the kernel wants.
-struct ip_address {
-    int family = 0;                        // AF_INET or AF_INET6
-    std::array<std::uint8_t, 16> bytes{};  // network order; IPv4 uses the first 4
-    int prefix = -1;                       // -1 when the text had none
-    std::string text;                      // as written, without the prefix
-
-    [[nodiscard]] bool same_subnet(const ip_address& other, int prefix_len) const;
-    [[nodiscard]] bool operator==(const ip_address& o) const { return family == o.family && bytes == o.bytes; }
-};
+// Addresses in the form the kernel wants; node and peer addresses carry the full prefix length.
+using ip_address = netlink::vip_address;
 
 struct config {
     std::string path;  // the file it was read from

@@ -38,6 +38,12 @@ struct vip_address {
 
 // "10.77.0.100/24"
 [[nodiscard]] std::string to_string(const vip_address& a);
+// "10.77.0.100": the address alone, for node and peer addresses.
+[[nodiscard]] std::string address_string(const vip_address& a);
+// Same family and address, whatever the prefix lengths.
+[[nodiscard]] inline bool same_address(const vip_address& a, const vip_address& b) noexcept {
+    return a.family == b.family && a.bytes == b.bytes;
+}
 // "02:00:5e:00:01:02"
 [[nodiscard]] std::string to_string(const mac_address& m);
 inline std::ostream& operator<<(std::ostream& os, const vip_address& a) { return os << to_string(a); }
