@@ -224,11 +224,11 @@ config validate(const toml::table& root, const std::string& path) {
     for (auto&& [k, v] : root) {
         static const std::set<std::string_view> sections = {"cluster",      "node", "peer",    "heartbeat",
                                                              "connectivity", "auth", "replication", "crossover",
-                                                             "control",      "health", "services"};
+                                                             "control",      "health", "services", "announce"};
         if (!sections.count(k.str()))
             r.problem(&v, k.str(), "unknown section; allowed: " +
                                        join({"cluster", "node", "peer", "heartbeat", "connectivity", "auth",
-                                             "replication", "crossover", "control", "health", "services"},
+                                             "replication", "crossover", "control", "health", "services", "announce"},
                                             ", "));
     }
 
@@ -380,6 +380,20 @@ config validate(const toml::table& root, const std::string& path) {
     if (auto d = r.duration(he, "health", "command_timeout", milliseconds(100), milliseconds(600'000)))
         c.health.command_timeout = *d;
 
+    auto* an = r.section(root, "announce", false, {"count", "spacing", "refresh"});
+    if (auto v = r.integer(an, "announce", "count", 1, 20)) c.announce.count = static_cast<int>(*v);
+    if (auto d = r.duration(an, "announce", "spacing", milliseconds(100), milliseconds(60'000)))
+        c.announce.spacing = *d;
+    if (an && an->get("refresh")) {
+        auto s = an->get("refresh")->value<std::string>();
+        auto d = s ? parse_duration(*s) : std::nullopt;
+        if (!d || (d->count() != 0 && *d < milliseconds(1000)))
+            r.problem(an->get("refresh"), "announce.refresh",
+                      "must be \"0s\" (off) or a duration of at least 1s, such as \"60s\"");
+        else
+            c.announce.refresh = *d;
+    }
+
     auto* sv = r.section(root, "services", false, {"start", "stop", "timeout"});
     c.services.start = r.string(sv, "services", "start", false).value_or("");
     c.services.stop = r.string(sv, "services", "stop", false).value_or("");
@@ -485,6 +499,9 @@ reload_plan plan_reload(const config& a, const config& b) {
     applied("health.store_path", a.health.store_path, b.health.store_path);
     applied("health.check_command", a.health.check_command, b.health.check_command);
     applied("health.interval", format_duration(a.health.interval), format_duration(b.health.interval));
+    applied("announce.count", std::to_string(a.announce.count), std::to_string(b.announce.count));
+    applied("announce.spacing", format_duration(a.announce.spacing), format_duration(b.announce.spacing));
+    applied("announce.refresh", format_duration(a.announce.refresh), format_duration(b.announce.refresh));
     applied("services.start", a.services.start, b.services.start);
     applied("services.stop", a.services.stop, b.services.stop);
     return p;

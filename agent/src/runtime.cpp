@@ -20,6 +20,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -150,6 +151,10 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
         l->sock.non_blocking(true);
         links_.push_back(std::move(l));
     }
+    vip_ = std::make_unique<vip_owner>(io, cfg_);
+    auto ev = netlink::event_socket::open();
+    if (!ev) throw std::runtime_error("cannot subscribe to netlink link and address events: " + ev.error().message());
+    nl_events_.emplace(std::move(*ev));
     control_ = std::make_unique<control_server>(io, cfg_.control.socket, [this](const json& r) { return handle(r); },
                                                 bus_);
 }
@@ -166,7 +171,18 @@ void node_runtime::start() {
                   {{"version", cfg_.node.software_version},
                    {"role", to_string(cfg_.node.role)},
                    {"phases", fmt::format("{}", fmt::join(sequence_->names(), ","))}}});
+    // Every node starts without the VIP; one left by a crash of this node is
+    // removed (only addresses carrying Tandem's IFA_PROTO mark are touched).
+    if (auto n = vip_->remove_stale(); !n)
+        log::warning("vip.stale_check_failed", "cannot check {} for a stale VIP: {}", vip_->interface(), n.error().message());
+    else if (*n)
+        bus_.publish({"vip.stale_removed",
+                      fmt::format("removed {} stale VIP address(es) left on {} by an earlier run", *n, vip_->interface()),
+                      {{"count", std::to_string(*n)}}});
+    check_link();
     for (auto& l : links_) asio::co_spawn(io_, receive(*l), asio::detached);
+    asio::co_spawn(io_, netlink_loop(), asio::detached);
+    asio::co_spawn(io_, refresh_loop(), asio::detached);
     asio::co_spawn(io_, send_loop(), asio::detached);
     asio::co_spawn(io_, watchdog_loop(), asio::detached);
     asio::co_spawn(io_, health_loop(), asio::detached);
@@ -272,7 +288,16 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data) {
 // ---- decisions
 
 void node_runtime::apply(effects e) {
-    for (auto& ev : e.events) bus_.publish(ev);
+    bool heal = false;
+    for (auto& ev : e.events) {
+        bus_.publish(ev);
+        // A healed partition: clients may have been told the peer has the VIP.
+        heal |= ev.id == "peer.found" ||
+                (ev.id == "collision.detected" &&
+                 std::any_of(ev.fields.begin(), ev.fields.end(),
+                             [](auto& f) { return f.first == "winner" && f.second == "local"; }));
+    }
+    if (heal) reannounce("the peer is heard again");
     if (e.run_connectivity_test) start_connectivity_test();
     if (e.sequence != sequence_kind::none) start_sequence(e.sequence);
     if (e.send_now) send_timer_.cancel();
@@ -325,6 +350,109 @@ void node_runtime::start_connectivity_test() {
         asio::detached);
 }
 
+// ---- the VIP and the links, as the kernel reports them
+
+void node_runtime::reannounce(const std::string& why) {
+    if (machine_.state() != host_state::active || machine_.busy()) return;
+    if (auto r = vip_->announce(); !r)
+        log::warning("vip.announce_failed", "re-announcing {}: {}", netlink::to_string(vip_->vip()), r.error().message());
+    else
+        log::info("vip.announced", "re-announced {}: {}", netlink::to_string(vip_->vip()), why);
+}
+
+void node_runtime::update_health() {
+    bool ok = check_ok_ && link_ok_;
+    std::string detail = !link_ok_ ? link_detail_ : check_detail_;
+    if (ok != machine_.healthy() || (!ok && detail != machine_.health_detail()))
+        apply(machine_.on_health(now(), ok, ok ? "" : detail));
+}
+
+void node_runtime::check_link() {
+    auto l = vip_->link();
+    bool ok = l && l->up && l->carrier;
+    std::string detail;
+    if (!l) detail = fmt::format("management interface {}: {}", vip_->interface(), l.error().message());
+    else if (!ok)
+        detail = fmt::format("management interface {} is {}: this node cannot serve the VIP", vip_->interface(),
+                             !l->up ? "down" : "without carrier");
+    if (l) link_kernel_[l->name] = {{"up", l->up}, {"carrier", l->carrier}};
+    bool was = link_ok_;
+    link_ok_ = ok;
+    link_detail_ = detail;
+    if (was != ok)
+        bus_.publish({"link.changed",
+                      ok ? fmt::format("management interface {} is up with carrier", vip_->interface()) : detail,
+                      {{"interface", vip_->interface()}, {"usable", ok ? "true" : "false"}}});
+    update_health();
+    if (ok && !was) reannounce("the management link is back");
+}
+
+void node_runtime::on_netlink(const netlink::event& ev) {
+    if (std::holds_alternative<netlink::resync_needed>(ev)) {
+        // Notifications were lost: re-read the truth from the kernel.
+        check_link();
+        if (machine_.state() == host_state::active && !machine_.busy())
+            if (auto p = vip_->present(); p && !*p) on_netlink(netlink::address_event{false, {0, vip_->vip(), "", netlink::tandem_proto, 0}});
+        return;
+    }
+    if (auto* le = std::get_if<netlink::link_event>(&ev)) {
+        link_kernel_[le->link.name] = {{"up", le->link.up && !le->removed}, {"carrier", le->link.carrier && !le->removed}};
+        if (le->link.name == vip_->interface()) check_link();
+        return;
+    }
+    const auto& ae = std::get<netlink::address_event>(ev);
+    if (ae.address.address != vip_->vip()) return;
+    bool active = machine_.state() == host_state::active && !machine_.busy();
+    if (ae.added) {
+        if (active) bus_.publish({"vip.up", fmt::format("the kernel reports {} on {}", netlink::to_string(vip_->vip()),
+                                                        ae.address.label.empty() ? vip_->interface() : ae.address.label),
+                                  {}});
+        else if (ae.address.proto != netlink::tandem_proto && !machine_.busy())
+            bus_.publish({"vip.foreign",
+                          fmt::format("{} appeared on this node although it is not active; Tandem does not own it",
+                                      netlink::to_string(vip_->vip())),
+                          {}});
+        return;
+    }
+    if (!active) return;  // removed during a release, or never ours
+    bus_.publish({"vip.removed",
+                  fmt::format("{} was removed from {} behind Tandem's back; restoring it",
+                              netlink::to_string(vip_->vip()), vip_->interface()),
+                  {}});
+    if (auto r = vip_->add(); !r) {
+        bus_.publish({"vip.repair_failed", "cannot restore the VIP: " + r.error().message(), {}});
+        link_ok_ = false;  // this node cannot serve: let the peer take over
+        link_detail_ = "the VIP cannot be restored: " + r.error().message();
+        update_health();
+        return;
+    }
+    reannounce("the VIP was restored");
+}
+
+asio::awaitable<void> node_runtime::netlink_loop() {
+    asio::posix::stream_descriptor d(io_, ::dup(nl_events_->fd()));
+    for (;;) {
+        auto [ec] = co_await d.async_wait(asio::posix::stream_descriptor::wait_read, asio::as_tuple(asio::use_awaitable));
+        if (ec) co_return;
+        auto events = nl_events_->drain();
+        if (!events) {
+            log::warning("netlink.read_failed", "reading netlink events: {}", events.error().message());
+            continue;
+        }
+        for (auto& ev : *events) on_netlink(ev);
+    }
+}
+
+asio::awaitable<void> node_runtime::refresh_loop() {
+    asio::steady_timer t(io_);
+    for (;;) {
+        // Re-read each round: a reload may switch the refresh on or off.
+        t.expires_after(cfg_.announce.refresh.count() ? cfg_.announce.refresh : std::chrono::milliseconds(1000));
+        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (cfg_.announce.refresh.count()) reannounce("periodic refresh");
+    }
+}
+
 // ---- health
 
 asio::awaitable<std::pair<bool, std::string>> node_runtime::probe_store() {
@@ -367,9 +495,9 @@ asio::awaitable<void> node_runtime::health_loop() {
                 detail = fmt::format("check command \"{}\" {}", cfg_.health.check_command, r.describe());
             }
         }
-        if (ok) detail.clear();
-        if (ok != machine_.healthy() || (!ok && detail != machine_.health_detail()))
-            apply(machine_.on_health(now(), ok, detail));
+        check_ok_ = ok;
+        check_detail_ = ok ? "" : detail;
+        update_health();
         t.expires_after(cfg_.health.interval);
         co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
     }
@@ -446,6 +574,7 @@ json node_runtime::status() const {
         links.push_back({{"name", l->name},
                          {"peer", l->peer.address().to_string()},
                          {"up", up},
+                         {"kernel", link_kernel_.contains(l->name) ? link_kernel_[l->name] : json(nullptr)},
                          {"rtt_ms", up && l->rtt_ms ? json(*l->rtt_ms) : json(nullptr)},
                          {"tx", l->tx},
                          {"rx", l->rx},
@@ -461,7 +590,10 @@ json node_runtime::status() const {
         {"cluster", {{"name", cfg_.cluster.name},
                      {"vip", netlink::to_string(cfg_.cluster.vip)},
                      {"interface", cfg_.cluster.interface},
-                     {"alias", cfg_.cluster.interface + ":0"}}},
+                     {"alias", cfg_.cluster.interface + ":0"},
+                     {"vip_present", [&] { auto p = vip_->present(); return p ? json(*p) : json(nullptr); }()},
+                     {"interface_usable", link_ok_},
+                     {"announce_bursts", vip_->bursts_sent()}}},
         {"collision", machine_.collision()},
         {"local", {{"name", cfg_.node.name},
                    {"role", to_string(cfg_.node.role)},

@@ -96,10 +96,10 @@ int main(int argc, char** argv) {
         const config& live = rt.current_config();  // updated in place by reloads
         std::vector<std::unique_ptr<failover_phase>> phases;
         phases.push_back(make_local_storage_phase());
-        phases.push_back(make_absent_phase("alias", "VIP ownership through netlink is not in this build yet"));
-        phases.push_back(make_absent_phase("vip", "VIP ownership through netlink is not in this build yet"));
+        phases.push_back(make_alias_phase(rt.vip()));
+        phases.push_back(make_vip_phase(rt.vip()));
         phases.push_back(make_services_phase(live));
-        phases.push_back(make_absent_phase("announce", "gratuitous ARP is not in this build yet"));
+        phases.push_back(make_announce_phase(rt.vip()));
         rt.install_sequence(failover_sequence(std::move(phases)));
         rt.start();
         io.run();

@@ -76,6 +76,11 @@ struct config {
         std::chrono::milliseconds command_timeout{10'000};
     } health;
     struct {
+        int count = 3;                                // bursts after taking the VIP
+        std::chrono::milliseconds spacing{1100};      // > 1 s: the kernel's neighbour locktime
+        std::chrono::milliseconds refresh{0};         // 0: no periodic re-announcement
+    } announce;
+    struct {
         std::string start;  // hooks run in failover phase 4 and on release
         std::string stop;
         std::chrono::milliseconds timeout{30'000};

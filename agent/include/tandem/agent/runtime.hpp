@@ -7,6 +7,8 @@
 #include "tandem/agent/failover.hpp"
 #include "tandem/agent/heartbeat_codec.hpp"
 #include "tandem/agent/machine.hpp"
+#include "tandem/agent/vip_owner.hpp"
+#include "tandem/netlink/events.hpp"
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -34,6 +36,8 @@ public:
     // The configuration, updated in place by a reload; phases may keep a reference.
     [[nodiscard]] const config& current_config() const { return cfg_; }
     void install_sequence(failover_sequence seq);
+    // The VIP on the management interface; failover phases 2, 3 and 5 use it.
+    [[nodiscard]] vip_owner& vip() { return *vip_; }
     // Starts the coroutines; io.run() returns after a clean shutdown.
     void start();
     [[nodiscard]] nlohmann::json status() const;
@@ -47,6 +51,12 @@ private:
     boost::asio::awaitable<void> health_loop();
     boost::asio::awaitable<void> sd_watchdog_loop();
     boost::asio::awaitable<void> signal_loop();
+    boost::asio::awaitable<void> netlink_loop();
+    boost::asio::awaitable<void> refresh_loop();
+    void on_netlink(const netlink::event& ev);
+    void check_link();  // re-reads the management link and folds it into health
+    void update_health();
+    void reannounce(const std::string& why);
     boost::asio::awaitable<std::pair<bool, std::string>> probe_store();
 
     void apply(effects e);
@@ -69,6 +79,11 @@ private:
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
     std::unique_ptr<control_server> control_;
+    std::unique_ptr<vip_owner> vip_;
+    std::optional<netlink::event_socket> nl_events_;
+    bool check_ok_ = true, link_ok_ = true;
+    std::string check_detail_, link_detail_;
+    nlohmann::json link_kernel_ = nlohmann::json::object();  // interface -> {up, carrier}
     boost::asio::steady_timer send_timer_;
     boost::asio::steady_timer watchdog_timer_;
     boost::asio::signal_set signals_;
