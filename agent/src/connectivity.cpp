@@ -13,6 +13,8 @@
 
 #include <fmt/format.h>
 
+#include <netinet/in.h>
+
 #include <array>
 #include <cstring>
 #include <memory>
@@ -45,6 +47,17 @@ asio::ip::address to_asio(const ip_address& a) {
     return asio::ip::address_v6(b);
 }
 
+// Binds to the node's own address even before it is configured (FREEBIND):
+// at boot the address may appear after tandemd starts.
+template <class Socket>
+void bind_freely(Socket& s, const ip_address& a) {
+    int one = 1;
+    if (a.family == AF_INET) ::setsockopt(s.native_handle(), IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+    else ::setsockopt(s.native_handle(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one);
+    boost::system::error_code ec;
+    s.bind(typename Socket::endpoint_type(to_asio(a), 0), ec);
+}
+
 }  // namespace
 
 std::size_t build_echo_request(std::span<std::byte> out, int family, std::uint16_t id, std::uint16_t seq) {
@@ -73,7 +86,8 @@ int parse_echo_reply(std::span<const std::byte> p, int family, std::uint16_t id)
 }
 
 asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> targets,
-                                                       std::chrono::milliseconds timeout, connectivity_rule rule) {
+                                                       std::chrono::milliseconds timeout, connectivity_rule rule,
+                                                       ip_address source) {
     connectivity_result res;
     auto ex = co_await asio::this_coro::executor;
     std::uint16_t id = static_cast<std::uint16_t>(std::random_device{}());
@@ -91,6 +105,8 @@ asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> t
         if (ec) {
             s.reset();
             open_error = "cannot open a raw ICMP socket (needs CAP_NET_RAW): " + ec.message();
+        } else if (source.family == t.family) {
+            bind_freely(*s, source);
         }
     }
     auto send_all = [&](std::uint16_t round) {

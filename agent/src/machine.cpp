@@ -35,7 +35,8 @@ std::uint16_t ha_machine::outgoing_flags() const {
 
 steady_time ha_machine::next_deadline() const {
     steady_time t = steady_time::max();
-    if (state_ == host_state::initializing) t = std::min(t, listen_until_);
+    if (state_ == host_state::initializing || (state_ == host_state::standby && !peer_was_alive_))
+        t = std::min(t, listen_until_);
     if (peer_ && peer_was_alive_) t = std::min(t, last_heard_ + p_.timeout);
     if (test_wanted()) t = std::min(t, next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
@@ -184,12 +185,21 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             evaluate_active(now, e);
             break;
         case host_state::failed:
-            if (health_ok_) transition(host_state::standby, "health checks pass again", e);
+            if (health_ok_) {
+                // Rejoining: the peer's heartbeats may not have reached us yet
+                // (a link that just came back). Listen for one timeout before a
+                // silent peer counts as lost, exactly as at start-up.
+                listen_until_ = now + p_.timeout;
+                transition(host_state::standby, "health checks pass again", e);
+            }
             break;
         case host_state::needs_upgrade:
             // Only a peer heard with the same version ends this state; a silent
             // peer does not, or a node that cannot read its data would take over.
-            if (alive && !pairing_problem()) transition(host_state::standby, "software versions match", e);
+            if (alive && !pairing_problem()) {
+                listen_until_ = now + p_.timeout;
+                transition(host_state::standby, "software versions match", e);
+            }
             break;
         case host_state::setting_online:
             transition(host_state::standby, "online again", e);
@@ -246,6 +256,7 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
         return;
     }
     // The peer is silent on every link.
+    if (now < listen_until_) return;  // just started or rejoined: listen first
     if (!p_.connectivity_configured) {
         claim(fmt::format("peer lost for {}; no connectivity targets configured", format_duration(p_.timeout)), e);
     } else if (lost_test_passed_) {

@@ -144,7 +144,15 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
         if (peer.family == AF_INET) ::setsockopt(l->sock.native_handle(), IPPROTO_IP, IP_TOS, &tos, sizeof tos);
         else ::setsockopt(l->sock.native_handle(), IPPROTO_IPV6, IPV6_TCLASS, &tos, sizeof tos);
         l->sock.set_option(udp::socket::reuse_address(true));
-        l->sock.bind(udp::endpoint(proto, cfg_.heartbeat.port), ec);
+        // Bound to this node's own address on the link, so heartbeats never leave
+        // from the VIP (IPv6 source selection may prefer it); FREEBIND because at
+        // boot the address may be configured after tandemd starts.
+        const auto& local = name == cfg_.crossover.interface && cfg_.crossover.address ? *cfg_.crossover.address
+                                                                                       : cfg_.node.address;
+        int one = 1;
+        if (peer.family == AF_INET) ::setsockopt(l->sock.native_handle(), IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
+        else ::setsockopt(l->sock.native_handle(), IPPROTO_IPV6, IPV6_FREEBIND, &one, sizeof one);
+        l->sock.bind(endpoint_of(local, cfg_.heartbeat.port), ec);
         if (ec)
             throw std::runtime_error(
                 fmt::format("heartbeat link {}: cannot bind UDP port {}: {}", name, cfg_.heartbeat.port, ec.message()));
@@ -343,7 +351,7 @@ void node_runtime::start_connectivity_test() {
         io_,
         [this]() -> asio::awaitable<void> {
             auto r = co_await test_connectivity(cfg_.connectivity.targets, cfg_.connectivity.timeout,
-                                                cfg_.connectivity.require);
+                                                cfg_.connectivity.require, cfg_.node.address);
             log::debug("connectivity.result", "{}: {}", r.ok ? "passed" : "failed", r.detail);
             apply(machine_.on_connectivity(now(), r.ok, r.detail));
         },

@@ -38,7 +38,9 @@ constexpr const char* usage =
     "  giveback                  on the active: hand over to the standby\n"
     "  offline | online          maintenance mode; offline on the active node is a manual failover\n"
     "  reload                    apply heartbeat, connectivity and rate changes from the configuration\n"
-    "  wait state=STATE|event=ID [--timeout 30s]   block until this node reaches a state or emits an event\n"
+    "  wait state=STATE|event=ID [--timeout 30s] [--since SEQ]\n"
+    "                            block until this node reaches a state or emits an event;\n"
+    "                            --since also accepts events already emitted after sequence number SEQ\n"
     "exit codes: 0 done, 1 refused or failed, 2 usage, 3 wait timed out, 4 tandemd not running\n";
 
 class connection {
@@ -142,7 +144,8 @@ void print_status(const json& st) {
     }
 }
 
-int wait_for(const std::string& sock, const std::string& cond, std::chrono::milliseconds timeout) {
+int wait_for(const std::string& sock, const std::string& cond, std::chrono::milliseconds timeout,
+             std::optional<std::uint64_t> since) {
     auto eq = cond.find('=');
     if (eq == std::string::npos) throw std::invalid_argument("wait needs state=STATE or event=ID");
     std::string kind = cond.substr(0, eq), want = cond.substr(eq + 1);
@@ -163,7 +166,7 @@ int wait_for(const std::string& sock, const std::string& cond, std::chrono::mill
     }
     // Subscribe first, then look at the current state: no event can slip between.
     connection& events = *conn;
-    events.send({{"cmd", "events"}, {"follow", true}, {"backlog", 0}});
+    events.send({{"cmd", "events"}, {"follow", true}, {"backlog", since ? 1000 : 0}});
     if (kind == "state") {
         connection c(sock);
         auto st = c.request({{"cmd", "status"}});
@@ -174,6 +177,7 @@ int wait_for(const std::string& sock, const std::string& cond, std::chrono::mill
     }
     while (auto l = events.line(deadline)) {
         auto j = json::parse(*l);
+        if (since && j.value("seq", std::uint64_t{0}) <= *since) continue;
         if ((kind == "event" && j.value("id", "") == want) ||
             (kind == "state" && j.value("id", "") == "state.changed" && j.value("to", "") == want)) {
             std::cout << *l << "\n";
@@ -243,7 +247,9 @@ int main(int argc, char** argv) {
                 if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 500ms or 30s", *t));
                 timeout = *d;
             }
-            return wait_for(sock, args[1], timeout);
+            std::optional<std::uint64_t> since;
+            if (auto s = option("--since")) since = std::stoull(*s);
+            return wait_for(sock, args[1], timeout, since);
         }
         std::cerr << fmt::format("tandemctl: unknown command \"{}\"\n", cmd) << usage;
         return usage_error;

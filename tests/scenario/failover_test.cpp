@@ -1,6 +1,7 @@
 // tests: two-node scenarios from the seeds' failover list, on real namespaces with real tandemd processes.
 #include "support/cluster.hpp"
 #include "support/skip.hpp"
+#include "support/util.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -9,11 +10,6 @@
 using namespace tandem::test;
 using namespace std::chrono_literals;
 
-#define NEED_NAMESPACES()                              \
-    do {                                               \
-        std::string why_;                              \
-        if (!can_make_namespaces(&why_)) TANDEM_SKIP(why_); \
-    } while (0)
 
 namespace {
 // Generous deadlines: an event that should come within a 300 ms timeout gets
@@ -34,7 +30,7 @@ void up(test_cluster& c) {
 }  // namespace
 
 TEST_CASE("cluster: the primary comes up active and the secondary standby", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     auto cs = c.ctl("a", "cstate");
@@ -54,7 +50,7 @@ TEST_CASE("cluster: the primary comes up active and the secondary standby", "[sc
 
 TEST_CASE("cluster: crash of the active: the standby takes over after the timeout; the old primary rejoins as standby",
           "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;  // interval 100 ms, timeout 300 ms
     up(c);
     auto t0 = mono_now_ns();
@@ -81,7 +77,7 @@ TEST_CASE("cluster: crash of the active: the standby takes over after the timeou
 }
 
 TEST_CASE("cluster: takeover and giveback swap the roles", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     auto r = c.ctl("a", "takeover");
@@ -99,7 +95,7 @@ TEST_CASE("cluster: takeover and giveback swap the roles", "[scenario][failover]
 }
 
 TEST_CASE("cluster: an offline standby blocks failover until it is set online", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     CHECK(c.ctl("b", "offline").status == 0);
@@ -112,7 +108,7 @@ TEST_CASE("cluster: an offline standby blocks failover until it is set online", 
 }
 
 TEST_CASE("cluster: setting the active node offline is a manual failover", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     CHECK(c.ctl("a", "offline").status == 0);
@@ -121,7 +117,7 @@ TEST_CASE("cluster: setting the active node offline is a manual failover", "[sce
 }
 
 TEST_CASE("cluster: a standby whose connectivity test fails does not take over", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     // The standby loses the client (its connectivity target) and the heartbeats
@@ -136,7 +132,7 @@ TEST_CASE("cluster: a standby whose connectivity test fails does not take over",
 }
 
 TEST_CASE("cluster: a healed partition with two actives ends with exactly one", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     up(c);
     // Cut only the heartbeats; both nodes still reach the client.
@@ -155,7 +151,7 @@ TEST_CASE("cluster: a healed partition with two actives ends with exactly one", 
 }
 
 TEST_CASE("cluster: a failing health check on the active moves the service; a full disk does not", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     temp_dir flags;
     auto bad = (flags.path() / "broken").string();
     test_cluster::options o;
@@ -171,7 +167,7 @@ TEST_CASE("cluster: a failing health check on the active moves the service; a fu
 }
 
 TEST_CASE("cluster: a clean stop of the active hands over before the timeout", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster::options o;
     o.interval = "1s";
     o.timeout = "10s";
@@ -190,7 +186,7 @@ TEST_CASE("cluster: a clean stop of the active hands over before the timeout", "
 }
 
 TEST_CASE("cluster: a peer with another software version: NEEDS_UPGRADE, no failover", "[scenario][failover]") {
-    NEED_NAMESPACES();
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster::options o;
     o.extra_b = "";
     test_cluster c(o);

@@ -1,6 +1,7 @@
 // tests: bad datagrams on the heartbeat port are dropped and counted; reload applies and refuses.
 #include "support/cluster.hpp"
 #include "support/skip.hpp"
+#include "support/util.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -19,8 +20,7 @@ constexpr auto soon = 5000ms;
 }
 
 TEST_CASE("cluster: garbage, forged and oversize datagrams are dropped, counted and change nothing", "[scenario][heartbeat]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     c.start("a");
     c.start("b");
@@ -63,8 +63,7 @@ TEST_CASE("cluster: garbage, forged and oversize datagrams are dropped, counted 
 }
 
 TEST_CASE("cluster: reload applies heartbeat timing and refuses a new VIP", "[scenario][heartbeat]") {
-    std::string why;
-    if (!can_make_namespaces(&why)) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
     c.start("a");
     c.start("b");

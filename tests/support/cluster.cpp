@@ -69,9 +69,11 @@ test_cluster::test_cluster(options o) : opt(std::move(o)) {
     b_ = std::make_unique<netns>("beta");
     client_ = std::make_unique<netns>("client");
     br_ = std::make_unique<bridge>(*hub_, "br0");
-    br_->attach(*a_, "eth0", "10.77.0.1/24");
-    br_->attach(*b_, "eth0", "10.77.0.2/24");
-    br_->attach(*client_, "eth0", "10.77.0.10/24");
+    // IPv6 addresses without DAD: usable at once, so no test waits on it.
+    auto cidr = [&](const std::string& who) { return opt.ipv6 ? addr(who) + "/64 nodad" : addr(who) + "/24"; };
+    br_->attach(*a_, "eth0", cidr("a"));
+    br_->attach(*b_, "eth0", cidr("b"));
+    br_->attach(*client_, "eth0", cidr("client"));
     auto key = dir_.write("cluster.key", std::string(64, 'k'), 0600);
     extra_["a"] = opt.extra_a;
     extra_["b"] = opt.extra_b;
@@ -81,6 +83,26 @@ test_cluster::test_cluster(options o) : opt(std::move(o)) {
 
 test_cluster::~test_cluster() {
     procs_.clear();  // kill the daemons before their namespaces go
+}
+
+std::string test_cluster::addr(const std::string& who) const {
+    std::string host = who == "a" ? "1" : who == "b" ? "2" : who == "client" ? "10" : "100";
+    return opt.ipv6 ? "fd00:77::" + host : "10.77.0." + host;
+}
+
+std::string test_cluster::mac(const std::string& who) const {
+    auto out = ns(who).exec_ok("cat /sys/class/net/eth0/address");
+    return out.substr(0, out.find('\n'));
+}
+
+bool test_cluster::has_vip(const std::string& node) const {
+    auto out = ns(node).exec_ok("ip -o addr show dev eth0");
+    auto want = addr("vip") + (opt.ipv6 ? "/64" : "/24");
+    auto line_start = out.find(" " + want + " ");
+    if (line_start == std::string::npos) return false;
+    if (opt.ipv6) return true;
+    auto line_end = out.find('\n', line_start);
+    return out.substr(line_start, line_end - line_start).find("eth0:0") != std::string::npos;
 }
 
 std::string test_cluster::config_path(const std::string& node) const { return (dir_.path() / (node + ".toml")).string(); }
@@ -97,7 +119,7 @@ void test_cluster::write_config(const std::string& node) {
     bool a = node == "a";
     std::string text = fmt::format(R"([cluster]
 name = "store-ha"
-vip = "10.77.0.100/24"
+vip = "{}"
 interface = "eth0"
 [node]
 name = "{}"
@@ -119,10 +141,11 @@ key_file = "{}"
 [control]
 socket = "{}"
 )",
-                                   a ? "alpha" : "beta", a ? "primary" : "secondary", a ? "10.77.0.1" : "10.77.0.2",
-                                   a ? "beta" : "alpha", a ? "10.77.0.2" : "10.77.0.1", opt.interval, opt.timeout,
-                                   opt.connectivity ? "\"10.77.0.10\"" : "", (dir_.path() / "cluster.key").string(),
-                                   socket(node));
+                                   addr("vip") + (opt.ipv6 ? "/64" : "/24"), a ? "alpha" : "beta",
+                                   a ? "primary" : "secondary", addr(node), a ? "beta" : "alpha",
+                                   addr(a ? "b" : "a"), opt.interval, opt.timeout,
+                                   opt.connectivity ? "\"" + addr("client") + "\"" : "",
+                                   (dir_.path() / "cluster.key").string(), socket(node));
     std::ofstream(config_path(node)) << text << extra_[node];
 }
 
@@ -147,8 +170,16 @@ cmd_result test_cluster::ctl(const std::string& node, const std::string& args) c
     return run(bin_dir() + "/tandemctl -s " + socket(node) + " " + args);
 }
 
-bool test_cluster::wait(const std::string& node, const std::string& cond, std::chrono::milliseconds timeout) const {
-    auto r = ctl(node, fmt::format("wait {} --timeout {}ms", cond, timeout.count()));
+std::uint64_t test_cluster::last_seq(const std::string& node) const {
+    auto out = ctl(node, "events --backlog 1").out;
+    auto j = nlohmann::json::parse(out, nullptr, false);
+    return j.is_discarded() ? 0 : j.value("seq", std::uint64_t{0});
+}
+
+bool test_cluster::wait(const std::string& node, const std::string& cond, std::chrono::milliseconds timeout,
+                        std::optional<std::uint64_t> since) const {
+    auto r = ctl(node, fmt::format("wait {} --timeout {}ms{}", cond, timeout.count(),
+                                   since ? fmt::format(" --since {}", *since) : ""));
     if (r.status != 0) {
         UNSCOPED_INFO("waiting on " << node << " for " << cond << ": " << r.out);
         UNSCOPED_INFO("log of " << node << ":\n" << log(node));

@@ -43,19 +43,27 @@ struct node_spec {
 };
 
 // Two nodes (alpha primary at .1, beta secondary at .2) and a client (.10) on
-// the bridge of a hub namespace; VIP 10.77.0.100/24, connectivity target: the client.
+// the bridge of a hub namespace; VIP 10.77.0.100/24 (or fd00:77::1, ::2, ::10
+// and fd00:77::100/64), connectivity target: the client.
 class test_cluster {
 public:
     struct options {
         std::string interval = "100ms";
         std::string timeout = "300ms";
         bool connectivity = true;
+        bool ipv6 = false;  // nodes, client and VIP in fd00:77::/64 instead of 10.77.0.0/24
         std::string extra_a, extra_b;  // appended to each node's configuration
     };
     test_cluster();
     explicit test_cluster(options o);
     ~test_cluster();
 
+    // "10.77.0.1" / "fd00:77::1" for "a", "b", "client" and "vip" (without prefix).
+    std::string addr(const std::string& who) const;
+    // The MAC address of eth0 in a node's or the client's namespace.
+    std::string mac(const std::string& who) const;
+    // Whether `ip addr` in a node's namespace shows the VIP (with label eth0:0 for IPv4).
+    bool has_vip(const std::string& node) const;
     const netns& ns(const std::string& node) const { return node == "a" ? *a_ : node == "b" ? *b_ : *client_; }
     std::string config_path(const std::string& node) const;
     std::string socket(const std::string& node) const;
@@ -68,7 +76,11 @@ public:
     cmd_result ctl(const std::string& node, const std::string& args) const;
     // `tandemctl wait COND --timeout T`: true if reached in time. On timeout the
     // node's log is attached to the test's output.
-    bool wait(const std::string& node, const std::string& cond, std::chrono::milliseconds timeout) const;
+    // With `since` (from last_seq), events emitted after that point count too:
+    // take last_seq before acting, then wait, and no event can be missed.
+    bool wait(const std::string& node, const std::string& cond, std::chrono::milliseconds timeout,
+              std::optional<std::uint64_t> since = std::nullopt) const;
+    std::uint64_t last_seq(const std::string& node) const;
     nlohmann::json status(const std::string& node) const;
     std::string state(const std::string& node) const;
     // Rewrites a node's configuration with extra TOML (for reload tests).

@@ -4,6 +4,8 @@
 #include "tandem/base/hmac.hpp"
 #include "tandem/base/unique_fd.hpp"
 
+#include "support/util.hpp"
+
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -12,18 +14,10 @@
 #include <vector>
 
 using namespace tandem;
+using tandem::test::hex;
 using namespace std::chrono_literals;
 
 namespace {
-std::string hex(std::span<const std::byte> b) {
-    static const char* d = "0123456789abcdef";
-    std::string s;
-    for (auto x : b) {
-        s += d[std::to_integer<int>(x) >> 4];
-        s += d[std::to_integer<int>(x) & 15];
-    }
-    return s;
-}
 std::vector<std::byte> repeat(std::uint8_t v, std::size_t n) { return std::vector<std::byte>(n, std::byte{v}); }
 }  // namespace
 

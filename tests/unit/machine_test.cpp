@@ -347,3 +347,24 @@ TEST_CASE("after any tick the next deadline is in the future, so the watchdog ne
         }
     }
 }
+
+TEST_CASE("a node that recovers listens for one timeout before it counts a silent peer as lost", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    // The standby's link goes down: it fails, and hears nothing.
+    c.apply(c.b, c.b.m->on_health(c.clock.now(), false, "management interface eth0 is down"));
+    c.link = false;
+    c.run(1s);
+    REQUIRE(c.b.m->state() == S::failed);
+    // The link comes back; the first heartbeat is still on its way.
+    c.apply(c.b, c.b.m->on_health(c.clock.now(), true, ""));
+    REQUIRE(c.b.m->state() == S::standby);
+    c.clock.advance(100ms);
+    c.apply(c.b, c.b.m->on_tick(c.clock.now()));
+    CHECK(c.b.m->state() == S::standby);  // not claiming yet
+    c.link = true;
+    c.run(1s);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.a.m->state() == S::active);
+    CHECK_FALSE(c.b.has("collision.detected"));
+}

@@ -21,9 +21,12 @@ struct connectivity_result {
 
 // Pings every target (two echoes, the second half-way through `timeout`, so one
 // lost packet does not fail the test) and applies the rule: any or all must answer.
+// Echoes leave from `source` (the node's own address) where the family matches:
+// the test is about this node, and a reply addressed to the VIP would follow the
+// VIP when it moves (with IPv6 the kernel may well pick the VIP as the source).
 boost::asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> targets,
                                                               std::chrono::milliseconds timeout,
-                                                              connectivity_rule rule);
+                                                              connectivity_rule rule, ip_address source);
 
 // Pure ICMP echo request (RFC 792 type 8 / RFC 4443 type 128). For ICMPv6 the
 // kernel fills the checksum on raw sockets (RFC 3542 §3.1), so it is left zero.
