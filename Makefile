@@ -82,7 +82,7 @@ $(TESTS_BIN): $(TEST_OBJS) $(LIBS)
 
 .PHONY: all deps test test-unit test-scenario demo clean format tidy
 all: deps
-	$(Q)$(MAKE) --no-print-directory build-only
+	$(Q)$(MAKE) --no-print-directory -j$(shell nproc) build-only
 
 .PHONY: build-only
 build-only: $(TANDEMD) $(TANDEMCTL) $(TESTS_BIN)
