@@ -26,7 +26,8 @@ std::uint64_t mono_now_ns() {
     return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-daemon_process::daemon_process(const netns& ns, const std::string& config, const std::string& log) {
+daemon_process::daemon_process(const netns& ns, const std::string& config, const std::string& log,
+                               const std::vector<std::string>& env) {
     std::string tandemd = bin_dir() + "/tandemd";
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
@@ -36,9 +37,12 @@ daemon_process::daemon_process(const netns& ns, const std::string& config, const
             ::dup2(fileno(f), STDOUT_FILENO);
             ::dup2(fileno(f), STDERR_FILENO);
         }
-        // `ip netns exec` execs tandemd in place: our pid is tandemd's pid.
-        ::execlp("ip", "ip", "netns", "exec", ns.name().c_str(), tandemd.c_str(), "-c", config.c_str(), "--debug",
-                 static_cast<char*>(nullptr));
+        // `ip netns exec` and `env` exec in place: our pid is tandemd's pid.
+        std::vector<const char*> argv = {"ip", "netns", "exec", ns.name().c_str(), "env"};
+        for (auto& e : env) argv.push_back(e.c_str());
+        for (const char* a : {tandemd.c_str(), "-c", config.c_str(), "--debug"}) argv.push_back(a);
+        argv.push_back(nullptr);
+        ::execvp("ip", const_cast<char* const*>(argv.data()));
         ::_exit(127);
     }
 }
@@ -159,8 +163,9 @@ void test_cluster::rewrite_config(const std::string& node, const std::string& ex
     write_config(node);
 }
 
-void test_cluster::start(const std::string& node) {
-    procs_[node] = std::make_unique<daemon_process>(ns(node), config_path(node), (dir_.path() / (node + ".log")).string());
+void test_cluster::start(const std::string& node, const std::vector<std::string>& env) {
+    procs_[node] =
+        std::make_unique<daemon_process>(ns(node), config_path(node), (dir_.path() / (node + ".log")).string(), env);
 }
 
 void test_cluster::kill9(const std::string& node) { procs_.at(node)->kill9(); }

@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -21,7 +22,9 @@ std::string bin_dir();
 // tandemd running inside a namespace; SIGKILLed when destroyed if still running.
 class daemon_process {
 public:
-    daemon_process(const netns& ns, const std::string& config, const std::string& log);
+    // `env` entries ("NOTIFY_SOCKET=/path") are added to tandemd's environment.
+    daemon_process(const netns& ns, const std::string& config, const std::string& log,
+                   const std::vector<std::string>& env = {});
     ~daemon_process();
     daemon_process(const daemon_process&) = delete;
     daemon_process& operator=(const daemon_process&) = delete;
@@ -69,7 +72,7 @@ public:
     std::string socket(const std::string& node) const;
     std::string log(const std::string& node) const;  // the node's whole log so far
 
-    void start(const std::string& node);
+    void start(const std::string& node, const std::vector<std::string>& env = {});
     void kill9(const std::string& node);
     int stop(const std::string& node);  // SIGTERM
     // Runs tandemctl against a node; returns status and output.
