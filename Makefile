@@ -101,6 +101,14 @@ test-scenario: all
 demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
+# Benchmarks measure Tandem and a peer side by side in one run and print ratios.
+.PHONY: bench bench-deps bench-failover
+bench-deps:
+	$(Q)scripts/deps.sh scripts/bench-packages.txt
+bench: bench-failover
+bench-failover: all bench-deps
+	$(Q)scripts/bench-failover.sh $(OUT)/bin
+
 clean:
 	rm -rf build
 

@@ -3,7 +3,8 @@
 # Idempotent and quiet when everything is present; `make deps` calls it.
 set -euo pipefail
 here=$(dirname "$(readlink -f "$0")")
-mapfile -t pkgs < <(grep -v '^\s*#' "$here/debian-packages.txt" | awk 'NF{print $1}')
+list=${1:-$here/debian-packages.txt}
+mapfile -t pkgs < <(grep -v '^\s*#' "$list" | awk 'NF{print $1}')
 missing=()
 for p in "${pkgs[@]}"; do
     st=$(dpkg-query -W -f='${db:Status-Abbrev}' "$p" 2>/dev/null || true)
