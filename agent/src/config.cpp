@@ -2,6 +2,7 @@
 #include "tandem/agent/config.hpp"
 
 #include "tandem/base/duration.hpp"
+#include "tandem/agent/heartbeat_codec.hpp"
 #include "tandem/agent/version.hpp"
 
 #include <fcntl.h>
@@ -181,8 +182,10 @@ bool valid_ifname(std::string_view s) {
     return std::none_of(s.begin(), s.end(), [](char c) { return c == '/' || c == ':' || std::isspace(c); });
 }
 
-bool valid_name(std::string_view s) {
-    return !s.empty() && s.size() <= 63 &&
+// Names travel in the heartbeat's fixed fields: longer ones would be cut there,
+// and the peer would drop every heartbeat as coming from a stranger.
+bool valid_name(std::string_view s, std::size_t max = name_field) {
+    return !s.empty() && s.size() <= max &&
            std::all_of(s.begin(), s.end(), [](char c) { return std::isalnum(c) || c == '-' || c == '_' || c == '.'; });
 }
 
@@ -244,11 +247,13 @@ config validate(const toml::table& root, const std::string& path) {
                              : "must be an IPv4 or IPv6 address without a prefix, e.g. \"10.77.0.1\"");
         return a;
     };
-    auto name_field = [&](const toml::table* t, std::string_view sec, std::string_view key) {
+    auto read_name = [&](const toml::table* t, std::string_view sec, std::string_view key) {
         auto s = r.string(t, sec, key, true);
         if (s && !valid_name(*s))
             r.problem(t->get(key), fmt::format("{}.{}", sec, key),
-                      "must be 1 to 63 characters of letters, digits, '-', '_' or '.'");
+                      fmt::format("must be 1 to {} characters of letters, digits, '-', '_' or '.' (it is sent "
+                                  "in every heartbeat)",
+                                  name_field));
         return s.value_or("");
     };
     auto ifname_field = [&](const toml::table* t, std::string_view sec, std::string_view key, bool required,
@@ -264,13 +269,13 @@ config validate(const toml::table& root, const std::string& path) {
     };
 
     auto* cl = r.section(root, "cluster", true, {"name", "vip", "interface"});
-    c.cluster.name = name_field(cl, "cluster", "name");
+    c.cluster.name = read_name(cl, "cluster", "name");
     if (auto v = ip_field(cl, "cluster", "vip", true, true)) c.cluster.vip = *v;
     // The alias "<ifname>:0" is an IFA_LABEL, at most IFNAMSIZ-1 = 15 characters.
     c.cluster.interface = ifname_field(cl, "cluster", "interface", true, IFNAMSIZ - 1 - 2);
 
     auto* nd = r.section(root, "node", true, {"name", "role", "address", "software_version"});
-    c.node.name = name_field(nd, "node", "name");
+    c.node.name = read_name(nd, "node", "name");
     if (auto role = r.choice<node_role>(nd, "node", "role",
                                         {{"primary", node_role::primary}, {"secondary", node_role::secondary}}))
         c.node.role = *role;
@@ -278,9 +283,12 @@ config validate(const toml::table& root, const std::string& path) {
         r.problem_at("node.role", "missing (required): primary or secondary");
     if (auto v = ip_field(nd, "node", "address", true, false)) c.node.address = *v;
     c.node.software_version = r.string(nd, "node", "software_version", false).value_or(tandem_version);
+    if (!valid_name(c.node.software_version, version_field))
+        r.problem(nd ? nd->get("software_version") : nullptr, "node.software_version",
+                  fmt::format("must be 1 to {} characters of letters, digits, '-', '_' or '.'", version_field));
 
     auto* pe = r.section(root, "peer", true, {"name", "address"});
-    c.peer.name = name_field(pe, "peer", "name");
+    c.peer.name = read_name(pe, "peer", "name");
     if (auto v = ip_field(pe, "peer", "address", true, false)) c.peer.address = *v;
 
     auto* hb = r.section(root, "heartbeat", false, {"interval", "timeout", "port", "links"});
@@ -352,6 +360,10 @@ config validate(const toml::table& root, const std::string& path) {
         c.crossover.interface = ifname_field(xo, "crossover", "interface", true, IFNAMSIZ - 1);
         c.crossover.address = ip_field(xo, "crossover", "address", true, false);
         c.crossover.peer_address = ip_field(xo, "crossover", "peer_address", true, false);
+        if (c.crossover.address && c.crossover.peer_address &&
+            c.crossover.address->family != c.crossover.peer_address->family)
+            r.problem(xo->get("peer_address"), "crossover.peer_address",
+                      "must be of the same IP family as crossover.address");
         if (c.crossover.interface == c.cluster.interface)
             r.problem(xo->get("interface"), "crossover.interface",
                       "must not be the management interface (the seeds: crossover cables connect other ports)");
@@ -479,8 +491,13 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("replication.backend", a.replication.backend != b.replication.backend);
     refused("replication.port", a.replication.port != b.replication.port);
     refused("replication.device", a.replication.device != b.replication.device);
-    refused("crossover", a.crossover.interface != b.crossover.interface);
+    refused("crossover.interface", a.crossover.interface != b.crossover.interface);
+    refused("crossover.address", a.crossover.address != b.crossover.address);
+    refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);
     refused("control.socket", a.control.socket != b.control.socket);
+    if (a.node.software_version != b.node.software_version)
+        p.refused.push_back("node.software_version: the version is what the peer checks before pairing; restart "
+                            "tandemd to advertise another one");
 
     applied("heartbeat.interval", format_duration(a.heartbeat.interval), format_duration(b.heartbeat.interval));
     applied("heartbeat.timeout", format_duration(a.heartbeat.timeout), format_duration(b.heartbeat.timeout));
@@ -499,11 +516,14 @@ reload_plan plan_reload(const config& a, const config& b) {
     applied("health.store_path", a.health.store_path, b.health.store_path);
     applied("health.check_command", a.health.check_command, b.health.check_command);
     applied("health.interval", format_duration(a.health.interval), format_duration(b.health.interval));
+    applied("health.command_timeout", format_duration(a.health.command_timeout),
+            format_duration(b.health.command_timeout));
     applied("announce.count", std::to_string(a.announce.count), std::to_string(b.announce.count));
     applied("announce.spacing", format_duration(a.announce.spacing), format_duration(b.announce.spacing));
     applied("announce.refresh", format_duration(a.announce.refresh), format_duration(b.announce.refresh));
     applied("services.start", a.services.start, b.services.start);
     applied("services.stop", a.services.stop, b.services.stop);
+    applied("services.timeout", format_duration(a.services.timeout), format_duration(b.services.timeout));
     return p;
 }
 

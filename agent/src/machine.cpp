@@ -52,12 +52,12 @@ bool ha_machine::test_wanted() const {
     return peer_->state == host_state::active && (peer_->flags & hb_connectivity_lost) && !request_takeover_;
 }
 
-void ha_machine::set_timing(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,
-                            bool connectivity_configured, std::chrono::milliseconds connectivity_interval) {
-    p_.interval = interval;
-    p_.timeout = timeout;
-    p_.connectivity_configured = connectivity_configured;
-    p_.connectivity_interval = connectivity_interval;
+void ha_machine::set_params(const machine_params& p) {
+    auto role = p_.role;
+    auto version = p_.version;
+    p_ = p;
+    p_.role = role;
+    p_.version = version;
 }
 
 void ha_machine::transition(host_state to, const std::string& why, effects& e) {

@@ -650,8 +650,7 @@ json node_runtime::reload() {
         return {{"ok", false}, {"error", msg}};
     }
     cfg_ = std::move(fresh);
-    auto p = params_of(cfg_);
-    machine_.set_timing(p.interval, p.timeout, p.connectivity_configured, p.connectivity_interval);
+    machine_.set_params(params_of(cfg_));
     std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));
     bus_.publish({"config.reloaded", what, {}});
     apply({});  // timers: the interval and the deadlines may have changed

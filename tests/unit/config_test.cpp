@@ -128,7 +128,10 @@ TEST_CASE_METHOD(fixture, "bad values name file, line, key, value and what is al
         {"links = [\"eth0\"]", "links = \"eth0\"", "must be a list of strings"},
         {"targets = [\"10.77.0.10\"]", "targets = [\"nowhere\"]", "every element must be an IPv4 or IPv6 address"},
         {"name = \"alpha\"", "name = \"beta\"", "peer.name: must differ from node.name"},
-        {"name = \"store-ha\"", "name = \"store ha!\"", "cluster.name = \"store ha!\": must be 1 to 63 characters"},
+        {"name = \"store-ha\"", "name = \"store ha!\"", "cluster.name = \"store ha!\": must be 1 to 32 characters"},
+        // 33 characters would be cut in the heartbeat and the peer would drop every one.
+        {"name = \"alpha\"", "name = \"a23456789012345678901234567890123\"", "node.name = \"a23456789012345678901234567890123\": must be 1 to 32 characters"},
+        {"role = \"primary\"", "role = \"primary\"\nsoftware_version = \"1.2.3-very-long-build\"", "node.software_version = \"1.2.3-very-long-build\": must be 1 to 16 characters"},
         {"socket = \"/run/tandem/tandemd.sock\"", "socket = \"relative.sock\"", "control.socket = \"relative.sock\": must be an absolute path"},
         {"port = 7789", "port = 694", "replication.port: must differ from heartbeat.port"},
         {"[peer]", "[peers]", "peers: unknown section; allowed: cluster"},
@@ -194,4 +197,69 @@ TEST_CASE_METHOD(fixture, "reload applies timing, connectivity and rate and refu
     CHECK_FALSE(plan.ok());
     REQUIRE(plan.refused.size() == 1);
     CHECK_THAT(plan.refused[0], Catch::StartsWith("cluster.vip: changing it needs a re-pairing"));
+}
+
+TEST_CASE_METHOD(fixture, "every key a reload sees is either applied or refused, never ignored", "[unit][config]") {
+    const std::string xo = "[crossover]\ninterface = \"eth1\"\naddress = \"192.168.77.1\"\npeer_address = \"192.168.77.2\"\n";
+    auto base_text = good(key, xo + "[health]\n[services]\n[announce]\n");
+    base_text.replace(base_text.find("links = [\"eth0\"]"), 16, "links = [\"eth0\", \"eth1\"]");
+    auto base = parse_config(base_text, "x.toml");
+    auto other_key = dir.write("other.key", std::string(64, 'o'), 0600);
+    struct change {
+        std::string key, from, to;
+        bool applied;
+    };
+    const std::vector<change> changes = {
+        {"cluster.name", "name = \"store-ha\"", "name = \"store-hb\"", false},
+        {"cluster.vip", "10.77.0.100/24", "10.77.0.101/24", false},
+        {"cluster.interface", "interface = \"eth0\"\n[node]", "interface = \"eth2\"\n[node]", false},  // + links
+        {"node.name", "name = \"alpha\"", "name = \"gamma\"", false},
+        {"node.role", "role = \"primary\"", "role = \"secondary\"", false},
+        {"node.software_version", "role = \"primary\"", "role = \"primary\"\nsoftware_version = \"9.9\"", false},
+        {"node.address", "address = \"10.77.0.1\"", "address = \"10.77.0.3\"", false},
+        {"peer.name", "name = \"beta\"", "name = \"delta\"", false},
+        {"peer.address", "address = \"10.77.0.2\"", "address = \"10.77.0.4\"", false},
+        {"heartbeat.interval", "interval = \"10s\"", "interval = \"5s\"", true},
+        {"heartbeat.timeout", "timeout = \"30s\"", "timeout = \"40s\"", true},
+        {"heartbeat.port", "port = 694", "port = 695", false},
+        {"heartbeat.links", "links = [\"eth0\", \"eth1\"]", "links = [\"eth0\"]", false},
+        {"connectivity.targets", "targets = [\"10.77.0.10\"]", "targets = [\"10.77.0.11\"]", true},
+        {"connectivity.timeout", "[connectivity]\n", "[connectivity]\ntimeout = \"2s\"\n", true},
+        {"connectivity.interval", "[connectivity]\n", "[connectivity]\ninterval = \"20s\"\n", true},
+        {"connectivity.require", "[connectivity]\n", "[connectivity]\nrequire = \"all\"\n", true},
+        {"auth.key_file", key, other_key, false},
+        {"replication.backend", "backend = \"none\"", "backend = \"shared\"\ndevice = \"/dev/sdb\"", false},
+        {"replication.port", "port = 7789", "port = 7790", false},
+        {"replication.rate", "rate = 100", "rate = 400", true},
+        {"replication.device", "rate = 100", "rate = 100\ndevice = \"/dev/sdb\"", false},
+        {"crossover.interface", "interface = \"eth1\"", "interface = \"eth3\"", false},
+        {"crossover.address", "address = \"192.168.77.1\"", "address = \"192.168.77.3\"", false},
+        {"crossover.peer_address", "peer_address = \"192.168.77.2\"", "peer_address = \"192.168.77.4\"", false},
+        {"control.socket", "/run/tandem/tandemd.sock", "/run/tandem/other.sock", false},
+        {"health.store_path", "[health]\n", "[health]\nstore_path = \"/store\"\n", true},
+        {"health.check_command", "[health]\n", "[health]\ncheck_command = \"true\"\n", true},
+        {"health.interval", "[health]\n", "[health]\ninterval = \"1s\"\n", true},
+        {"health.command_timeout", "[health]\n", "[health]\ncommand_timeout = \"3s\"\n", true},
+        {"services.start", "[services]\n", "[services]\nstart = \"true\"\n", true},
+        {"services.stop", "[services]\n", "[services]\nstop = \"true\"\n", true},
+        {"services.timeout", "[services]\n", "[services]\ntimeout = \"5s\"\n", true},
+        {"announce.count", "[announce]\n", "[announce]\ncount = 5\n", true},
+        {"announce.spacing", "[announce]\n", "[announce]\nspacing = \"2s\"\n", true},
+        {"announce.refresh", "[announce]\n", "[announce]\nrefresh = \"60s\"\n", true},
+    };
+    for (auto& c : changes) {
+        INFO(c.key);
+        auto text = base_text;
+        auto pos = text.find(c.from);
+        REQUIRE(pos != std::string::npos);
+        text.replace(pos, c.from.size(), c.to);
+        // Moving an interface moves its heartbeat link too.
+        if (c.key == "cluster.interface") text.replace(text.find("[\"eth0\", \"eth1\"]"), 16, "[\"eth2\", \"eth1\"]");
+        if (c.key == "crossover.interface") text.replace(text.find("[\"eth0\", \"eth1\"]"), 16, "[\"eth0\", \"eth3\"]");
+        auto plan = plan_reload(base, parse_config(text, "x.toml"));
+        const auto& list = c.applied ? plan.applied : plan.refused;
+        REQUIRE_FALSE(list.empty());
+        CHECK(std::any_of(list.begin(), list.end(), [&](auto& l) { return l.starts_with(c.key + ":"); }));
+        CHECK((c.applied ? plan.refused : plan.applied).empty());
+    }
 }

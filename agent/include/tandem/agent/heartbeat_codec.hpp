@@ -74,7 +74,8 @@ enum class drop_reason : std::uint8_t {
 [[nodiscard]] std::string_view to_string(drop_reason r) noexcept;
 
 // Writes exactly heartbeat_size bytes into `out` (which must be that large) and
-// signs them. Names longer than their field are refused by the caller's config.
+// signs them. Names longer than their field are refused by the configuration
+// (config.cpp checks against name_field and version_field).
 void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::span<std::byte, heartbeat_size> out);
 
 struct decode_result {

@@ -72,8 +72,9 @@ public:
     effects on_sequence_done(steady_time now, bool ok, const std::string& detail);
     effects on_shutdown(steady_time now);
     std::pair<command_reply, effects> on_command(steady_time now, command c);
-    void set_timing(std::chrono::milliseconds interval, std::chrono::milliseconds timeout,
-                    bool connectivity_configured, std::chrono::milliseconds connectivity_interval);
+    // A reload: timing and connectivity change; role and version never do
+    // (plan_reload refuses those).
+    void set_params(const machine_params& p);
 
     // The earliest time at which on_tick may change something.
     [[nodiscard]] steady_time next_deadline() const;
