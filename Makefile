@@ -15,7 +15,7 @@ else
 Q := @
 endif
 
-CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iebpf/include -Iagent/include \
+CPPFLAGS := -Ibase/include -Inetlink/include -Iagent/include \
             -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_ASIO_NO_DEPRECATED
 # -Wno-mismatched-new-delete: a GCC 12 false positive on Asio's recycled coroutine frames.
 CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-mismatched-new-delete -g -MMD -MP -pipe
@@ -80,7 +80,7 @@ $(TESTS_BIN): $(TEST_OBJS) $(LIBS)
 	@echo "  LD      $@"
 	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
 
-.PHONY: all deps test test-unit test-scenario demo clean format tidy
+.PHONY: all deps test test-unit test-kernel test-scenario demo clean format tidy
 all: deps
 	$(Q)$(MAKE) --no-print-directory -j$(shell nproc) build-only
 
@@ -95,6 +95,8 @@ test: all
 	$(Q)tests/run $(TESTS_BIN) "[unit],[kernel],[scenario]"
 test-unit: all
 	$(Q)tests/run $(TESTS_BIN) "[unit]"
+test-kernel: all
+	$(Q)tests/run $(TESTS_BIN) "[kernel]"
 test-scenario: all
 	$(Q)tests/run $(TESTS_BIN) "[scenario]"
 
@@ -114,5 +116,10 @@ clean:
 
 format:
 	clang-format -i $(shell git ls-files '*.cpp' '*.hpp')
+
+# clang-tidy over the sources with the flags they are built with (.clang-tidy).
+tidy:
+	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'agent/src/*.cpp') -- \
+	    $(CPPFLAGS) -std=c++20
 
 -include $(shell find $(OUT)/obj -name '*.d' 2>/dev/null)

@@ -274,7 +274,7 @@ config validate(const toml::table& root, const std::string& path) {
     // The alias "<ifname>:0" is an IFA_LABEL, at most IFNAMSIZ-1 = 15 characters.
     c.cluster.interface = ifname_field(cl, "cluster", "interface", true, IFNAMSIZ - 1 - 2);
 
-    auto* nd = r.section(root, "node", true, {"name", "role", "address", "software_version"});
+    auto* nd = r.section(root, "node", true, {"name", "role", "address", "software_version", "state_dir"});
     c.node.name = read_name(nd, "node", "name");
     if (auto role = r.choice<node_role>(nd, "node", "role",
                                         {{"primary", node_role::primary}, {"secondary", node_role::secondary}}))
@@ -286,6 +286,11 @@ config validate(const toml::table& root, const std::string& path) {
     if (!valid_name(c.node.software_version, version_field))
         r.problem(nd ? nd->get("software_version") : nullptr, "node.software_version",
                   fmt::format("must be 1 to {} characters of letters, digits, '-', '_' or '.'", version_field));
+
+    if (auto s = r.string(nd, "node", "state_dir", false)) {
+        if (s->empty() || (*s)[0] != '/') r.problem(nd->get("state_dir"), "node.state_dir", "must be an absolute path");
+        else c.node.state_dir = *s;
+    }
 
     auto* pe = r.section(root, "peer", true, {"name", "address"});
     c.peer.name = read_name(pe, "peer", "name");
@@ -495,6 +500,8 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("crossover.address", a.crossover.address != b.crossover.address);
     refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);
     refused("control.socket", a.control.socket != b.control.socket);
+    if (a.node.state_dir != b.node.state_dir)
+        p.refused.push_back("node.state_dir: read once at start-up; restart tandemd to use another one");
     if (a.node.software_version != b.node.software_version)
         p.refused.push_back("node.software_version: the version is what the peer checks before pairing; restart "
                             "tandemd to advertise another one");

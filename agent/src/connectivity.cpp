@@ -128,12 +128,18 @@ asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> t
     auto resend_at = std::chrono::steady_clock::now() + timeout / 2;
     bool resent = false;
     std::array<std::byte, 1500> buf{};
-    while (!all_answered() && std::chrono::steady_clock::now() < deadline) {
+    auto done = [&] {
+        if (rule == connectivity_rule::any)
+            return std::any_of(answered.begin(), answered.end(), [](auto& a) { return a.has_value(); });
+        return all_answered();
+    };
+    while (!done() && std::chrono::steady_clock::now() < deadline) {
         asio::steady_timer t(ex, resent ? deadline : resend_at);
         // Wait on whichever sockets exist; one family at a time is enough since
         // each receive returns on the first packet.
+        asio::ip::icmp::endpoint from;
         auto recv = [&](asio::ip::icmp::socket& s) -> asio::awaitable<std::size_t> {
-            auto [ec, n] = co_await s.async_receive(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+            auto [ec, n] = co_await s.async_receive_from(asio::buffer(buf), from, asio::as_tuple(asio::use_awaitable));
             co_return ec ? 0 : n;
         };
         std::size_t n = 0;
@@ -151,7 +157,10 @@ asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> t
         }
         if (n) {
             int seq = parse_echo_reply(std::span(buf).first(n), family, id);
-            if (seq >= 0 && static_cast<std::size_t>(seq / 2) < targets.size() && !answered[seq / 2])
+            // Id and sequence say which target we asked; the source must be that
+            // target, or a stray reply routed elsewhere could vouch for it.
+            if (seq >= 0 && static_cast<std::size_t>(seq / 2) < targets.size() && !answered[seq / 2] &&
+                from.address() == to_asio(targets[seq / 2]))
                 answered[seq / 2] = (monotonic_ns() - sent_at[seq / 2]) / 1e6;
         }
         if (!resent && std::chrono::steady_clock::now() >= resend_at) {

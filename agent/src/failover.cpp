@@ -60,24 +60,10 @@ private:
     const config& c_;
 };
 
-class absent_phase final : public failover_phase {
-public:
-    absent_phase(std::string n, std::string why) : name_(std::move(n)), why_(std::move(why)) {}
-    std::string_view name() const override { return name_; }
-    asio::awaitable<phase_outcome> acquire() override { co_return phase_outcome::nothing(why_); }
-    asio::awaitable<phase_outcome> release() override { co_return phase_outcome::nothing(why_); }
-
-private:
-    std::string name_, why_;
-};
-
 }  // namespace
 
 std::unique_ptr<failover_phase> make_local_storage_phase() { return std::make_unique<local_storage_phase>(); }
 std::unique_ptr<failover_phase> make_services_phase(const config& c) { return std::make_unique<services_phase>(c); }
-std::unique_ptr<failover_phase> make_absent_phase(std::string name, std::string why) {
-    return std::make_unique<absent_phase>(std::move(name), std::move(why));
-}
 
 std::vector<std::string> failover_sequence::names() const {
     std::vector<std::string> v;

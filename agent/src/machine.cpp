@@ -40,6 +40,7 @@ steady_time ha_machine::next_deadline() const {
     if (peer_ && peer_was_alive_) t = std::min(t, last_heard_ + p_.timeout);
     if (test_wanted()) t = std::min(t, next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
+    if (request_takeover_) t = std::min(t, request_until_);
     return t;
 }
 
@@ -128,6 +129,11 @@ std::optional<std::string> ha_machine::pairing_problem() const {
     return std::nullopt;
 }
 
+bool ha_machine::needs_upgrade_now(steady_time now) const {
+    if (!peer_alive(now) || peer_->version == p_.version) return false;
+    return peer_->state == host_state::active || p_.role == node_role::secondary;
+}
+
 bool ha_machine::peer_can_take_over(steady_time now, std::string& why) const {
     if (!peer_alive(now)) why = "the peer is not heard";
     else if (peer_->state != host_state::standby) why = fmt::format("the peer is {}", to_string(peer_->state));
@@ -162,7 +168,9 @@ void ha_machine::evaluate(steady_time now, effects& e) {
         case host_state::initializing: {
             auto problem = alive ? pairing_problem() : std::nullopt;
             if (problem && peer_->version != p_.version) {
-                transition(host_state::needs_upgrade, *problem, e);
+                if (needs_upgrade_now(now)) transition(host_state::needs_upgrade, *problem, e);
+                else if (now >= listen_until_ && mode_ == host_mode::online)
+                    claim("listened for one timeout; the peer runs other software and is not active", e);
             } else if (problem) {
                 block(*problem, e);
             } else if (alive && peer_->state == host_state::active) {
@@ -185,7 +193,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             evaluate_active(now, e);
             break;
         case host_state::failed:
-            if (health_ok_) {
+            if (health_ok_ && !acquire_failed_) {
                 // Rejoining: the peer's heartbeats may not have reached us yet
                 // (a link that just came back). Listen for one timeout before a
                 // silent peer counts as lost, exactly as at start-up.
@@ -194,11 +202,13 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             }
             break;
         case host_state::needs_upgrade:
-            // Only a peer heard with the same version ends this state; a silent
-            // peer does not, or a node that cannot read its data would take over.
-            if (alive && !pairing_problem()) {
+            // Only a peer heard with the same version ends this state, or a
+            // primary whose peer is no longer active; a silent peer does not, or
+            // a node that cannot read the other's data would take over.
+            if (alive && (!pairing_problem() || !needs_upgrade_now(now))) {
                 listen_until_ = now + p_.timeout;
-                transition(host_state::standby, "software versions match", e);
+                transition(host_state::standby, pairing_problem() ? "the peer is not active" : "software versions match", e);
+                if (state_ == host_state::standby) evaluate_standby(now, e);
             }
             break;
         case host_state::setting_online:
@@ -216,9 +226,24 @@ void ha_machine::evaluate(steady_time now, effects& e) {
 void ha_machine::evaluate_standby(steady_time now, effects& e) {
     const bool alive = peer_alive(now);
     if (auto problem = alive ? pairing_problem() : std::nullopt) {
-        if (peer_->version != p_.version) transition(host_state::needs_upgrade, *problem, e);
-        else block(*problem, e);
-        return;
+        if (peer_->version == p_.version) {
+            block(*problem, e);
+            return;
+        }
+        if (needs_upgrade_now(now)) {
+            transition(host_state::needs_upgrade, *problem, e);
+            return;
+        }
+        // A primary whose other-version peer is not active goes on below and
+        // claims: the seeds keep the primary active while the secondary waits.
+    }
+    if (request_takeover_ && now >= request_until_) {
+        request_takeover_ = false;
+        e.send_now = true;
+        e.events.push_back({"takeover.expired",
+                            fmt::format("the active node did not hand over within {}; takeover cancelled",
+                                        format_duration(p_.timeout)),
+                            {}});
     }
     if (!promotable(local_sync_)) {
         transition(host_state::synchronizing, "local data is not up to date", e);
@@ -343,6 +368,7 @@ effects ha_machine::on_connectivity(steady_time now, bool ok, const std::string&
             next_test_at_ = now + p_.connectivity_retry;
             if (ok && state_ == host_state::standby) {
                 request_takeover_ = true;
+                request_until_ = now + p_.timeout;
                 e.send_now = true;
                 e.events.push_back({"connectivity.handover",
                                     "the active node lost its connectivity targets and this node reaches them: "
@@ -395,8 +421,12 @@ effects ha_machine::on_sequence_done(steady_time now, bool ok, const std::string
         if (ok) {
             e.events.push_back({"failover.complete", "this node is ACTIVE", {}});
         } else {
-            // Undo whatever was acquired and let the peer claim.
-            transition(host_state::failed, "failover sequence failed: " + detail, e);
+            // Undo whatever was acquired and let the peer claim. The failure
+            // stays until the operator clears it: a broken start hook on both
+            // nodes must not bounce the service between them.
+            acquire_failed_ = true;
+            transition(host_state::failed,
+                       "failover sequence failed: " + detail + "; fix the cause, then run 'tandemctl online'", e);
             release(host_state::failed, mode_, true, "undoing a failed acquire", e);
             return e;
         }
@@ -457,6 +487,7 @@ std::pair<command_reply, effects> ha_machine::on_command(steady_time now, comman
                 return refuse(fmt::format("this node's data is {}; wait until it is synchronized",
                                           to_string(local_sync_)));
             request_takeover_ = true;
+            request_until_ = now + p_.timeout;
             e.send_now = true;
             return accept("takeover requested; waiting for the peer to release");
         case command::giveback:
@@ -482,6 +513,14 @@ std::pair<command_reply, effects> ha_machine::on_command(steady_time now, comman
             e.send_now = true;
             return accept("OFFLINE: replication continues, no failover until set online");
         case command::online: {
+            if (state_ == host_state::failed && acquire_failed_) {
+                if (!health_ok_) return refuse("health checks still fail: " + health_detail_);
+                acquire_failed_ = false;
+                listen_until_ = now + p_.timeout;
+                transition(host_state::standby, "the operator cleared the failed failover", e);
+                evaluate(now, e);
+                return accept("failure cleared; STANDBY");
+            }
             if (mode_ == host_mode::online) return refuse("this node is already ONLINE");
             mode_ = host_mode::online;
             e.events.push_back({"mode.changed", "OFFLINE -> ONLINE", {{"mode", "ONLINE"}}});

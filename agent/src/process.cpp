@@ -67,9 +67,15 @@ asio::awaitable<process_result> run_command(std::string command,
     }
     r.started = true;
 
+    // tandemd checks pidfd_open at start-up; should it fail here all the same,
+    // the hook is killed rather than waited for without a timeout.
     unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
     auto ex = co_await asio::this_coro::executor;
-    if (pidfd) {
+    if (!pidfd) {
+        r.error = std::string("cannot watch the child (pidfd_open: ") + std::strerror(errno) + ")";
+        r.timed_out = true;
+        ::kill(-pid, SIGKILL);
+    } else {
         asio::posix::stream_descriptor d(ex, pidfd.release());
         asio::steady_timer t(ex, timeout);
         auto which = co_await (d.async_wait(asio::posix::stream_descriptor::wait_read, asio::as_tuple(asio::use_awaitable)) ||

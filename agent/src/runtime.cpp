@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -95,6 +96,34 @@ std::pair<bool, std::string> blocking_store_probe(const std::string& dir) {
     return {true, ""};
 }
 
+// The boot id orders this run after every earlier one, so the peer's replay
+// window accepts it: max(realtime, last boot id + 1), kept in the state
+// directory. Either alone fails: the clock can step back, the file can be lost
+// to a reinstall. Without a writable directory the clock is all there is.
+std::uint64_t next_boot_id(const config& c) {
+    std::uint64_t id = realtime_ns();
+    auto path = c.node.state_dir + "/boot-id." + c.node.name;
+    std::uint64_t last = 0;
+    if (std::FILE* f = std::fopen(path.c_str(), "r")) {
+        if (std::fscanf(f, "%lu", &last) != 1) last = 0;
+        std::fclose(f);
+    }
+    id = std::max(id, last + 1);
+    ::mkdir(c.node.state_dir.c_str(), 0700);
+    auto tmp = path + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0;
+    if (ok) {
+        auto text = std::to_string(id) + "\n";
+        ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+        ::close(fd);
+    }
+    if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
+        log::warning("boot_id.not_saved", "cannot save the boot id in {}: {}; relying on the clock", c.node.state_dir,
+                     std::strerror(errno));
+    return id;
+}
+
 // Outside the coroutine: GCC 12 miscompiles brace-initialised literals there.
 std::vector<std::pair<std::string, std::string>> check_env(const config& c) {
     return {{"TANDEM_NODE", c.node.name}, {"TANDEM_CLUSTER", c.cluster.name}};
@@ -122,7 +151,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
       send_timer_(io),
       watchdog_timer_(io),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
-      boot_id_(realtime_ns()) {
+      boot_id_(next_boot_id(cfg_)) {
     std::uint8_t index = 0;
     for (auto& name : cfg_.heartbeat.links) {
         auto l = std::make_unique<link_state>(io, name);
@@ -243,11 +272,19 @@ asio::awaitable<void> node_runtime::send_loop() {
 }
 
 asio::awaitable<void> node_runtime::receive(link_state& l) {
+    asio::steady_timer backoff(io_);
     for (;;) {
         udp::endpoint from;
         auto [ec, n] = co_await l.sock.async_receive_from(asio::buffer(l.buf), from, asio::as_tuple(asio::use_awaitable));
         if (ec == asio::error::operation_aborted) co_return;
-        if (ec) continue;  // e.g. ICMP port unreachable reported on the socket
+        if (ec == asio::error::connection_refused) continue;  // an ICMP port unreachable for one datagram
+        if (ec) {
+            // Anything else may persist: do not spin on it.
+            log::warning("heartbeat.receive_error", "receiving on {}: {}", l.name, ec.message());
+            backoff.expires_after(cfg_.heartbeat.interval);
+            co_await backoff.async_wait(asio::as_tuple(asio::use_awaitable));
+            continue;
+        }
         on_datagram(l, std::span(l.buf).first(n));
     }
 }
@@ -489,6 +526,7 @@ asio::awaitable<std::pair<bool, std::string>> node_runtime::probe_store() {
 asio::awaitable<void> node_runtime::health_loop() {
     asio::steady_timer t(io_);
     for (;;) {
+        check_link();  // also retries after a failed VIP repair
         bool ok = true;
         std::string detail;
         // The store is only meaningful where it is mounted: on the active node.

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <toml++/toml.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -98,6 +99,14 @@ private:
     unique_fd fd_;
     std::string buf_;
 };
+
+std::uint64_t number(const std::string& text, const char* flag) {
+    std::uint64_t v = 0;
+    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc{} || p != text.data() + text.size())
+        throw std::invalid_argument(fmt::format("{} \"{}\" is not a whole number", flag, text));
+    return v;
+}
 
 std::string socket_from_config(const std::string& path) {
     try {
@@ -226,7 +235,7 @@ int main(int argc, char** argv) {
         if (cmd == "events") {
             connection c(sock);
             std::size_t backlog = 100;
-            if (auto b = option("--backlog")) backlog = std::stoul(*b);
+            if (auto b = option("--backlog")) backlog = number(*b, "--backlog");
             c.send({{"cmd", "events"}, {"follow", flag("--follow") || flag("-f")}, {"backlog", backlog}});
             try {
                 while (auto l = c.line()) std::cout << *l << std::endl;  // flushed per line for pipes
@@ -248,7 +257,7 @@ int main(int argc, char** argv) {
                 timeout = *d;
             }
             std::optional<std::uint64_t> since;
-            if (auto s = option("--since")) since = std::stoull(*s);
+            if (auto s = option("--since")) since = number(*s, "--since");
             return wait_for(sock, args[1], timeout, since);
         }
         std::cerr << fmt::format("tandemctl: unknown command \"{}\"\n", cmd) << usage;

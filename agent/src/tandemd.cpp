@@ -8,6 +8,7 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
@@ -46,6 +47,12 @@ void check_features(const config& c) {
                 std::strerror(errno)));
         ::close(fd);
     }
+    // Hooks and check commands are awaited through pidfds (Linux >= 5.3).
+    int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
+    if (pidfd < 0)
+        throw std::runtime_error(fmt::format("pidfd_open is not available ({}); Tandem needs Linux 5.3 or later",
+                                             std::strerror(errno)));
+    ::close(pidfd);
 }
 
 }  // namespace
@@ -81,6 +88,12 @@ int main(int argc, char** argv) {
         return 1;
     }
     if (check_only) {
+        try {
+            check_features(cfg);
+        } catch (const std::exception& e) {
+            std::cerr << path << ": valid TOML, but this build cannot run it: " << e.what() << "\n";
+            return 1;
+        }
         std::cout << fmt::format("{}: valid — cluster {} (VIP {} on {}:0), this node {} as {}, peer {} at {}\n",
                                  path, cfg.cluster.name, netlink::to_string(cfg.cluster.vip), cfg.cluster.interface,
                                  cfg.node.name, to_string(cfg.node.role), cfg.peer.name,

@@ -129,6 +129,7 @@ interface = "eth0"
 name = "{}"
 role = "{}"
 address = "{}"
+state_dir = "{}"
 [peer]
 name = "{}"
 address = "{}"
@@ -146,7 +147,7 @@ key_file = "{}"
 socket = "{}"
 )",
                                    addr("vip") + (opt.ipv6 ? "/64" : "/24"), a ? "alpha" : "beta",
-                                   a ? "primary" : "secondary", addr(node), a ? "beta" : "alpha",
+                                   a ? "primary" : "secondary", addr(node), dir_.path().string(), a ? "beta" : "alpha",
                                    addr(a ? "b" : "a"), opt.interval, opt.timeout,
                                    opt.connectivity ? "\"" + addr("client") + "\"" : "",
                                    (dir_.path() / "cluster.key").string(), socket(node));

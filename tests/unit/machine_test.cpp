@@ -23,6 +23,7 @@ struct node {
     bool reach_targets = true;  // result of its connectivity test
     bool auto_complete = true;  // sequences finish at once
     int acquires = 0, releases = 0, tests = 0;
+    bool acquire_ok = true;  // what the failover sequence reports
     std::vector<event> log;
     sequence_kind pending = sequence_kind::none;
 
@@ -64,7 +65,8 @@ struct cluster {
         }
         if (e.sequence != sequence_kind::none) {
             (e.sequence == sequence_kind::acquire ? n.acquires : n.releases)++;
-            if (n.auto_complete) apply(n, n.m->on_sequence_done(clock.now(), true, ""));
+            bool ok = e.sequence == sequence_kind::release || n.acquire_ok;
+            if (n.auto_complete) apply(n, n.m->on_sequence_done(clock.now(), ok, ok ? "" : "services: start hook exited 1"));
             else n.pending = e.sequence;
         }
     }
@@ -367,4 +369,48 @@ TEST_CASE("a node that recovers listens for one timeout before it counts a silen
     CHECK(c.b.m->state() == S::standby);
     CHECK(c.a.m->state() == S::active);
     CHECK_FALSE(c.b.has("collision.detected"));
+}
+
+TEST_CASE("a failed acquire stays FAILED until the operator clears it: no ping-pong", "[unit][machine]") {
+    cluster c;
+    c.a.acquire_ok = false;
+    c.b.acquire_ok = false;  // the same broken start hook on both nodes
+    c.run(3s);
+    CHECK(c.a.acquires == 1);
+    CHECK(c.b.acquires == 1);  // b tried once after a failed, then stopped too
+    CHECK(c.a.m->state() == S::failed);
+    CHECK(c.b.m->state() == S::failed);
+    c.a.acquire_ok = true;
+    auto [r, e] = c.a.m->on_command(c.clock.now(), command::online);
+    REQUIRE(r.ok);
+    c.apply(c.a, e);
+    c.run(1s);
+    CHECK(c.a.m->state() == S::active);
+}
+
+TEST_CASE("a takeover request the active does not answer expires", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    auto [r, e] = c.b.m->on_command(c.clock.now(), command::takeover);
+    REQUIRE(r.ok);
+    c.apply(c.b, e);
+    c.link = false;  // the request never arrives; both still think the other is there for a moment
+    c.clock.advance(350ms);
+    c.apply(c.b, c.b.m->on_tick(c.clock.now()));
+    CHECK(c.b.has("takeover.expired"));
+    CHECK((c.b.m->outgoing_flags() & hb_request_takeover) == 0);
+}
+
+TEST_CASE("different versions started together: the primary is active, the secondary NEEDS_UPGRADE", "[unit][machine]") {
+    cluster c;
+    c.base.version = "2.0";
+    c.base.role = node_role::secondary;
+    c.restart(c.b);
+    c.restart(c.a);  // a keeps its role; the version comes from base too, so set it back
+    c.base.version = "1.0";
+    c.base.role = node_role::primary;
+    c.restart(c.a);
+    c.run(2s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::needs_upgrade);
 }

@@ -34,6 +34,7 @@ struct config {
         node_role role = node_role::primary;
         ip_address address;
         std::string software_version;  // advertised to the peer; defaults to the build's version
+        std::string state_dir = "/var/lib/tandem";  // the boot id survives restarts here
     } node;
     struct {
         std::string name;

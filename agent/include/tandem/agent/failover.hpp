@@ -58,7 +58,5 @@ private:
 std::unique_ptr<failover_phase> make_local_storage_phase();
 // Phase 4: the [services] start/stop hooks, with TANDEM_* variables in their environment.
 std::unique_ptr<failover_phase> make_services_phase(const config& c);
-// A phase whose mechanism is not in this build; it says so in every event.
-std::unique_ptr<failover_phase> make_absent_phase(std::string name, std::string why);
 
 }  // namespace tandem::agent

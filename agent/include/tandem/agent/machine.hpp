@@ -106,6 +106,10 @@ private:
     void start_test(test_purpose why, effects& e);
     void block(const std::string& why, effects& e);  // report once why a failover does not happen
     [[nodiscard]] std::optional<std::string> pairing_problem() const;
+    // Whether a version mismatch makes this node NEEDS_UPGRADE: the node that
+    // is not active; with neither active, the secondary (the seeds: "the
+    // secondary requires an upgrade; the primary remains active").
+    [[nodiscard]] bool needs_upgrade_now(steady_time now) const;
     [[nodiscard]] bool test_wanted() const;  // a connectivity test is due at next_test_at_
     [[nodiscard]] bool peer_can_take_over(steady_time now, std::string& why) const;
 
@@ -133,6 +137,8 @@ private:
     steady_time next_test_at_{};
 
     bool request_takeover_ = false;
+    steady_time request_until_{};  // an unanswered takeover request expires
+    bool acquire_failed_ = false;  // FAILED until the operator clears it (tandemctl online)
     bool handover_ = false;  // we released on purpose; the peer should claim
     steady_time handover_until_{};
     bool shutting_down_ = false;
