@@ -104,12 +104,14 @@ demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
-.PHONY: bench bench-deps bench-failover
+.PHONY: bench bench-deps bench-failover bench-idle
 bench-deps:
 	$(Q)scripts/deps.sh scripts/bench-packages.txt
-bench: bench-failover
+bench: bench-failover bench-idle
 bench-failover: all bench-deps
 	$(Q)scripts/bench-failover.sh $(OUT)/bin
+bench-idle: all bench-deps
+	$(Q)scripts/bench-idle.sh $(OUT)/bin
 
 clean:
 	rm -rf build

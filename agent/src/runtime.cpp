@@ -150,6 +150,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
       machine_(params_of(cfg_), std::chrono::steady_clock::now()),
       send_timer_(io),
       watchdog_timer_(io),
+      refresh_timer_(io),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
       boot_id_(next_boot_id(cfg_)) {
     std::uint8_t index = 0;
@@ -489,12 +490,12 @@ asio::awaitable<void> node_runtime::netlink_loop() {
 }
 
 asio::awaitable<void> node_runtime::refresh_loop() {
-    asio::steady_timer t(io_);
     for (;;) {
-        // Re-read each round: a reload may switch the refresh on or off.
-        t.expires_after(cfg_.announce.refresh.count() ? cfg_.announce.refresh : std::chrono::milliseconds(1000));
-        co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
-        if (cfg_.announce.refresh.count()) reannounce("periodic refresh");
+        // Off: sleep until a reload cancels the timer; on: wake each period.
+        if (cfg_.announce.refresh.count()) refresh_timer_.expires_after(cfg_.announce.refresh);
+        else refresh_timer_.expires_at(asio::steady_timer::time_point::max());
+        auto [ec] = co_await refresh_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        if (!ec && cfg_.announce.refresh.count()) reannounce("periodic refresh");
     }
 }
 
@@ -693,6 +694,7 @@ json node_runtime::reload() {
     bus_.publish({"config.reloaded", what, {}});
     apply({});  // timers: the interval and the deadlines may have changed
     send_timer_.cancel();
+    refresh_timer_.cancel();
     return {{"ok", true}, {"applied", plan.applied}};
 }
 

@@ -86,6 +86,7 @@ private:
     nlohmann::json link_kernel_ = nlohmann::json::object();  // interface -> {up, carrier}
     boost::asio::steady_timer send_timer_;
     boost::asio::steady_timer watchdog_timer_;
+    boost::asio::steady_timer refresh_timer_;  // re-armed by a reload
     boost::asio::signal_set signals_;
 
     std::uint64_t boot_id_;
