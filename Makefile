@@ -5,6 +5,7 @@
 #   make demo       a real two-node cluster in namespaces, with a failover
 #   make MODE=asan test   ASan+UBSan build of everything
 .DEFAULT_GOAL := all
+.SECONDEXPANSION:
 MODE ?= release
 OUT  := build/$(MODE)
 CXX  ?= g++
@@ -123,5 +124,27 @@ format:
 tidy:
 	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'agent/src/*.cpp') -- \
 	    $(CPPFLAGS) -std=c++20
+
+# ---- fuzz targets: every decoder of bytes from the network (clang, libFuzzer + ASan/UBSan)
+FUZZ_OUT     := build/fuzz
+FUZZ_SECONDS ?= 20
+FUZZ_FLAGS   := -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -Inetlink/src
+FUZZERS      := heartbeat rtnl icmp
+fuzz_heartbeat_SRCS := agent/src/heartbeat_codec.cpp agent/src/state.cpp base/src/hmac.cpp
+fuzz_rtnl_SRCS      := netlink/src/rtnl.cpp
+fuzz_icmp_SRCS      := agent/src/icmp.cpp
+$(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
+	@mkdir -p $(@D)
+	@echo "  FUZZ    $@"
+	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lfmt
+
+.PHONY: fuzz
+fuzz: deps $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%)
+	$(Q)for f in $(FUZZERS); do mkdir -p $(FUZZ_OUT)/corpus/$$f; \
+	    echo "  RUN     fuzz-$$f for $(FUZZ_SECONDS) s"; \
+	    if ! $(FUZZ_OUT)/fuzz-$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	            -artifact_prefix=$(FUZZ_OUT)/ $(FUZZ_OUT)/corpus/$$f > $(FUZZ_OUT)/$$f.log 2>&1; then \
+	        grep -E -A20 "ERROR|SUMMARY" $(FUZZ_OUT)/$$f.log; exit 1; fi; \
+	    grep -E "stat::number_of_executed_units|stat::new_units_added" $(FUZZ_OUT)/$$f.log; done
 
 -include $(shell find $(OUT)/obj -name '*.d' 2>/dev/null)
