@@ -1,7 +1,9 @@
 # Tandem: the one entry point. Non-recursive; quiet unless V=1.
 #   make            build tandemd, tandemctl and the tests (release)
 #   make test       all test tiers; ends with "N passed, N failed, N skipped"
-#   make test-unit | test-scenario
+#   make test-unit | test-kernel | test-scenario
+#   make fuzz       libFuzzer targets (clang), FUZZ_SECONDS each
+#   make bench      Tandem and its peers side by side (keepalived)
 #   make demo       a real two-node cluster in namespaces, with a failover
 #   make MODE=asan test   ASan+UBSan build of everything
 .DEFAULT_GOAL := all
@@ -118,10 +120,12 @@ clean:
 	rm -rf build
 
 format:
+	$(Q)scripts/deps.sh scripts/dev-packages.txt
 	clang-format -i $(shell git ls-files '*.cpp' '*.hpp')
 
 # clang-tidy over the sources with the flags they are built with (.clang-tidy).
 tidy:
+	$(Q)scripts/deps.sh scripts/dev-packages.txt
 	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'agent/src/*.cpp') -- \
 	    $(CPPFLAGS) -std=c++20
 

@@ -119,6 +119,7 @@ interface = "eth0"
 name = "$n"
 role = "$role"
 address = "$addr"
+state_dir = "$work"
 [peer]
 name = "$peer"
 address = "$paddr"

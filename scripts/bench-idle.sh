@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # make bench-idle: CPU and memory of an idle, healthy pair — Tandem vs keepalived, in one run.
-# Both at 1 s heartbeats/adverts on the same two-namespace topology. CPU is the
+# Both at 1 s heartbeats/adverts on the same two-namespace topology, and like
+# for like: Tandem runs no connectivity test here, since keepalived has none. CPU is the
 # time on CPU over the window, in nanoseconds from every thread's
 # /proc/PID/task/TID/schedstat (the 10 ms ticks of /proc/PID/stat are too coarse
 # for an idle daemon), RSS is VmRSS at
@@ -35,8 +36,8 @@ head -c 64 /dev/urandom > "$work/key"; chmod 600 "$work/key"
 for n in alpha beta; do
     if [[ $n == alpha ]]; then role=primary addr=10.77.0.1 peer=beta paddr=10.77.0.2
     else role=secondary addr=10.77.0.2 peer=alpha paddr=10.77.0.1; fi
-    printf '[cluster]\nname="idle"\nvip="10.77.0.100/24"\ninterface="eth0"\n[node]\nname="%s"\nrole="%s"\naddress="%s"\nstate_dir="%s"\n[peer]\nname="%s"\naddress="%s"\n[heartbeat]\ninterval="1s"\ntimeout="3s"\n[connectivity]\ntargets=["%s"]\n[auth]\nkey_file="%s"\n[control]\nsocket="%s"\n' \
-        "$n" "$role" "$addr" "$work" "$peer" "$paddr" "$paddr" "$work/key" "$work/$n.sock" > "$work/$n.toml"
+    printf '[cluster]\nname="idle"\nvip="10.77.0.100/24"\ninterface="eth0"\n[node]\nname="%s"\nrole="%s"\naddress="%s"\nstate_dir="%s"\n[peer]\nname="%s"\naddress="%s"\n[heartbeat]\ninterval="1s"\ntimeout="3s"\n[auth]\nkey_file="%s"\n[control]\nsocket="%s"\n' \
+        "$n" "$role" "$addr" "$work" "$peer" "$paddr" "$work/key" "$work/$n.sock" > "$work/$n.toml"
 done
 ip netns exec "$a" "$bin/tandemd" -c "$work/alpha.toml" 2> /dev/null & ta=$!
 ip netns exec "$b" "$bin/tandemd" -c "$work/beta.toml" 2> /dev/null & tb=$!

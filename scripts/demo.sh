@@ -49,6 +49,7 @@ interface = "eth0"
 name = "$1"
 role = "$2"
 address = "$3"
+state_dir = "$work"
 [peer]
 name = "$4"
 address = "$5"

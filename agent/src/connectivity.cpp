@@ -139,11 +139,14 @@ asio::awaitable<connectivity_result> test_connectivity(std::vector<ip_address> t
     }
     std::size_t ok = 0;
     std::string detail;
+    const bool any_answered = std::any_of(answered.begin(), answered.end(), [](auto& a) { return a.has_value(); });
     for (std::size_t i = 0; i < targets.size(); ++i) {
         if (!detail.empty()) detail += "; ";
         if (answered[i]) {
             ++ok;
             detail += fmt::format("{} answered in {:.2f} ms", netlink::address_string(targets[i]), *answered[i]);
+        } else if (rule == connectivity_rule::any && any_answered) {
+            detail += fmt::format("{} not needed (another target answered)", netlink::address_string(targets[i]));
         } else {
             detail += fmt::format("{} did not answer within {} ms", netlink::address_string(targets[i]), timeout.count());
         }

@@ -29,7 +29,8 @@ const nlohmann::json& event_bus::publish(const event& e) {
     for (auto& [k, v] : e.fields) j[k] = v;
 
     auto lvl = e.id.ends_with(".refused") || e.id.ends_with(".blocked") || e.id.starts_with("collision") ||
-                       e.id.ends_with(".failed") || e.id.ends_with(".lost")
+                       e.id.find("failed") != std::string::npos || e.id.ends_with(".lost") ||
+                       e.id.ends_with(".expired") || e.id == "vip.removed" || e.id == "vip.foreign"
                    ? log::level::warning
                    : log::level::notice;
     log::write(lvl, e.id, e.message);

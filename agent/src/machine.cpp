@@ -20,7 +20,12 @@ std::string_view to_string(command c) noexcept {
     return "?";
 }
 
-ha_machine::ha_machine(machine_params p, steady_time now) : p_(std::move(p)), listen_until_(now + p_.timeout) {}
+ha_machine::ha_machine(machine_params p, steady_time now) : p_(std::move(p)) { listen(now); }
+
+void ha_machine::listen(steady_time now) {
+    listen_until_ = now + p_.timeout;
+    listening_ = true;
+}
 
 bool ha_machine::peer_alive(steady_time now) const { return peer_ && now - last_heard_ < p_.timeout; }
 
@@ -35,12 +40,14 @@ std::uint16_t ha_machine::outgoing_flags() const {
 
 steady_time ha_machine::next_deadline() const {
     steady_time t = steady_time::max();
-    if (state_ == host_state::initializing || (state_ == host_state::standby && !peer_was_alive_))
-        t = std::min(t, listen_until_);
+    if (listening_) t = std::min(t, listen_until_);
     if (peer_ && peer_was_alive_) t = std::min(t, last_heard_ + p_.timeout);
-    if (test_wanted()) t = std::min(t, next_test_at_);
+    // A standby that is still listening starts no test before it stops
+    // listening: a deadline in the past would make the watchdog spin.
+    if (test_wanted())
+        t = std::min(t, listening_ ? std::max(next_test_at_, listen_until_) : next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
-    if (request_takeover_) t = std::min(t, request_until_);
+    if (request_takeover_ && state_ == host_state::standby) t = std::min(t, request_until_);
     return t;
 }
 
@@ -78,6 +85,7 @@ void ha_machine::transition(host_state to, const std::string& why, effects& e) {
     state_ = to;
     blocked_.clear();
     e.send_now = true;
+    if (to != host_state::standby) request_takeover_ = false;  // a request is only a standby's
 }
 
 void ha_machine::block(const std::string& why, effects& e) {
@@ -120,12 +128,12 @@ void ha_machine::start_test(test_purpose why, effects& e) {
 
 std::optional<std::string> ha_machine::pairing_problem() const {
     if (!peer_) return std::nullopt;
-    if (peer_->version != p_.version)
-        return fmt::format("the peer runs version {} and this node {}; no pairing or failover until they match",
-                           peer_->version, p_.version);
     if (peer_->role == p_.role)
         return fmt::format("both nodes are configured as {}; one must be primary and one secondary",
                            to_string(p_.role));
+    if (peer_->version != p_.version)
+        return fmt::format("the peer runs version {} and this node {}; no pairing or failover until they match",
+                           peer_->version, p_.version);
     return std::nullopt;
 }
 
@@ -158,6 +166,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
         }
     }
     if (handover_ && (now >= handover_until_ || (alive && peer_->state == host_state::active))) handover_ = false;
+    if (listening_ && now >= listen_until_) listening_ = false;
     if (busy_ != sequence_kind::none) return;  // one sequence at a time; re-evaluated when it completes
 
     if (!health_ok_ && state_ != host_state::failed && state_ != host_state::active) {
@@ -167,7 +176,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
     switch (state_) {
         case host_state::initializing: {
             auto problem = alive ? pairing_problem() : std::nullopt;
-            if (problem && peer_->version != p_.version) {
+            if (problem && peer_->role != p_.role && peer_->version != p_.version) {
                 if (needs_upgrade_now(now)) transition(host_state::needs_upgrade, *problem, e);
                 else if (now >= listen_until_ && mode_ == host_mode::online)
                     claim("listened for one timeout; the peer runs other software and is not active", e);
@@ -197,7 +206,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
                 // Rejoining: the peer's heartbeats may not have reached us yet
                 // (a link that just came back). Listen for one timeout before a
                 // silent peer counts as lost, exactly as at start-up.
-                listen_until_ = now + p_.timeout;
+                listen(now);
                 transition(host_state::standby, "health checks pass again", e);
             }
             break;
@@ -206,7 +215,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             // primary whose peer is no longer active; a silent peer does not, or
             // a node that cannot read the other's data would take over.
             if (alive && (!pairing_problem() || !needs_upgrade_now(now))) {
-                listen_until_ = now + p_.timeout;
+                listen(now);
                 transition(host_state::standby, pairing_problem() ? "the peer is not active" : "software versions match", e);
                 if (state_ == host_state::standby) evaluate_standby(now, e);
             }
@@ -226,7 +235,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
 void ha_machine::evaluate_standby(steady_time now, effects& e) {
     const bool alive = peer_alive(now);
     if (auto problem = alive ? pairing_problem() : std::nullopt) {
-        if (peer_->version == p_.version) {
+        if (peer_->role == p_.role || peer_->version == p_.version) {
             block(*problem, e);
             return;
         }
@@ -281,7 +290,7 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
         return;
     }
     // The peer is silent on every link.
-    if (now < listen_until_) return;  // just started or rejoined: listen first
+    if (listening_) return;  // just started or rejoined: listen first
     if (!p_.connectivity_configured) {
         claim(fmt::format("peer lost for {}; no connectivity targets configured", format_duration(p_.timeout)), e);
     } else if (lost_test_passed_) {
@@ -516,7 +525,7 @@ std::pair<command_reply, effects> ha_machine::on_command(steady_time now, comman
             if (state_ == host_state::failed && acquire_failed_) {
                 if (!health_ok_) return refuse("health checks still fail: " + health_detail_);
                 acquire_failed_ = false;
-                listen_until_ = now + p_.timeout;
+                listen(now);
                 transition(host_state::standby, "the operator cleared the failed failover", e);
                 evaluate(now, e);
                 return accept("failure cleared; STANDBY");

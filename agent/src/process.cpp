@@ -30,6 +30,7 @@ using namespace asio::experimental::awaitable_operators;
 
 std::string process_result::describe() const {
     if (!started) return "did not start: " + error;
+    if (!error.empty()) return error;  // e.g. it could not be watched, so it was killed
     if (timed_out) return "timed out and was killed";
     if (exit_code > 128) return fmt::format("killed by signal {}", exit_code - 128);
     return fmt::format("exited {}", exit_code);

@@ -422,12 +422,16 @@ void node_runtime::check_link() {
         detail = fmt::format("management interface {} is {}: this node cannot serve the VIP", vip_->interface(),
                              !l->up ? "down" : "without carrier");
     if (l) link_kernel_[l->name] = {{"up", l->up}, {"carrier", l->carrier}};
+    set_link_usable(ok, detail);
+}
+
+void node_runtime::set_link_usable(bool ok, const std::string& detail) {
     bool was = link_ok_;
     link_ok_ = ok;
     link_detail_ = detail;
     if (was != ok)
         bus_.publish({"link.changed",
-                      ok ? fmt::format("management interface {} is up with carrier", vip_->interface()) : detail,
+                      ok ? fmt::format("management interface {} is usable again", vip_->interface()) : detail,
                       {{"interface", vip_->interface()}, {"usable", ok ? "true" : "false"}}});
     update_health();
     if (ok && !was) reannounce("the management link is back");
@@ -467,9 +471,9 @@ void node_runtime::on_netlink(const netlink::event& ev) {
                   {}});
     if (auto r = vip_->add(); !r) {
         bus_.publish({"vip.repair_failed", "cannot restore the VIP: " + r.error().message(), {}});
-        link_ok_ = false;  // this node cannot serve: let the peer take over
-        link_detail_ = "the VIP cannot be restored: " + r.error().message();
-        update_health();
+        // This node cannot serve: let the peer take over. The health loop's
+        // next check_link() retries.
+        set_link_usable(false, "the VIP cannot be restored: " + r.error().message());
         return;
     }
     reannounce("the VIP was restored");

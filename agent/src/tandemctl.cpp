@@ -38,7 +38,7 @@ constexpr const char* usage =
     "  takeover                  on the standby: become active (the peer must be synchronized)\n"
     "  giveback                  on the active: hand over to the standby\n"
     "  offline | online          maintenance mode; offline on the active node is a manual failover\n"
-    "  reload                    apply heartbeat, connectivity and rate changes from the configuration\n"
+    "  reload                    re-read the configuration; applies what needs no re-pairing, refuses the rest\n"
     "  wait state=STATE|event=ID [--timeout 30s] [--since SEQ]\n"
     "                            block until this node reaches a state or emits an event;\n"
     "                            --since also accepts events already emitted after sequence number SEQ\n"

@@ -344,8 +344,18 @@ TEST_CASE("after any tick the next deadline is in the future, so the watchdog ne
             if (i == 15) c.a.up = false;               // failover
             if (i == 30) c.b.reach_targets = false;    // the active loses its targets
             if (i == 40) c.restart(c.a);               // the old primary comes back
-            for (node* n : {&c.a, &c.b})
-                if (n->up) CHECK(n->m->next_deadline() > c.clock.now());
+            if (i == 45) {                             // the standby fails and recovers with the peer silent
+                c.link = false;
+                c.apply(c.a, c.a.m->on_health(c.clock.now(), false, "disk"));
+            }
+            if (i == 50) c.apply(c.a, c.a.m->on_health(c.clock.now(), true, ""));
+            if (i == 55) c.link = true;
+            for (node* n : {&c.a, &c.b}) {
+                if (!n->up) continue;
+                INFO("step " << i << " node " << (n == &c.a ? "a" : "b") << " " << to_string(n->m->state()) << " "
+                              << (n->m->next_deadline() - c.clock.now()).count() / 1e6 << " ms");
+                CHECK(n->m->next_deadline() > c.clock.now());
+            }
         }
     }
 }
@@ -413,4 +423,31 @@ TEST_CASE("different versions started together: the primary is active, the secon
     c.run(2s);
     CHECK(c.a.m->state() == S::active);
     CHECK(c.b.m->state() == S::needs_upgrade);
+}
+
+TEST_CASE("a takeover request does not outlive the standby state", "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    auto [r, e] = c.b.m->on_command(c.clock.now(), command::takeover);
+    REQUIRE(r.ok);
+    c.b.auto_complete = true;
+    c.apply(c.b, e);
+    c.apply(c.b, c.b.m->on_health(c.clock.now(), false, "disk"));  // fails before the active answers
+    REQUIRE(c.b.m->state() == S::failed);
+    CHECK((c.b.m->outgoing_flags() & hb_request_takeover) == 0);
+    c.clock.advance(2s);
+    c.apply(c.b, c.b.m->on_tick(c.clock.now()));  // the watchdog fires once for the peer timeout
+    CHECK(c.b.m->next_deadline() > c.clock.now());  // and then nothing is left in the past
+}
+
+TEST_CASE("two primaries are a pairing problem even when their versions differ", "[unit][machine]") {
+    cluster c;
+    c.b.role = node_role::primary;
+    c.base.version = "2.0";
+    c.base.role = node_role::primary;
+    c.restart(c.b);
+    c.run(2s);
+    // Exactly one claims at most; neither is sent to NEEDS_UPGRADE by the version alone.
+    CHECK_FALSE((c.a.m->state() == S::active && c.b.m->state() == S::active));
+    CHECK((c.a.has("failover.blocked") || c.b.has("failover.blocked")));
 }

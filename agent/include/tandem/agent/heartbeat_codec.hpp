@@ -39,7 +39,7 @@ enum heartbeat_flags : std::uint16_t {
 };
 
 struct heartbeat {
-    std::uint64_t boot_id = 0;  // sender's start time (realtime ns): increases across restarts
+    std::uint64_t boot_id = 0;  // max(realtime ns, previous + 1): increases across restarts
     std::uint64_t seq = 0;
     std::uint64_t send_mono_ns = 0;
     std::uint64_t echo_seq = 0;  // last seq the sender received from us, 0 if none
@@ -89,7 +89,7 @@ struct decode_result {
 
 // Rejects datagrams seen before: a 64-entry window below the highest sequence
 // number of the newest boot_id. A boot_id lower than the current one is a replay
-// of an earlier run of the peer (boot ids are start times, so they increase).
+// of an earlier run of the peer (boot ids only increase: runtime.cpp next_boot_id).
 class replay_window {
 public:
     [[nodiscard]] bool accept(std::uint64_t boot_id, std::uint64_t seq) noexcept;

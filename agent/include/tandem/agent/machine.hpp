@@ -110,7 +110,8 @@ private:
     // is not active; with neither active, the secondary (the seeds: "the
     // secondary requires an upgrade; the primary remains active").
     [[nodiscard]] bool needs_upgrade_now(steady_time now) const;
-    [[nodiscard]] bool test_wanted() const;  // a connectivity test is due at next_test_at_
+    [[nodiscard]] bool test_wanted() const;
+    void listen(steady_time now);  // start (or restart, on rejoining) one timeout of listening  // a connectivity test is due at next_test_at_
     [[nodiscard]] bool peer_can_take_over(steady_time now, std::string& why) const;
 
     machine_params p_;
@@ -118,6 +119,7 @@ private:
     host_mode mode_ = host_mode::online;
     sync_state local_sync_ = sync_state::none;
     steady_time listen_until_;
+    bool listening_ = true;  // listen_until_ is still ahead: no claim on a silent peer before it
 
     std::optional<peer_info> peer_;
     steady_time last_heard_{};

@@ -55,6 +55,7 @@ private:
     boost::asio::awaitable<void> refresh_loop();
     void on_netlink(const netlink::event& ev);
     void check_link();  // re-reads the management link and folds it into health
+    void set_link_usable(bool ok, const std::string& detail);
     void update_health();
     void reannounce(const std::string& why);
     boost::asio::awaitable<std::pair<bool, std::string>> probe_store();
