@@ -16,11 +16,11 @@ else
 Q := @
 endif
 
-CPPFLAGS := -Ibase/include -Inetlink/include -Iagent/include \
+CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iagent/include \
             -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_ASIO_NO_DEPRECATED
 # -Wno-mismatched-new-delete: a GCC 12 false positive on Asio's recycled coroutine frames.
 CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-mismatched-new-delete -g -MMD -MP -pipe
-LDLIBS   := -lfmt -lcrypto -lsystemd -lpthread
+LDLIBS   := -luring -lxxhash -lfmt -lcrypto -lsystemd -lpthread
 NL_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 2>/dev/null)
 NL_LIBS   := $(shell pkg-config --libs libnl-route-3.0 2>/dev/null)
 CPPFLAGS += $(NL_CFLAGS)
@@ -49,10 +49,10 @@ $$($(1)_LIB): $$($(1)_OBJS)
 endef
 
 agent_MAINS := agent/src/tandemd.cpp agent/src/tandemctl.cpp
-COMPONENTS := base netlink agent
+COMPONENTS := base netlink replication agent
 $(foreach c,$(COMPONENTS),$(eval $(call component,$(c))))
 
-LIBS := $(agent_LIB) $(netlink_LIB) $(base_LIB)
+LIBS := $(agent_LIB) $(replication_LIB) $(netlink_LIB) $(base_LIB)
 
 $(OUT)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
