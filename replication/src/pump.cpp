@@ -100,7 +100,10 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     };
     // One send in flight per socket: io_uring does not keep concurrent sends on
     // a stream socket in order, and a partial send's rest must follow it at once.
-    std::deque<std::uint32_t> send_queue;
+    // Frames leave in offset order (reads complete in any order), so what the
+    // target holds is always a contiguous range and a resume point means what it says.
+    std::map<std::uint64_t, std::uint32_t> ready;  // offset -> slot, read and waiting to be sent
+    std::uint64_t next_send = opt.start;
     bool send_armed = false;
     auto send_rest = [&](std::uint32_t i) {
         auto& s = slots[i];
@@ -141,7 +144,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
             }
             start_read(i);
         }
-        if (!send_armed && !send_queue.empty()) send_rest(send_queue.front());
+        if (!send_armed && !ready.empty() && ready.begin()->first == next_send) send_rest(ready.begin()->second);
         if (!ack_armed && !unacked.empty()) {
             auto* e = r.sqe();
             io_uring_prep_recv(e, sock, ack.data(), ack.size(), MSG_WAITALL);
@@ -176,7 +179,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                         std::span<std::byte, data_prefix>((*pool)[i].data() + headroom - data_prefix, data_prefix),
                         {s.seq, s.offset, s.len, 0, XXH3_64bits(payload.data(), payload.size())});
                     s.state = slot::sending;
-                    send_queue.push_back(i);
+                    ready[s.offset] = i;
                     break;
                 }
                 case op::send: {
@@ -194,7 +197,8 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                     }
                     unacked[s.seq] = {s.offset, s.len};
                     s.state = slot::free;
-                    send_queue.pop_front();
+                    ready.erase(s.offset);
+                    next_send += s.len;
                     break;
                 }
                 case op::ack_recv: {
@@ -275,10 +279,14 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
     std::optional<detail::data_info> pending;  // a prefix whose payload waits for a free buffer
     std::deque<std::uint32_t> ack_queue;       // acks go out one at a time, in order
     bool ack_armed = false;
+    // Writes complete in any order: resume_at advances over a contiguous run only.
+    std::map<std::uint64_t, std::uint32_t> durable;
+    std::uint64_t cursor = opt.start;
     __kernel_timespec stall{};
     stall.tv_sec = opt.stall.count() / 1000;
     stall.tv_nsec = (opt.stall.count() % 1000) * 1'000'000;
 
+    res.resume_at = opt.start;
     auto fail = [&](std::string why) {
         res.error = std::move(why);
         drain(r, inflight);
@@ -338,8 +346,9 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                         error = c.res <= 0 ? "the peer closed the connection" : "the peer stopped mid-frame";
                         break;
                     }
-                    if (!detail::get_data_prefix(std::span<const std::byte, data_prefix>(prefix), vol.size(),
-                                                 vol.logical_block(), opt.chunk, d)) {
+                    if (!detail::get_data_prefix(std::span<const std::byte, data_prefix>(prefix), end,
+                                                 vol.logical_block(), opt.chunk, d) ||
+                        d.offset < opt.start) {
                         error = "a malformed or out-of-range data frame; nothing of it was written";
                         break;
                     }
@@ -383,6 +392,11 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                     } else {
                         written += s.d.length;
                         pr.bytes_done = written;
+                        durable[s.d.offset] = s.d.length;
+                        for (auto it = durable.begin(); it != durable.end() && it->first == cursor;
+                             it = durable.erase(it))
+                            cursor += it->second;
+                        res.resume_at = cursor;
                     }
                     detail::put_ack(s.ack, s.d.seq, status);
                     s.state = slot::acking;
