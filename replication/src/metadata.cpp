@@ -536,6 +536,8 @@ result<metadata_file> metadata_file::create(const std::string& path, std::uint64
     f.state_.granularity = granularity;
     f.state_.bitmap = std::move(*bm);
     f.slot_size_ = *stride;
+    f.volume_size_ = volume_size;
+    f.granularity_ = granularity;
     f.buf_.resize(static_cast<std::size_t>(*stride));
     // Both slots valid from the start (A seq 1, B seq 2): a torn first commit
     // still leaves one to load.
@@ -576,14 +578,16 @@ result<metadata_file> metadata_file::open(const std::string& path) {
     f.slot_ = loaded->slot;
     f.other_valid_ = loaded->other_valid;
     f.slot_size_ = static_cast<std::uint64_t>(st.st_size) / 2;
+    f.volume_size_ = f.state_.volume_size;
+    f.granularity_ = f.state_.granularity;
     return f;
 }
 
 result<void> metadata_file::commit() {
     // The file's geometry is fixed at create(); resizing the volume is a separate, later operation.
-    auto stride = metadata_slot_size(state_.volume_size, state_.granularity);
-    if (!stride) return stride.error();
-    if (*stride != slot_size_) return fail(errc::bad_geometry);
+    if (state_.volume_size != volume_size_ || state_.granularity != granularity_ ||
+        state_.bitmap.volume_size() != volume_size_ || state_.bitmap.granularity() != granularity_)
+        return fail(errc::bad_geometry);
     buf_.resize(static_cast<std::size_t>(slot_size_));
     int target = 1 - slot_;
     auto n = encode_metadata_slot(buf_, state_, seq_ + 1);

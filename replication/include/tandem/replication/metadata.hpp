@@ -232,7 +232,8 @@ public:
     [[nodiscard]] const metadata_state& state() const noexcept { return state_; }
 
     // Writes the state into the other slot with the next sequence number and
-    // fdatasyncs it. On an error the current slot stays the one on disk, and
+    // fdatasyncs it. Refuses (bad_geometry) a state whose volume size or
+    // granularity differs from the file's: resizing is a separate operation. On an error the current slot stays the one on disk, and
     // the next commit writes the same target slot again.
     [[nodiscard]] result<void> commit();
 
@@ -250,6 +251,8 @@ private:
     int slot_ = 0;
     bool other_valid_ = true;
     std::uint64_t slot_size_ = 0;
+    std::uint64_t volume_size_ = 0;  // the geometry the file was created with
+    std::uint32_t granularity_ = 0;
     std::vector<std::byte> buf_;  // one slot image, kept between commits
 };
 
