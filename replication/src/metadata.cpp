@@ -24,6 +24,9 @@ namespace tandem::replication {
 namespace {
 error_code fail(errc e) noexcept { return make_error_code(e); }
 
+// ceil(a / b) without the overflow of (a + b - 1) / b near 2^64.
+constexpr std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) noexcept { return a / b + (a % b != 0); }
+
 bool in_history(const generation_ids& g, std::uint64_t id) noexcept {
     return id != gen_none && (g.history[0] == id || g.history[1] == id);
 }
@@ -152,11 +155,13 @@ sync_verdict decide_sync(const sync_party& local, const sync_party& peer) noexce
 
 namespace {
 result<void> check_geometry(std::uint64_t volume_size, std::uint32_t granularity) noexcept {
-    if (volume_size == 0 || volume_size % sector_bytes != 0) return fail(errc::bad_geometry);
+    // 2^62 bytes (4 EiB) keeps every offset + granularity sum far from overflowing.
+    if (volume_size == 0 || volume_size % sector_bytes != 0 || volume_size > (1ull << 62))
+        return fail(errc::bad_geometry);
     if (granularity < sector_bytes || granularity > (1u << 30) || !std::has_single_bit(granularity))
         return fail(errc::bad_geometry);
-    std::uint64_t blocks = (volume_size + granularity - 1) / granularity;
-    std::uint64_t words = (blocks + 63) / 64;
+    std::uint64_t blocks = ceil_div(volume_size, granularity);
+    std::uint64_t words = ceil_div(blocks, 64);
     if (words > max_bitmap_bytes / 8) return fail(errc::bad_geometry);
     return {};
 }
@@ -177,8 +182,8 @@ result<dirty_bitmap> dirty_bitmap::make(std::uint64_t volume_size, std::uint32_t
     dirty_bitmap b;
     b.volume_size_ = volume_size;
     b.granularity_ = granularity;
-    b.blocks_ = (volume_size + granularity - 1) / granularity;
-    b.words_.assign((b.blocks_ + 63) / 64, 0);
+    b.blocks_ = ceil_div(volume_size, granularity);
+    b.words_.assign(ceil_div(b.blocks_, 64), 0);
     return b;
 }
 
@@ -186,7 +191,7 @@ result<dirty_bitmap> dirty_bitmap::from_words(std::uint64_t volume_size, std::ui
                                               std::span<const std::uint64_t> words) {
     auto b = make(volume_size, granularity);
     if (!b) return b.error();
-    if (words.size() != b->words_.size()) return fail(errc::bad_length);
+    if (words.size() != b->words_.size()) return fail(errc::bad_length);  // never empty: make() has >= 1 block
     if ((words.back() & ~tail_mask(b->blocks_)) != 0) return fail(errc::out_of_range);
     std::copy(words.begin(), words.end(), b->words_.begin());
     b->recount();
@@ -216,13 +221,13 @@ void dirty_bitmap::set_range(std::uint64_t first, std::uint64_t last, bool value
 void dirty_bitmap::mark(std::uint64_t offset, std::uint64_t length) noexcept {
     if (length == 0 || offset >= volume_size_) return;
     std::uint64_t end = length > volume_size_ - offset ? volume_size_ : offset + length;
-    set_range(offset / granularity_, (end + granularity_ - 1) / granularity_, true);
+    set_range(offset / granularity_, ceil_div(end, granularity_), true);
 }
 
 void dirty_bitmap::clear(std::uint64_t offset, std::uint64_t length) noexcept {
     if (length == 0 || offset >= volume_size_) return;
     std::uint64_t end = length > volume_size_ - offset ? volume_size_ : offset + length;
-    std::uint64_t first = (offset + granularity_ - 1) / granularity_;
+    std::uint64_t first = ceil_div(offset, granularity_);
     std::uint64_t last = end == volume_size_ ? blocks_ : end / granularity_;
     if (first < last) set_range(first, last, false);
 }
@@ -247,7 +252,7 @@ bool dirty_bitmap::test(std::uint64_t offset, std::uint64_t length) const noexce
     if (length == 0 || offset >= volume_size_) return false;
     std::uint64_t end = length > volume_size_ - offset ? volume_size_ : offset + length;
     std::uint64_t first = offset / granularity_;
-    std::uint64_t last = (end + granularity_ - 1) / granularity_;
+    std::uint64_t last = ceil_div(end, granularity_);
     while (first < last) {
         std::uint64_t w = first / 64;
         auto lo = static_cast<unsigned>(first % 64);
@@ -345,8 +350,8 @@ bool all_zero(std::span<const std::byte> b) noexcept {
 
 result<std::uint64_t> metadata_slot_size(std::uint64_t volume_size, std::uint32_t granularity) {
     if (auto ok = check_geometry(volume_size, granularity); !ok) return ok.error();
-    std::uint64_t blocks = (volume_size + granularity - 1) / granularity;
-    return metadata_header_size + round_up_4k((blocks + 63) / 64 * 8);
+    std::uint64_t blocks = ceil_div(volume_size, granularity);
+    return metadata_header_size + round_up_4k(ceil_div(blocks, 64) * 8);
 }
 
 result<std::size_t> encode_metadata_slot(std::span<std::byte> out, const metadata_state& s, std::uint64_t seq) {
@@ -412,8 +417,7 @@ result<decoded_slot> decode_metadata_slot(std::span<const std::byte> in) {
         (s.gen.bitmap != gen_none || s.gen.history[0] != gen_none || s.gen.history[1] != gen_none))
         return fail(errc::bad_field);
     if (s.resync_cursor > s.volume_size) return fail(errc::out_of_range);
-    std::uint64_t blocks = (s.volume_size + s.granularity - 1) / s.granularity;
-    if (word_count != (blocks + 63) / 64) return fail(errc::bad_geometry);
+    if (word_count != ceil_div(ceil_div(s.volume_size, s.granularity), 64)) return fail(errc::bad_geometry);
     auto wbytes = static_cast<std::size_t>(word_count * 8);
     if (!all_zero(slot.subspan(metadata_header_size + wbytes))) return fail(errc::bad_reserved);
 

@@ -73,7 +73,8 @@ bool text_byte_ok(std::byte b) noexcept {
     return c >= 0x20 && c != 0x7f;  // UTF-8 continuation bytes allowed; control characters never reach a log
 }
 
-std::size_t ceil_div(std::uint64_t a, std::uint64_t b) noexcept { return static_cast<std::size_t>((a + b - 1) / b); }
+// ceil(a / b) without the overflow of (a + b - 1) / b near 2^64.
+std::uint64_t ceil_div(std::uint64_t a, std::uint64_t b) noexcept { return a / b + (a % b != 0); }
 
 bool range_in_volume(std::uint64_t offset, std::uint64_t length, std::uint64_t volume_size) noexcept {
     return offset <= volume_size && length <= volume_size - offset;
@@ -494,7 +495,7 @@ result<bitmap_chunk_msg> decode_bitmap_chunk(std::span<const std::byte> p, std::
     m.start_block = load_be<std::uint64_t>(p);
     m.words_be = p.subspan(bitmap_chunk_header_size);
     if (m.start_block % 64 != 0) return fail(errc::misaligned);
-    std::uint64_t total_words = (total_blocks + 63) / 64;
+    std::uint64_t total_words = ceil_div(total_blocks, 64);
     std::uint64_t first_word = m.start_block / 64;
     if (first_word > total_words || count > total_words - first_word) return fail(errc::out_of_range);
     // Bits past the last block of the volume are never set.
@@ -521,7 +522,7 @@ result<resync_done_msg> decode_resync_done(std::span<const std::byte> p) noexcep
 }
 
 std::size_t digest_request_msg::chunk_count() const noexcept {
-    return chunk_size == 0 ? 0 : ceil_div(length, chunk_size);
+    return chunk_size == 0 ? 0 : static_cast<std::size_t>(ceil_div(length, chunk_size));
 }
 
 std::uint64_t digest_reply_msg::digest(std::size_t i) const noexcept {

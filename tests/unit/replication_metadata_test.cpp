@@ -268,6 +268,9 @@ TEST_CASE("dirty_bitmap refuses geometry it cannot represent", "[unit][replicati
     CHECK(code_of(dirty_bitmap::make(1 << 20, 256)) == errc::bad_geometry);
     CHECK(code_of(dirty_bitmap::make(1 << 20, 3000)) == errc::bad_geometry);
     CHECK(code_of(dirty_bitmap::make(1ull << 50, 512)) == errc::bad_geometry);  // 256 GiB of bitmap
+    // Found by fuzz-repl_metadata: a size near 2^64 once wrapped the block count to 0.
+    CHECK(code_of(dirty_bitmap::make(0xfffffffffffffe00ull, 1u << 30)) == errc::bad_geometry);
+    CHECK(code_of(metadata_slot_size(0xfffffffffffffe00ull, 4096)) == errc::bad_geometry);
     auto b = dirty_bitmap::make(4ull << 40);  // 4 TiB at 4 KiB: 128 MiB of bitmap
     REQUIRE(b);
     CHECK(b->blocks() == 1ull << 30);

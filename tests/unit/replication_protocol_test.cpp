@@ -465,6 +465,7 @@ TEST_CASE("acks, bitmaps, digests, errors and pings refuse bad fields", "[unit][
         CHECK(decode_bitmap_chunk(p, 130));  // ...and its only bit (block 129) is inside 130 blocks
         CHECK(code_of(decode_bitmap_chunk(p, 129)) == errc::out_of_range);  // bit for block 129 past the end
         CHECK(code_of(decode_bitmap_chunk(p, 64)) == errc::out_of_range);
+        CHECK(decode_bitmap_chunk(p, ~0ull));  // no overflow in the word count
         auto q = p;
         store_be<std::uint64_t>(std::span(q), 65);
         CHECK(code_of(decode_bitmap_chunk(q, 1 << 20)) == errc::misaligned);
