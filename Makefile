@@ -133,7 +133,8 @@ FUZZERS      := heartbeat rtnl icmp repl_frame repl_metadata
 fuzz_heartbeat_SRCS := agent/src/heartbeat_codec.cpp agent/src/state.cpp base/src/hmac.cpp
 fuzz_rtnl_SRCS      := netlink/src/rtnl.cpp
 fuzz_icmp_SRCS      := agent/src/icmp.cpp
-fuzz_repl_frame_SRCS    := replication/src/protocol.cpp replication/src/error.cpp base/src/hmac.cpp
+fuzz_repl_frame_SRCS    := replication/src/protocol.cpp replication/src/metadata.cpp replication/src/error.cpp \
+                           base/src/hmac.cpp
 fuzz_repl_metadata_SRCS := replication/src/metadata.cpp replication/src/error.cpp
 $(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
 	@mkdir -p $(@D)
