@@ -169,7 +169,9 @@ inline constexpr std::size_t metadata_header_size = 4096;  // the bitmap starts 
 
 enum metadata_flags : std::uint32_t {
     md_consistent = 1u << 0,   // the local data is a usable copy
-    md_primary = 1u << 1,      // set before the first write as primary, cleared at clean demotion
+    md_primary = 1u << 1,      // set before the first write as primary, cleared at clean demotion;
+                               // found set at start: crashed primary, whose uncommitted dirty bits
+                               // are lost, so the engine calls bitmap.mark_all() (no activity log yet)
     md_split_brain = 1u << 2,  // a split brain was detected: refuse to resync until resolved
     md_resync_target = 1u << 3,  // a resync into this node is in progress (resync_cursor is valid)
     md_known_flags = 0x0000000f,
