@@ -445,7 +445,7 @@ result<loaded_metadata> load(std::uint64_t file_size, const read_fn& read) {
     std::uint64_t stride = file_size / 2 / 4096 * 4096;
     if (load_be<std::uint32_t>(buf) == metadata_magic) {
         std::uint64_t claimed = load_be<std::uint64_t>(std::span<const std::byte>(buf).subspan(24));
-        if (claimed >= metadata_header_size && claimed % 4096 == 0 && claimed <= max_bitmap_bytes + 2 * 4096)
+        if (claimed >= metadata_header_size && claimed % 4096 == 0 && claimed <= max_bitmap_bytes + 2 * std::uint64_t{4096})
             stride = claimed;
     }
     if (file_size < 2 * stride) return fail(errc::truncated);
@@ -546,7 +546,7 @@ result<metadata_file> metadata_file::create(const std::string& path, std::uint64
     // Both slots valid from the start (A seq 1, B seq 2): a torn first commit
     // still leaves one to load.
     for (int i = 0; i < 2; ++i) {
-        auto n = encode_metadata_slot(f.buf_, f.state_, static_cast<std::uint64_t>(i + 1));
+        auto n = encode_metadata_slot(f.buf_, f.state_, static_cast<std::uint64_t>(i) + 1);
         if (!n) return undo(n.error());
         if (auto ok = write_exact(f.fd_.get(), static_cast<std::uint64_t>(i) * *stride, f.buf_); !ok)
             return undo(ok.error());

@@ -242,7 +242,7 @@ inline constexpr std::size_t resync_done_size = 32;
 inline constexpr std::size_t digest_header_size = 16;
 inline constexpr std::size_t ping_size = 8;
 static_assert(frame_header_size == 4 + 2 + 2 + 4 + 4 + 8);
-static_assert(hello_size == 2 + 2 + 4 + 8 + node_name_size + 8 + 4 + 4 + 4 * 8);
+static_assert(hello_size == 2 + 2 + 4 + 8 + node_name_size + 8 + 4 + 4 + sizeof(generation_ids));
 static_assert(data_header_size == 8 + 4 + 4 + 8);
 static_assert(ack_size == 8 + 4 + 4);
 static_assert(bitmap_chunk_header_size == 8 + 4 + 4);
