@@ -122,21 +122,24 @@ format:
 
 # clang-tidy over the sources with the flags they are built with (.clang-tidy).
 tidy:
-	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'agent/src/*.cpp') -- \
+	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'replication/src/*.cpp' 'agent/src/*.cpp') -- \
 	    $(CPPFLAGS) -std=c++20
 
 # ---- fuzz targets: every decoder of bytes from the network (clang, libFuzzer + ASan/UBSan)
 FUZZ_OUT     := build/fuzz
 FUZZ_SECONDS ?= 20
 FUZZ_FLAGS   := -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -Inetlink/src
-FUZZERS      := heartbeat rtnl icmp
+FUZZERS      := heartbeat rtnl icmp repl_frame repl_metadata
 fuzz_heartbeat_SRCS := agent/src/heartbeat_codec.cpp agent/src/state.cpp base/src/hmac.cpp
 fuzz_rtnl_SRCS      := netlink/src/rtnl.cpp
 fuzz_icmp_SRCS      := agent/src/icmp.cpp
+fuzz_repl_frame_SRCS    := replication/src/protocol.cpp replication/src/metadata.cpp replication/src/error.cpp \
+                           base/src/hmac.cpp
+fuzz_repl_metadata_SRCS := replication/src/metadata.cpp replication/src/error.cpp
 $(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
 	@mkdir -p $(@D)
 	@echo "  FUZZ    $@"
-	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lfmt
+	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lxxhash -lfmt
 
 .PHONY: fuzz
 fuzz: deps $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%)

@@ -1,11 +1,10 @@
 // replication: the source and target pumps — one thread, one ring, frames in flight, nothing unchecked on disk.
 #include "tandem/replication/pump.hpp"
 
-#include "pump_frames.hpp"
+#include "tandem/replication/protocol.hpp"
 #include "tandem/replication/uring.hpp"
 
 #include <sys/socket.h>
-#include <xxhash.h>
 
 #include <fmt/format.h>
 
@@ -19,8 +18,8 @@ namespace tandem::replication {
 
 namespace {
 
-using detail::ack_frame;
-using detail::data_prefix;
+constexpr std::size_t data_prefix = frame_header_size + data_header_size;
+constexpr std::size_t ack_frame = frame_header_size + ack_size;
 
 // user_data: what an operation was, and for which buffer.
 enum class op : std::uint32_t { read = 1, send, ack_recv, timeout, prefix_recv, payload_recv, write, ack_send, cancel };
@@ -175,9 +174,13 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                     }
                     auto payload = (*pool)[i].subspan(headroom, s.len);
                     s.seq = ++seq;
-                    detail::put_data_prefix(
-                        std::span<std::byte, data_prefix>((*pool)[i].data() + headroom - data_prefix, data_prefix),
-                        {s.seq, s.offset, s.len, 0, XXH3_64bits(payload.data(), payload.size())});
+                    data_msg m{s.offset, s.len, data_resync, data_checksum(payload), payload};
+                    if (auto enc = encode_data_prefix(std::span((*pool)[i].data() + headroom - data_prefix, data_prefix),
+                                                      s.seq, m);
+                        !enc) {
+                        error = "encoding a data frame: " + enc.error().message();
+                        break;
+                    }
                     s.state = slot::sending;
                     ready[s.offset] = i;
                     break;
@@ -204,23 +207,24 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                 case op::ack_recv: {
                     --inflight;
                     ack_armed = false;
-                    std::uint64_t aseq;
-                    std::uint32_t status;
-                    if (c.res != static_cast<int>(ack_frame) ||
-                        !detail::get_ack(std::span<const std::byte, ack_frame>(ack), aseq, status)) {
+                    auto h = c.res == static_cast<int>(ack_frame) ? decode_frame_header(ack) : result<frame_header>();
+                    auto a = h && h->type == msg_type::data_ack
+                                 ? decode_data_ack(std::span<const std::byte>(ack).subspan(frame_header_size))
+                                 : result<ack_msg>();
+                    if (c.res != static_cast<int>(ack_frame) || !a) {
                         error = c.res == -ECANCELED ? "the peer stopped acknowledging"
                                 : c.res <= 0        ? "the peer closed the connection"
                                                     : "a malformed acknowledgement";
                         break;
                     }
-                    auto it = unacked.find(aseq);
+                    auto it = unacked.find(a->seq);
                     if (it == unacked.end()) {
-                        error = fmt::format("an acknowledgement for frame {} that was never sent", aseq);
+                        error = fmt::format("an acknowledgement for frame {} that was never sent", a->seq);
                         break;
                     }
-                    if (status != 0) {
+                    if (a->status != ack_status::ok) {
                         error = fmt::format("the peer could not write at {}: {}", it->second.first,
-                                            std::strerror(static_cast<int>(status)));
+                                            to_string(a->status));
                         break;
                     }
                     done += it->second.second;
@@ -268,7 +272,8 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
 
     struct slot {
         enum { free, receiving, writing, acking } state = free;
-        detail::data_info d{};
+        data_msg d{};
+        std::uint64_t seq = 0;
         std::array<std::byte, ack_frame> ack{};
     };
     std::vector<slot> slots(opt.depth);
@@ -276,7 +281,10 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
     unsigned inflight = 0;
     std::uint64_t written = 0;
     bool prefix_armed = false, payload_armed = false;
-    std::optional<detail::data_info> pending;  // a prefix whose payload waits for a free buffer
+    // A prefix whose payload waits for a free buffer.
+    bool pending = false;
+    data_msg pending_msg{};
+    std::uint64_t pending_seq = 0;
     std::deque<std::uint32_t> ack_queue;       // acks go out one at a time, in order
     bool ack_armed = false;
     // Writes complete in any order: resume_at advances over a contiguous run only.
@@ -307,8 +315,9 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
             for (std::uint32_t i = 0; i < opt.depth; ++i) {
                 if (slots[i].state != slot::free) continue;
                 slots[i].state = slot::receiving;
-                slots[i].d = *pending;
-                pending.reset();
+                slots[i].d = pending_msg;
+                slots[i].seq = pending_seq;
+                pending = false;
                 // A peer that stops in the middle of a frame is dropped after the stall timeout.
                 auto* e = r.sqe();
                 io_uring_prep_recv(e, sock, (*pool)[i].data(), slots[i].d.length, MSG_WAITALL);
@@ -341,18 +350,24 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
             switch (tag_op(c.user_data)) {
                 case op::prefix_recv: {
                     prefix_armed = false;
-                    detail::data_info d{};
                     if (c.res != static_cast<int>(data_prefix)) {
                         error = c.res <= 0 ? "the peer closed the connection" : "the peer stopped mid-frame";
                         break;
                     }
-                    if (!detail::get_data_prefix(std::span<const std::byte, data_prefix>(prefix), end,
-                                                 vol.logical_block(), opt.chunk, d) ||
-                        d.offset < opt.start) {
-                        error = "a malformed or out-of-range data frame; nothing of it was written";
+                    auto h = decode_frame_header(prefix);
+                    auto d = h && h->type == msg_type::data
+                                 ? decode_data_header(std::span<const std::byte>(prefix).subspan(frame_header_size),
+                                                      h->length, end)
+                                 : result<data_msg>(make_error_code(errc::unknown_type));
+                    if (!d || d->offset < opt.start || d->length > opt.chunk ||
+                        d->offset % vol.logical_block() || d->length % vol.logical_block()) {
+                        error = fmt::format("a malformed or out-of-range data frame ({}); nothing of it was written",
+                                            d ? "outside this node's window" : d.error().message());
                         break;
                     }
-                    pending = d;
+                    pending = true;
+                    pending_msg = *d;
+                    pending_seq = h->seq;
                     break;
                 }
                 case op::payload_recv: {
@@ -367,7 +382,8 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                     }
                     received += s.d.length;
                     auto payload = (*pool)[i].first(s.d.length);
-                    if (XXH3_64bits(payload.data(), payload.size()) != s.d.checksum) {
+                    s.d.bytes = payload;
+                    if (!verify_data(s.d)) {
                         error = fmt::format("bad checksum in the frame for offset {}; nothing of it was written",
                                             s.d.offset);
                         break;
@@ -382,13 +398,12 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                 }
                 case op::write: {
                     auto& s = slots[i];
-                    std::uint32_t status = 0;
-                    if (c.res < 0) status = static_cast<std::uint32_t>(-c.res);
-                    else if (static_cast<std::uint32_t>(c.res) != s.d.length) status = ENOSPC;
-                    if (status) {
+                    int err = c.res < 0 ? -c.res : static_cast<std::uint32_t>(c.res) != s.d.length ? ENOSPC : 0;
+                    auto status = err ? ack_status::io_error : ack_status::ok;
+                    if (err) {
                         // Reported to the source too, so it does not count the bytes.
-                        error = fmt::format("writing {} at {}: {}", vol.path(), s.d.offset,
-                                            std::strerror(static_cast<int>(status)));
+                        error = fmt::format("writing {} at {}: {} (a full or failing target disk)", vol.path(),
+                                            s.d.offset, std::strerror(err));
                     } else {
                         written += s.d.length;
                         pr.bytes_done = written;
@@ -398,7 +413,7 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                             cursor += it->second;
                         res.resume_at = cursor;
                     }
-                    detail::put_ack(s.ack, s.d.seq, status);
+                    (void)encode_data_ack(s.ack, 0, ack_msg{s.seq, status});
                     s.state = slot::acking;
                     ack_queue.push_back(i);
                     break;

@@ -1,7 +1,7 @@
 // tests: the replication pump on real files (O_DIRECT) and real TCP — copy, resume after a drop, bad frames refused.
 #include "tandem/replication/pump.hpp"
 
-#include "../../replication/src/pump_frames.hpp"
+#include "tandem/replication/protocol.hpp"
 #include "support/skip.hpp"
 
 #include <arpa/inet.h>
@@ -10,6 +10,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <xxhash.h>
+
+#include "tandem/base/bytes.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -177,12 +179,18 @@ TEST_CASE("bad frames are refused and nothing of them reaches the disk", "[kerne
     };
     auto good_sum = XXH3_64bits(payload.data(), payload.size());
     for (auto c : {bad{"bad checksum", 0, good_sum ^ 1, payload.size(), "bad checksum"},
-                   bad{"out of range", 4 * mib, good_sum, payload.size(), "out-of-range"},
+                   bad{"out of range", 4 * mib, good_sum, payload.size(), "beyond the end of the volume"},
                    bad{"stall mid-frame", 0, good_sum, payload.size() / 2, "stalled or closed the connection in the middle of a frame (32768 of 65536 bytes)"}}) {
         INFO(c.what);
         auto [a, b] = tcp_pair();
-        std::array<std::byte, detail::data_prefix> prefix{};
-        detail::put_data_prefix(prefix, {1, c.offset, static_cast<std::uint32_t>(payload.size()), 0, c.checksum});
+        std::array<std::byte, frame_header_size + data_header_size> prefix{};
+        // The encoder only makes good frames: encode one, then corrupt the offset
+        // (bytes 24..31) and the checksum (bytes 40..47) as a bad peer would.
+        REQUIRE(encode_data_prefix(prefix, 1, data_msg{0, static_cast<std::uint32_t>(payload.size()), 0, good_sum,
+                                                       payload})
+                    .has_value());
+        store_be<std::uint64_t>(std::span(prefix).subspan(frame_header_size), c.offset);
+        store_be<std::uint64_t>(std::span(prefix).subspan(frame_header_size + 16), c.checksum);
         REQUIRE(::send(a.get(), prefix.data(), prefix.size(), 0) == static_cast<ssize_t>(prefix.size()));
         REQUIRE(::send(a.get(), payload.data(), c.send_bytes, 0) == static_cast<ssize_t>(c.send_bytes));
         pump_progress pt;
