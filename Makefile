@@ -18,11 +18,11 @@ else
 Q := @
 endif
 
-CPPFLAGS := -Ibase/include -Inetlink/include -Iagent/include \
+CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iagent/include \
             -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_ASIO_NO_DEPRECATED
 # -Wno-mismatched-new-delete: a GCC 12 false positive on Asio's recycled coroutine frames.
 CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-mismatched-new-delete -g -MMD -MP -pipe
-LDLIBS   := -lfmt -lcrypto -lsystemd -lpthread
+LDLIBS   := -luring -lxxhash -lfmt -lcrypto -lsystemd -lpthread
 NL_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 2>/dev/null)
 NL_LIBS   := $(shell pkg-config --libs libnl-route-3.0 2>/dev/null)
 CPPFLAGS += $(NL_CFLAGS)
@@ -51,10 +51,10 @@ $$($(1)_LIB): $$($(1)_OBJS)
 endef
 
 agent_MAINS := agent/src/tandemd.cpp agent/src/tandemctl.cpp
-COMPONENTS := base netlink agent
+COMPONENTS := base netlink replication agent
 $(foreach c,$(COMPONENTS),$(eval $(call component,$(c))))
 
-LIBS := $(agent_LIB) $(netlink_LIB) $(base_LIB)
+LIBS := $(agent_LIB) $(replication_LIB) $(netlink_LIB) $(base_LIB)
 
 $(OUT)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
@@ -126,21 +126,24 @@ format:
 # clang-tidy over the sources with the flags they are built with (.clang-tidy).
 tidy:
 	$(Q)scripts/deps.sh scripts/dev-packages.txt
-	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'agent/src/*.cpp') -- \
+	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'replication/src/*.cpp' 'agent/src/*.cpp') -- \
 	    $(CPPFLAGS) -std=c++20
 
 # ---- fuzz targets: every decoder of bytes from the network (clang, libFuzzer + ASan/UBSan)
 FUZZ_OUT     := build/fuzz
 FUZZ_SECONDS ?= 20
 FUZZ_FLAGS   := -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -Inetlink/src
-FUZZERS      := heartbeat rtnl icmp
+FUZZERS      := heartbeat rtnl icmp repl_frame repl_metadata
 fuzz_heartbeat_SRCS := agent/src/heartbeat_codec.cpp agent/src/state.cpp base/src/hmac.cpp
 fuzz_rtnl_SRCS      := netlink/src/rtnl.cpp
 fuzz_icmp_SRCS      := agent/src/icmp.cpp
+fuzz_repl_frame_SRCS    := replication/src/protocol.cpp replication/src/metadata.cpp replication/src/error.cpp \
+                           base/src/hmac.cpp
+fuzz_repl_metadata_SRCS := replication/src/metadata.cpp replication/src/error.cpp
 $(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
 	@mkdir -p $(@D)
 	@echo "  FUZZ    $@"
-	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lfmt
+	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lxxhash -lfmt
 
 .PHONY: fuzz
 fuzz: deps $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%)

@@ -1,0 +1,44 @@
+// replication: the disk synchronization rate — a token bucket on an injected clock.
+#pragma once
+
+#include "tandem/base/clock.hpp"
+
+#include <chrono>
+#include <cstdint>
+
+namespace tandem::replication {
+
+// The seeds' "Disk Synchronization Rate": 1..4096 MB/s (MiB/s), default 100.
+inline constexpr std::uint32_t min_rate_mib = 1;
+inline constexpr std::uint32_t max_rate_mib = 4096;
+inline constexpr std::uint32_t default_rate_mib = 100;
+
+// Bytes flow at `rate` on average; at most `burst` bytes may go at once after an
+// idle spell. The caller asks how long to wait before sending n bytes; it is told
+// zero when the tokens are there, otherwise the exact time until they are. A
+// request larger than the burst is allowed and drives the balance negative, so
+// the long-run rate stays exact whatever the chunk size.
+class token_bucket {
+public:
+    token_bucket(std::uint64_t bytes_per_second, std::uint64_t burst_bytes, steady_time now);
+
+    // Takes n bytes' worth of tokens and returns how long the caller must wait
+    // before sending them (zero if they were available).
+    [[nodiscard]] nanos take(std::uint64_t n, steady_time now);
+    // Changes the rate from now on (tandemctl sync-rate); tokens earned so far stay.
+    void set_rate(std::uint64_t bytes_per_second, steady_time now);
+    [[nodiscard]] std::uint64_t rate() const { return rate_; }
+
+private:
+    void refill(steady_time now);
+    std::uint64_t rate_;
+    std::int64_t burst_;
+    // Tokens in units of byte-nanoseconds / 1e9, kept as a double of bytes:
+    // 4096 MiB/s over hours stays well inside a double's exact range.
+    double tokens_;
+    steady_time last_;
+};
+
+[[nodiscard]] constexpr std::uint64_t mib_per_s(std::uint32_t mib) { return std::uint64_t{mib} << 20; }
+
+}  // namespace tandem::replication

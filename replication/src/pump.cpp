@@ -1,0 +1,439 @@
+// replication: the source and target pumps — one thread, one ring, frames in flight, nothing unchecked on disk.
+#include "tandem/replication/pump.hpp"
+
+#include "tandem/replication/protocol.hpp"
+#include "tandem/replication/uring.hpp"
+
+#include <sys/socket.h>
+
+#include <fmt/format.h>
+
+#include <cstring>
+#include <deque>
+#include <map>
+#include <optional>
+#include <vector>
+
+namespace tandem::replication {
+
+namespace {
+
+constexpr std::size_t data_prefix = frame_header_size + data_header_size;
+constexpr std::size_t ack_frame = frame_header_size + ack_size;
+
+// user_data: what an operation was, and for which buffer.
+enum class op : std::uint32_t { read = 1, send, ack_recv, timeout, prefix_recv, payload_recv, write, ack_send, cancel };
+std::uint64_t tag(op o, std::uint32_t i = 0) { return (std::uint64_t{static_cast<std::uint32_t>(o)} << 32) | i; }
+op tag_op(std::uint64_t t) { return static_cast<op>(t >> 32); }
+std::uint32_t tag_index(std::uint64_t t) { return static_cast<std::uint32_t>(t); }
+
+constexpr std::size_t headroom = 4096;  // payload starts page-aligned for O_DIRECT; the prefix sits just before
+
+double since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Cancels everything still in flight and waits for it, so that no completion
+// can write into buffers after we return.
+void drain(ring& r, unsigned& inflight) {
+    if (inflight == 0) return;
+    auto* s = r.sqe();
+    io_uring_prep_cancel64(s, 0, IORING_ASYNC_CANCEL_ANY);
+    io_uring_sqe_set_data64(s, tag(op::cancel));
+    ++inflight;
+    while (inflight > 0) {
+        if (!r.submit_and_wait(1)) break;
+        r.reap([&](const io_uring_cqe&) { --inflight; });
+    }
+}
+
+}  // namespace
+
+pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_progress& pr, const clock_source& clock) {
+    pump_result res;
+    auto t0 = std::chrono::steady_clock::now();
+    const std::uint64_t end = opt.end ? opt.end : vol.size();
+    res.resume_at = opt.start;
+    pr.bytes_total = end - opt.start;
+    auto rg = ring::create(opt.depth * 2 + 8);
+    if (!rg) return {0, opt.start, 0, "io_uring: " + rg.error().message()};
+    auto pool = buffer_pool::create(opt.depth, headroom + opt.chunk);
+    if (!pool) return {0, opt.start, 0, "buffers: " + pool.error().message()};
+    auto iov = pool->iovecs();
+    if (auto r = rg->register_buffers(std::span(iov.get(), pool->count())); !r)
+        return {0, opt.start, 0, "registering buffers: " + r.error().message()};
+    ring& r = *rg;
+
+    struct slot {
+        enum { free, waiting, reading, sending } state = free;
+        std::uint64_t offset = 0, seq = 0;
+        std::uint32_t len = 0, sent = 0;
+    };
+    std::vector<slot> slots(opt.depth);
+    std::map<std::uint64_t, std::pair<std::uint64_t, std::uint32_t>> unacked;  // seq -> (offset, len)
+    std::array<std::byte, ack_frame> ack{};
+    token_bucket bucket(pr.rate_bps ? pr.rate_bps.load() : 1, opt.chunk, clock.now());
+    std::uint64_t next = opt.start, seq = 0, done = 0;
+    unsigned inflight = 0;
+    bool ack_armed = false, timer_armed = false;
+    __kernel_timespec ts{};
+    __kernel_timespec stall{};
+    stall.tv_sec = opt.stall.count() / 1000;
+    stall.tv_nsec = (opt.stall.count() % 1000) * 1'000'000;
+
+    auto fail = [&](std::string why) {
+        res.error = std::move(why);
+        drain(r, inflight);
+        res.bytes = done;
+        res.resume_at = unacked.empty() ? res.resume_at : std::min(res.resume_at, unacked.begin()->second.first);
+        res.seconds = since(t0);
+        return res;
+    };
+    auto start_read = [&](std::uint32_t i) {
+        auto& s = slots[i];
+        auto* e = r.sqe();
+        io_uring_prep_read_fixed(e, vol.fd(), (*pool)[i].data() + headroom, s.len, s.offset, static_cast<int>(i));
+        io_uring_sqe_set_data64(e, tag(op::read, i));
+        s.state = slot::reading;
+        ++inflight;
+    };
+    // One send in flight per socket: io_uring does not keep concurrent sends on
+    // a stream socket in order, and a partial send's rest must follow it at once.
+    // Frames leave in offset order (reads complete in any order), so what the
+    // target holds is always a contiguous range and a resume point means what it says.
+    std::map<std::uint64_t, std::uint32_t> ready;  // offset -> slot, read and waiting to be sent
+    std::uint64_t next_send = opt.start;
+    bool send_armed = false;
+    auto send_rest = [&](std::uint32_t i) {
+        auto& s = slots[i];
+        send_armed = true;
+        auto* base = (*pool)[i].data() + headroom - data_prefix;
+        auto* e = r.sqe();
+        std::uint32_t total = data_prefix + s.len;
+        io_uring_prep_send(e, sock, base + s.sent, total - s.sent, MSG_NOSIGNAL);
+        io_uring_sqe_set_data64(e, tag(op::send, i));
+        ++inflight;
+    };
+
+    for (;;) {
+        // Fill free slots while the window and the rate allow.
+        for (std::uint32_t i = 0; i < opt.depth && !pr.stop; ++i) {
+            auto& s = slots[i];
+            if (s.state == slot::waiting && !timer_armed) {
+                start_read(i);
+                continue;
+            }
+            if (s.state != slot::free || next >= end || unacked.size() >= opt.depth * 2) continue;
+            s.offset = next;
+            s.len = static_cast<std::uint32_t>(std::min<std::uint64_t>(opt.chunk, end - next));
+            s.sent = 0;
+            next += s.len;
+            if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now());
+            auto wait = pr.rate_bps ? bucket.take(s.len, clock.now()) : nanos(0);
+            if (wait.count() > 0) {
+                s.state = slot::waiting;
+                ts.tv_sec = wait.count() / 1'000'000'000;
+                ts.tv_nsec = wait.count() % 1'000'000'000;
+                auto* e = r.sqe();
+                io_uring_prep_timeout(e, &ts, 0, 0);
+                io_uring_sqe_set_data64(e, tag(op::timeout));
+                timer_armed = true;
+                ++inflight;
+                break;  // the rest waits behind this one
+            }
+            start_read(i);
+        }
+        if (!send_armed && !ready.empty() && ready.begin()->first == next_send) send_rest(ready.begin()->second);
+        if (!ack_armed && !unacked.empty()) {
+            auto* e = r.sqe();
+            io_uring_prep_recv(e, sock, ack.data(), ack.size(), MSG_WAITALL);
+            io_uring_sqe_set_data64(e, tag(op::ack_recv));
+            // A target that stops acknowledging is given up on after the stall timeout.
+            e->flags |= IOSQE_IO_LINK;
+            auto* t = r.sqe();
+            io_uring_prep_link_timeout(t, &stall, 0);
+            io_uring_sqe_set_data64(t, tag(op::timeout, 1));
+            ack_armed = true;
+            inflight += 2;
+        }
+        bool sending = std::any_of(slots.begin(), slots.end(), [](auto& s) { return s.state != slot::free; });
+        if (!sending && unacked.empty() && (next >= end || pr.stop)) break;
+        if (auto w = r.submit_and_wait(1); !w) return fail("io_uring: " + w.error().message());
+
+        std::string error;
+        r.reap([&](const io_uring_cqe& c) {
+            auto i = tag_index(c.user_data);
+            switch (tag_op(c.user_data)) {
+                case op::read: {
+                    --inflight;
+                    auto& s = slots[i];
+                    if (c.res < 0 || static_cast<std::uint32_t>(c.res) != s.len) {
+                        error = fmt::format("reading {} at {}: {}", vol.path(), s.offset,
+                                            c.res < 0 ? std::strerror(-c.res) : "short read");
+                        break;
+                    }
+                    auto payload = (*pool)[i].subspan(headroom, s.len);
+                    s.seq = ++seq;
+                    data_msg m{s.offset, s.len, data_resync, data_checksum(payload), payload};
+                    if (auto enc = encode_data_prefix(std::span((*pool)[i].data() + headroom - data_prefix, data_prefix),
+                                                      s.seq, m);
+                        !enc) {
+                        error = "encoding a data frame: " + enc.error().message();
+                        break;
+                    }
+                    s.state = slot::sending;
+                    ready[s.offset] = i;
+                    break;
+                }
+                case op::send: {
+                    --inflight;
+                    send_armed = false;
+                    auto& s = slots[i];
+                    if (c.res < 0) {
+                        error = fmt::format("sending to the peer: {}", std::strerror(-c.res));
+                        break;
+                    }
+                    s.sent += static_cast<std::uint32_t>(c.res);
+                    if (s.sent < data_prefix + s.len) {
+                        send_rest(i);
+                        break;
+                    }
+                    unacked[s.seq] = {s.offset, s.len};
+                    s.state = slot::free;
+                    ready.erase(s.offset);
+                    next_send += s.len;
+                    break;
+                }
+                case op::ack_recv: {
+                    --inflight;
+                    ack_armed = false;
+                    auto h = c.res == static_cast<int>(ack_frame) ? decode_frame_header(ack) : result<frame_header>();
+                    auto a = h && h->type == msg_type::data_ack
+                                 ? decode_data_ack(std::span<const std::byte>(ack).subspan(frame_header_size))
+                                 : result<ack_msg>();
+                    if (c.res != static_cast<int>(ack_frame) || !a) {
+                        error = c.res == -ECANCELED ? "the peer stopped acknowledging"
+                                : c.res <= 0        ? "the peer closed the connection"
+                                                    : "a malformed acknowledgement";
+                        break;
+                    }
+                    auto it = unacked.find(a->seq);
+                    if (it == unacked.end()) {
+                        error = fmt::format("an acknowledgement for frame {} that was never sent", a->seq);
+                        break;
+                    }
+                    if (a->status != ack_status::ok) {
+                        error = fmt::format("the peer could not write at {}: {}", it->second.first,
+                                            to_string(a->status));
+                        break;
+                    }
+                    done += it->second.second;
+                    pr.bytes_done = done;
+                    unacked.erase(it);
+                    // Everything below the oldest frame still unacknowledged is durable there.
+                    std::uint64_t low = next;
+                    for (auto& s : slots)
+                        if (s.state != slot::free) low = std::min(low, s.offset);
+                    if (!unacked.empty()) low = std::min(low, unacked.begin()->second.first);
+                    res.resume_at = low;
+                    break;
+                }
+                case op::timeout:
+                    --inflight;
+                    if (tag_index(c.user_data) == 0) timer_armed = false;  // 1: an ack wait's link timeout
+                    break;
+                default:
+                    --inflight;
+                    break;
+            }
+        });
+        if (!error.empty()) return fail(error);
+    }
+    res.bytes = done;
+    res.resume_at = pr.stop ? res.resume_at : end;
+    res.seconds = since(t0);
+    return res;
+}
+
+pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_progress& pr) {
+    pump_result res;
+    auto t0 = std::chrono::steady_clock::now();
+    const std::uint64_t end = opt.end ? opt.end : vol.size();
+    const std::uint64_t total = end - opt.start;
+    pr.bytes_total = total;
+    auto rg = ring::create(opt.depth * 3 + 8);
+    if (!rg) return {0, opt.start, 0, "io_uring: " + rg.error().message()};
+    auto pool = buffer_pool::create(opt.depth, opt.chunk);
+    if (!pool) return {0, opt.start, 0, "buffers: " + pool.error().message()};
+    auto iov = pool->iovecs();
+    if (auto r = rg->register_buffers(std::span(iov.get(), pool->count())); !r)
+        return {0, opt.start, 0, "registering buffers: " + r.error().message()};
+    ring& r = *rg;
+
+    struct slot {
+        enum { free, receiving, writing, acking } state = free;
+        data_msg d{};
+        std::uint64_t seq = 0;
+        std::array<std::byte, ack_frame> ack{};
+    };
+    std::vector<slot> slots(opt.depth);
+    std::array<std::byte, data_prefix> prefix{};
+    unsigned inflight = 0;
+    std::uint64_t written = 0;
+    bool prefix_armed = false, payload_armed = false;
+    // A prefix whose payload waits for a free buffer.
+    bool pending = false;
+    data_msg pending_msg{};
+    std::uint64_t pending_seq = 0;
+    std::deque<std::uint32_t> ack_queue;       // acks go out one at a time, in order
+    bool ack_armed = false;
+    // Writes complete in any order: resume_at advances over a contiguous run only.
+    std::map<std::uint64_t, std::uint32_t> durable;
+    std::uint64_t cursor = opt.start;
+    __kernel_timespec stall{};
+    stall.tv_sec = opt.stall.count() / 1000;
+    stall.tv_nsec = (opt.stall.count() % 1000) * 1'000'000;
+
+    res.resume_at = opt.start;
+    auto fail = [&](std::string why) {
+        res.error = std::move(why);
+        drain(r, inflight);
+        res.bytes = written;
+        res.seconds = since(t0);
+        return res;
+    };
+    std::uint64_t received = 0;
+    for (;;) {
+        if (!prefix_armed && !payload_armed && !pending && received < total) {
+            auto* e = r.sqe();
+            io_uring_prep_recv(e, sock, prefix.data(), prefix.size(), MSG_WAITALL);
+            io_uring_sqe_set_data64(e, tag(op::prefix_recv));
+            prefix_armed = true;
+            ++inflight;
+        }
+        if (pending) {
+            for (std::uint32_t i = 0; i < opt.depth; ++i) {
+                if (slots[i].state != slot::free) continue;
+                slots[i].state = slot::receiving;
+                slots[i].d = pending_msg;
+                slots[i].seq = pending_seq;
+                pending = false;
+                // A peer that stops in the middle of a frame is dropped after the stall timeout.
+                auto* e = r.sqe();
+                io_uring_prep_recv(e, sock, (*pool)[i].data(), slots[i].d.length, MSG_WAITALL);
+                io_uring_sqe_set_data64(e, tag(op::payload_recv, i));
+                e->flags |= IOSQE_IO_LINK;
+                auto* t = r.sqe();
+                io_uring_prep_link_timeout(t, &stall, 0);
+                io_uring_sqe_set_data64(t, tag(op::timeout));
+                payload_armed = true;
+                inflight += 2;
+                break;
+            }
+        }
+        if (!ack_armed && !ack_queue.empty()) {
+            auto& s = slots[ack_queue.front()];
+            auto* e = r.sqe();
+            io_uring_prep_send(e, sock, s.ack.data(), s.ack.size(), MSG_NOSIGNAL);
+            io_uring_sqe_set_data64(e, tag(op::ack_send, ack_queue.front()));
+            ack_armed = true;
+            ++inflight;
+        }
+        bool busy = std::any_of(slots.begin(), slots.end(), [](auto& s) { return s.state != slot::free; });
+        if (written >= total && !busy) break;
+        if (auto w = r.submit_and_wait(1); !w) return fail("io_uring: " + w.error().message());
+
+        std::string error;
+        r.reap([&](const io_uring_cqe& c) {
+            --inflight;
+            auto i = tag_index(c.user_data);
+            switch (tag_op(c.user_data)) {
+                case op::prefix_recv: {
+                    prefix_armed = false;
+                    if (c.res != static_cast<int>(data_prefix)) {
+                        error = c.res <= 0 ? "the peer closed the connection" : "the peer stopped mid-frame";
+                        break;
+                    }
+                    auto h = decode_frame_header(prefix);
+                    auto d = h && h->type == msg_type::data
+                                 ? decode_data_header(std::span<const std::byte>(prefix).subspan(frame_header_size),
+                                                      h->length, end)
+                                 : result<data_msg>(make_error_code(errc::unknown_type));
+                    if (!d || d->offset < opt.start || d->length > opt.chunk ||
+                        d->offset % vol.logical_block() || d->length % vol.logical_block()) {
+                        error = fmt::format("a malformed or out-of-range data frame ({}); nothing of it was written",
+                                            d ? "outside this node's window" : d.error().message());
+                        break;
+                    }
+                    pending = true;
+                    pending_msg = *d;
+                    pending_seq = h->seq;
+                    break;
+                }
+                case op::payload_recv: {
+                    payload_armed = false;
+                    auto& s = slots[i];
+                    if (c.res != static_cast<int>(s.d.length)) {
+                        // An interrupted MSG_WAITALL receive reports what it got, not -ECANCELED.
+                        error = fmt::format("the peer stalled or closed the connection in the middle of a frame "
+                                            "({} of {} bytes)",
+                                            std::max(c.res, 0), s.d.length);
+                        break;
+                    }
+                    received += s.d.length;
+                    auto payload = (*pool)[i].first(s.d.length);
+                    s.d.bytes = payload;
+                    if (!verify_data(s.d)) {
+                        error = fmt::format("bad checksum in the frame for offset {}; nothing of it was written",
+                                            s.d.offset);
+                        break;
+                    }
+                    auto* e = r.sqe();
+                    io_uring_prep_write_fixed(e, vol.fd(), payload.data(), s.d.length, s.d.offset,
+                                              static_cast<int>(i));
+                    io_uring_sqe_set_data64(e, tag(op::write, i));
+                    s.state = slot::writing;
+                    ++inflight;
+                    break;
+                }
+                case op::write: {
+                    auto& s = slots[i];
+                    int err = c.res < 0 ? -c.res : static_cast<std::uint32_t>(c.res) != s.d.length ? ENOSPC : 0;
+                    auto status = err ? ack_status::io_error : ack_status::ok;
+                    if (err) {
+                        // Reported to the source too, so it does not count the bytes.
+                        error = fmt::format("writing {} at {}: {} (a full or failing target disk)", vol.path(),
+                                            s.d.offset, std::strerror(err));
+                    } else {
+                        written += s.d.length;
+                        pr.bytes_done = written;
+                        durable[s.d.offset] = s.d.length;
+                        for (auto it = durable.begin(); it != durable.end() && it->first == cursor;
+                             it = durable.erase(it))
+                            cursor += it->second;
+                        res.resume_at = cursor;
+                    }
+                    (void)encode_data_ack(s.ack, 0, ack_msg{s.seq, status});
+                    s.state = slot::acking;
+                    ack_queue.push_back(i);
+                    break;
+                }
+                case op::ack_send:
+                    ack_armed = false;
+                    ack_queue.pop_front();
+                    if (c.res != static_cast<int>(ack_frame)) error = "the peer closed the connection";
+                    slots[i].state = slot::free;
+                    break;
+                default:
+                    break;
+            }
+        });
+        if (!error.empty()) return fail(error);
+    }
+    res.bytes = written;
+    res.resume_at = end;
+    res.seconds = since(t0);
+    return res;
+}
+
+}  // namespace tandem::replication
