@@ -62,6 +62,7 @@ $(OUT)/obj/%.o: %.cpp
 	$(Q)$(CXX) $(CPPFLAGS) $(CXXFLAGS) -c $< -o $@
 
 TANDEMD   := $(OUT)/bin/tandemd
+REPL_BENCH := $(OUT)/bin/tandem-repl-bench
 TANDEMCTL := $(OUT)/bin/tandemctl
 TESTS_BIN := $(OUT)/bin/tandem-tests
 
@@ -71,6 +72,11 @@ $(TANDEMD): $(OUT)/obj/agent/src/tandemd.o $(LIBS)
 	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
 
 $(TANDEMCTL): $(OUT)/obj/agent/src/tandemctl.o $(LIBS)
+	@mkdir -p $(@D)
+	@echo "  LD      $@"
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+
+$(REPL_BENCH): $(OUT)/obj/tests/bench/repl_bench.o $(LIBS)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
 	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
@@ -107,14 +113,16 @@ demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
-.PHONY: bench bench-deps bench-failover bench-idle
+.PHONY: bench bench-deps bench-failover bench-idle bench-replication
 bench-deps:
 	$(Q)scripts/deps.sh scripts/bench-packages.txt
-bench: bench-failover bench-idle
+bench: bench-failover bench-idle bench-replication
 bench-failover: all bench-deps
 	$(Q)scripts/bench-failover.sh $(OUT)/bin
 bench-idle: all bench-deps
 	$(Q)scripts/bench-idle.sh $(OUT)/bin
+bench-replication: all bench-deps $(REPL_BENCH)
+	$(Q)scripts/bench-replication.sh $(OUT)/bin
 
 clean:
 	rm -rf build

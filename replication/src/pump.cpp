@@ -68,6 +68,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
         enum { free, waiting, reading, sending } state = free;
         std::uint64_t offset = 0, seq = 0;
         std::uint32_t len = 0, sent = 0;
+        steady_time not_before{};  // waiting: the rate allows the read from then on
     };
     std::vector<slot> slots(opt.depth);
     std::map<std::uint64_t, std::pair<std::uint64_t, std::uint32_t>> unacked;  // seq -> (offset, len)
@@ -116,32 +117,45 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     };
 
     for (;;) {
-        // Fill free slots while the window and the rate allow.
-        for (std::uint32_t i = 0; i < opt.depth && !pr.stop; ++i) {
+        // Chunks whose time has come start reading; while one still waits for
+        // the rate, no new chunk is taken (we are ahead of the budget anyway).
+        auto now = clock.now();
+        bool waiting = false;
+        for (std::uint32_t i = 0; i < opt.depth; ++i) {
+            if (slots[i].state != slot::waiting) continue;
+            if (slots[i].not_before <= now) start_read(i);
+            else waiting = true;
+        }
+        for (std::uint32_t i = 0; i < opt.depth && !pr.stop && !waiting; ++i) {
             auto& s = slots[i];
-            if (s.state == slot::waiting && !timer_armed) {
-                start_read(i);
-                continue;
-            }
             if (s.state != slot::free || next >= end || unacked.size() >= opt.depth * 2) continue;
             s.offset = next;
             s.len = static_cast<std::uint32_t>(std::min<std::uint64_t>(opt.chunk, end - next));
             s.sent = 0;
             next += s.len;
             if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now());
-            auto wait = pr.rate_bps ? bucket.take(s.len, clock.now()) : nanos(0);
+            auto wait = pr.rate_bps ? bucket.take(s.len, now) : nanos(0);
             if (wait.count() > 0) {
                 s.state = slot::waiting;
-                ts.tv_sec = wait.count() / 1'000'000'000;
-                ts.tv_nsec = wait.count() % 1'000'000'000;
-                auto* e = r.sqe();
-                io_uring_prep_timeout(e, &ts, 0, 0);
-                io_uring_sqe_set_data64(e, tag(op::timeout));
-                timer_armed = true;
-                ++inflight;
+                s.not_before = now + wait;
+                waiting = true;
                 break;  // the rest waits behind this one
             }
             start_read(i);
+        }
+        // One timer, for the earliest waiting chunk.
+        if (waiting && !timer_armed) {
+            steady_time first = steady_time::max();
+            for (auto& s : slots)
+                if (s.state == slot::waiting) first = std::min(first, s.not_before);
+            auto wait = std::max(nanos(0), first - now);
+            ts.tv_sec = wait.count() / 1'000'000'000;
+            ts.tv_nsec = wait.count() % 1'000'000'000;
+            auto* e = r.sqe();
+            io_uring_prep_timeout(e, &ts, 0, 0);
+            io_uring_sqe_set_data64(e, tag(op::timeout));
+            timer_armed = true;
+            ++inflight;
         }
         if (!send_armed && !ready.empty() && ready.begin()->first == next_send) send_rest(ready.begin()->second);
         if (!ack_armed && !unacked.empty()) {

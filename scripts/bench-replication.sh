@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# make bench-replication: the replication pump against iperf3 on the same veth, in one run.
+#   (a) full sync, rate unlimited, of a memory-backed volume (a loop device over a
+#       tmpfs file; the machine has no brd), between two namespaces, vs iperf3's
+#       single-stream TCP throughput on the same veth: median of 3, ratio;
+#   (b) rate-limit accuracy at 100, 400 and 1100 MB/s (MiB/s, the seeds' unit);
+#   (e) CPU seconds per GB, both ends together (one process runs both pumps).
+# Not measured yet: (c) delta resync and (d) replicated writes through the API
+# (the engine does not drive bitmap resync or application writes yet).
+set -euo pipefail
+bin=$(readlink -f "${1:-build/release/bin}")
+size_mib=${SIZE_MIB:-4096}
+[[ $EUID -eq 0 ]] || { echo "bench-replication: needs root (namespaces, loop devices)"; exit 1; }
+command -v iperf3 > /dev/null || { echo "bench-replication: iperf3 is missing (make bench-deps)"; exit 1; }
+prefix="tbr$$"; a="$prefix-a"; b="$prefix-b"
+src_file=/dev/shm/$prefix-src; dst_file=/dev/shm/$prefix-dst
+src_dev=""; dst_dev=""
+cleanup() {
+    for ns in "$a" "$b"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9; ip netns del "$ns" 2>/dev/null || true; done
+    [[ -n $src_dev ]] && losetup -d "$src_dev" 2>/dev/null || true
+    [[ -n $dst_dev ]] && losetup -d "$dst_dev" 2>/dev/null || true
+    rm -f "$src_file" "$dst_file"
+}
+trap cleanup EXIT
+for ns in "$a" "$b"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+ip link add eth1 netns "$a" type veth peer name eth1 netns "$b"
+ip -n "$a" addr add 10.88.0.1/24 dev eth1; ip -n "$b" addr add 10.88.0.2/24 dev eth1
+ip -n "$a" link set eth1 up; ip -n "$b" link set eth1 up
+
+# The target is allocated up front: a sparse tmpfs file makes the first run pay
+# for page allocation that a real disk does not have.
+truncate -s "${size_mib}M" "$src_file"
+fallocate -l "${size_mib}M" "$dst_file"
+src_dev=$(losetup -f --show "$src_file"); dst_dev=$(losetup -f --show "$dst_file")
+echo "filling a ${size_mib} MiB source volume ($src_dev over tmpfs) with pseudo-random data"
+"$bin/tandem-repl-bench" --fill --source "$src_dev"
+
+median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
+field() { sed -n "s/.*\"$1\":\\([0-9.]*\\).*/\\1/p"; }
+pump() { "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" "$@"; }
+
+echo; echo "(a) full sync vs iperf3, single TCP stream on the same veth, 3 runs each"
+: > "$prefix.pump"; : > "$prefix.iperf"; : > "$prefix.cpu"
+for i in 1 2 3; do
+    out=$(pump)
+    echo "$out" | field mib_per_s >> "$prefix.pump"
+    echo "$out" | field cpu_s_per_gb >> "$prefix.cpu"
+    ip netns exec "$b" iperf3 -s -1 -B 10.88.0.2 > /dev/null 2>&1 &
+    for _ in $(seq 50); do ip netns exec "$b" ss -ltn | grep -q ':5201' && break; sleep 0.05; done
+    ip netns exec "$a" iperf3 -c 10.88.0.2 -t 4 -J > "$prefix.json"
+    wait
+    # iperf3 reports bits per second (decimal); convert to MiB/s to compare.
+    awk '/"sum_received"/ {f=1} f && /"bits_per_second"/ {gsub(/[^0-9.e+]/, "", $2); printf "%.1f\n", $2 / 8 / 1048576; exit}' "$prefix.json" >> "$prefix.iperf"
+    printf '  run %d: pump %s MiB/s, iperf3 %s MiB/s\n' "$i" "$(tail -1 "$prefix.pump")" "$(tail -1 "$prefix.iperf")"
+done
+if cmp -s <(head -c 64M "$src_dev") <(head -c 64M "$dst_dev") && cmp -s "$src_dev" "$dst_dev"; then
+    echo "  target identical to source: yes"
+else
+    echo "  target identical to source: NO"; exit 1
+fi
+p=$(median < "$prefix.pump"); q=$(median < "$prefix.iperf"); c=$(median < "$prefix.cpu")
+awk -v p="$p" -v q="$q" 'BEGIN { printf "  median: pump %.1f MiB/s, iperf3 %.1f MiB/s, ratio %.2f (goal >= 0.95)\n", p, q, p / q }'
+echo "  (e) CPU, both ends: $c s per GB"
+
+echo; echo "(b) rate-limit accuracy (3 s of data at each rate)"
+for rate in 100 400 1100; do
+    bytes=$((rate * 3 * 1048576))
+    got=$(pump --rate "$rate" --bytes "$bytes" | field mib_per_s)
+    awk -v r="$rate" -v g="$got" 'BEGIN { printf "  %5d MiB/s: achieved %7.1f MiB/s (%+.1f %%; goal within +-3 %%)\n", r, g, (g - r) / r * 100 }'
+done
+rm -f "$prefix".*
