@@ -94,7 +94,7 @@ all: deps
 	$(Q)$(MAKE) --no-print-directory -j$(shell nproc) build-only
 
 .PHONY: build-only
-build-only: $(TANDEMD) $(TANDEMCTL) $(TESTS_BIN)
+build-only: $(TANDEMD) $(TANDEMCTL) $(TESTS_BIN) $(REPL_BENCH)
 
 deps:
 	$(Q)scripts/deps.sh

@@ -39,21 +39,9 @@ wait_for() {
     done
 }
 
-topology() {  # $1: trial tag
-    hub="$prefix-$1-hub"; alpha="$prefix-$1-a"; beta="$prefix-$1-b"; client="$prefix-$1-c"
-    namespaces=("$alpha" "$beta" "$client" "$hub")
-    for ns in "${namespaces[@]}"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
-    ip -n "$hub" link add br0 type bridge && ip -n "$hub" link set br0 up
-    local port=0 pair
-    for pair in "$alpha 10.77.0.1" "$beta 10.77.0.2" "$client 10.77.0.10"; do
-        set -- $pair
-        ip link add "p$port" netns "$hub" type veth peer name eth0 netns "$1"
-        ip -n "$hub" link set "p$port" master br0 up
-        ip -n "$1" addr add "$2/24" dev eth0
-        ip -n "$1" link set eth0 up
-        port=$((port + 1))
-    done
-}
+# shellcheck source=lib/topology.sh
+source "$(dirname "$(readlink -f "$0")")/lib/topology.sh"
+topology() { make_topology "$prefix-$1"; }  # $1: trial tag
 
 vip_on() { ip -n "$1" -o addr show dev eth0 | grep -q ' 10.77.0.100/24 '; }
 replies() { grep -c 'bytes from' "$work/ping.txt" 2>/dev/null || true; }

@@ -33,6 +33,26 @@ double since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
+// A ring with `count` registered buffers of `size` bytes; `error` says what failed.
+struct pump_io {
+    std::optional<ring> r;
+    std::optional<buffer_pool> pool;
+    std::string error;
+};
+pump_io make_io(unsigned entries, std::size_t count, std::size_t size) {
+    pump_io io;
+    auto rg = ring::create(entries);
+    if (!rg) return {{}, {}, "io_uring: " + rg.error().message()};
+    auto pool = buffer_pool::create(count, size);
+    if (!pool) return {{}, {}, "buffers: " + pool.error().message()};
+    auto iov = pool->iovecs();
+    if (auto reg = rg->register_buffers(std::span(iov.get(), pool->count())); !reg)
+        return {{}, {}, "registering buffers: " + reg.error().message()};
+    io.r.emplace(std::move(*rg));
+    io.pool.emplace(std::move(*pool));
+    return io;
+}
+
 // Cancels everything still in flight and waits for it, so that no completion
 // can write into buffers after we return.
 void drain(ring& r, unsigned& inflight) {
@@ -55,14 +75,10 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     const std::uint64_t end = opt.end ? opt.end : vol.size();
     res.resume_at = opt.start;
     pr.bytes_total = end - opt.start;
-    auto rg = ring::create(opt.depth * 2 + 8);
-    if (!rg) return {0, opt.start, 0, "io_uring: " + rg.error().message()};
-    auto pool = buffer_pool::create(opt.depth, headroom + opt.chunk);
-    if (!pool) return {0, opt.start, 0, "buffers: " + pool.error().message()};
-    auto iov = pool->iovecs();
-    if (auto r = rg->register_buffers(std::span(iov.get(), pool->count())); !r)
-        return {0, opt.start, 0, "registering buffers: " + r.error().message()};
-    ring& r = *rg;
+    auto io = make_io(opt.depth * 2 + 8, opt.depth, headroom + opt.chunk);
+    if (!io.error.empty()) return {0, opt.start, 0, io.error};
+    ring& r = *io.r;
+    auto& pool = io.pool;
 
     struct slot {
         enum { free, waiting, reading, sending } state = free;
@@ -275,14 +291,10 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
     const std::uint64_t end = opt.end ? opt.end : vol.size();
     const std::uint64_t total = end - opt.start;
     pr.bytes_total = total;
-    auto rg = ring::create(opt.depth * 3 + 8);
-    if (!rg) return {0, opt.start, 0, "io_uring: " + rg.error().message()};
-    auto pool = buffer_pool::create(opt.depth, opt.chunk);
-    if (!pool) return {0, opt.start, 0, "buffers: " + pool.error().message()};
-    auto iov = pool->iovecs();
-    if (auto r = rg->register_buffers(std::span(iov.get(), pool->count())); !r)
-        return {0, opt.start, 0, "registering buffers: " + r.error().message()};
-    ring& r = *rg;
+    auto io = make_io(opt.depth * 3 + 8, opt.depth, opt.chunk);
+    if (!io.error.empty()) return {0, opt.start, 0, io.error};
+    ring& r = *io.r;
+    auto& pool = io.pool;
 
     struct slot {
         enum { free, receiving, writing, acking } state = free;

@@ -1,0 +1,19 @@
+# scripts: shared by the demo and the benchmarks — alpha, beta and a client on one bridge.
+# make_topology PREFIX sets hub, alpha, beta, client (namespace names) and the
+# array `namespaces`, and joins them: alpha 10.77.0.1, beta 10.77.0.2 and
+# client 10.77.0.10 on eth0, all ports of br0 in the hub namespace.
+make_topology() {
+    hub="$1-hub"; alpha="$1-alpha"; beta="$1-beta"; client="$1-client"
+    namespaces=("$alpha" "$beta" "$client" "$hub")
+    local ns port=0 pair
+    for ns in "${namespaces[@]}"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
+    ip -n "$hub" link add br0 type bridge && ip -n "$hub" link set br0 up
+    for pair in "$alpha 10.77.0.1" "$beta 10.77.0.2" "$client 10.77.0.10"; do
+        set -- $pair
+        ip link add "p$port" netns "$hub" type veth peer name eth0 netns "$1"
+        ip -n "$hub" link set "p$port" master br0 up
+        ip -n "$1" addr add "$2/24" dev eth0
+        ip -n "$1" link set eth0 up
+        port=$((port + 1))
+    done
+}
