@@ -39,8 +39,8 @@ wait_for() {
     done
 }
 
-# shellcheck source=lib/topology.sh
-source "$(dirname "$(readlink -f "$0")")/lib/topology.sh"
+# shellcheck source=lib/cluster.sh
+source "$(dirname "$(readlink -f "$0")")/lib/cluster.sh"
 topology() { make_topology "$prefix-$1"; }  # $1: trial tag
 
 vip_on() { ip -n "$1" -o addr show dev eth0 | grep -q ' 10.77.0.100/24 '; }
@@ -93,36 +93,9 @@ tandem_decision() {
 
 tandem_trial() {
     topology "t$1"
-    head -c 64 /dev/urandom > "$work/key"; chmod 600 "$work/key"
-    local n role addr peer paddr
-    for n in alpha beta; do
-        if [[ $n == alpha ]]; then role=primary addr=10.77.0.1 peer=beta paddr=10.77.0.2
-        else role=secondary addr=10.77.0.2 peer=alpha paddr=10.77.0.1; fi
-        cat > "$work/$n.toml" <<TOML
-[cluster]
-name = "bench"
-vip = "10.77.0.100/24"
-interface = "eth0"
-[node]
-name = "$n"
-role = "$role"
-address = "$addr"
-state_dir = "$work"
-[peer]
-name = "$peer"
-address = "$paddr"
-[heartbeat]
-interval = "100ms"
-timeout = "300ms"
-[connectivity]
-targets = ["10.77.0.10"]
-timeout = "200ms"
-[auth]
-key_file = "$work/key"
-[control]
-socket = "$work/$n.sock"
-TOML
-    done
+    head -c 64 /dev/urandom > "$work/cluster.key"; chmod 600 "$work/cluster.key"
+    node_config bench alpha primary 10.77.0.1 beta 10.77.0.2 "$work" > "$work/alpha.toml"
+    node_config bench beta secondary 10.77.0.2 alpha 10.77.0.1 "$work" > "$work/beta.toml"
     ip netns exec "$alpha" "$bin/tandemd" -c "$work/alpha.toml" 2> "$work/alpha.log" &
     ip netns exec "$beta" "$bin/tandemd" -c "$work/beta.toml" 2> "$work/beta.log" &
     "$bin/tandemctl" -s "$work/alpha.sock" wait state=ACTIVE --timeout 10s > /dev/null

@@ -10,8 +10,8 @@ bin=$(readlink -f "${1:-build/release/bin}")
 
 id="tdemo$$"
 work=$(mktemp -d /tmp/tandem-demo-XXXXXX)
-# shellcheck source=lib/topology.sh
-source "$(dirname "$(readlink -f "$0")")/lib/topology.sh"
+# shellcheck source=lib/cluster.sh
+source "$(dirname "$(readlink -f "$0")")/lib/cluster.sh"
 namespaces=()
 loops=()
 cleanup() {
@@ -33,36 +33,8 @@ step "Building the hosts: alpha (10.77.0.1), beta (10.77.0.2) and a client (10.7
 make_topology "$id"
 head -c 64 /dev/urandom > "$work/cluster.key" && chmod 600 "$work/cluster.key"
 
-config() {  # name role address peer peer_address
-    cat <<TOML
-[cluster]
-name = "store-ha"
-vip = "10.77.0.100/24"
-interface = "eth0"
-[node]
-name = "$1"
-role = "$2"
-address = "$3"
-state_dir = "$work"
-[peer]
-name = "$4"
-address = "$5"
-[heartbeat]
-interval = "100ms"
-timeout = "300ms"
-[connectivity]
-targets = ["10.77.0.10"]
-timeout = "200ms"
-[auth]
-key_file = "$work/cluster.key"
-[replication]
-backend = "none"
-[control]
-socket = "$work/$1.sock"
-TOML
-}
-config alpha primary 10.77.0.1 beta 10.77.0.2 > "$work/alpha.toml"
-config beta secondary 10.77.0.2 alpha 10.77.0.1 > "$work/beta.toml"
+node_config store-ha alpha primary 10.77.0.1 beta 10.77.0.2 "$work" > "$work/alpha.toml"
+node_config store-ha beta secondary 10.77.0.2 alpha 10.77.0.1 "$work" > "$work/beta.toml"
 run "$bin/tandemd" --check-config "$work/alpha.toml"
 
 step "Starting tandemd on both appliances (heartbeats every 100 ms, peer lost after 300 ms)"

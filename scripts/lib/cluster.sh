@@ -1,4 +1,4 @@
-# scripts: shared by the demo and the benchmarks — alpha, beta and a client on one bridge.
+# scripts: shared by the demo and the benchmarks — alpha, beta and a client on one bridge, and their configuration.
 # make_topology PREFIX sets hub, alpha, beta, client (namespace names) and the
 # array `namespaces`, and joins them: alpha 10.77.0.1, beta 10.77.0.2 and
 # client 10.77.0.10 on eth0, all ports of br0 in the hub namespace.
@@ -16,4 +16,36 @@ make_topology() {
         ip -n "$1" link set eth0 up
         port=$((port + 1))
     done
+}
+
+# node_config CLUSTER NAME ROLE ADDRESS PEER PEER_ADDRESS WORKDIR: a node's tandemd
+# configuration on that topology (100 ms heartbeats, 300 ms timeout, the client
+# as connectivity target), with its key, socket and boot id in WORKDIR.
+node_config() {
+    cat <<TOML
+[cluster]
+name = "$1"
+vip = "10.77.0.100/24"
+interface = "eth0"
+[node]
+name = "$2"
+role = "$3"
+address = "$4"
+state_dir = "$7"
+[peer]
+name = "$5"
+address = "$6"
+[heartbeat]
+interval = "100ms"
+timeout = "300ms"
+[connectivity]
+targets = ["10.77.0.10"]
+timeout = "200ms"
+[auth]
+key_file = "$7/cluster.key"
+[replication]
+backend = "none"
+[control]
+socket = "$7/$2.sock"
+TOML
 }
