@@ -70,6 +70,12 @@ struct cluster {
             else n.pending = e.sequence;
         }
     }
+    // An operator command on a node, its effects applied as the runtime would.
+    command_reply command(node& n, agent::command what) {
+        auto [reply, e] = n.m->on_command(clock.now(), what);
+        apply(n, std::move(e));
+        return reply;
+    }
     peer_info info(const node& n) {
         peer_info p;
         p.role = n.role;
@@ -174,21 +180,17 @@ TEST_CASE("takeover and giveback swap roles only with a synchronized standby", "
     c.run(1s);
     REQUIRE(c.a.m->state() == S::active);
 
-    auto [r1, e1] = c.a.m->on_command(c.clock.now(), command::takeover);
+    auto r1 = c.command(c.a, command::takeover);
     CHECK_FALSE(r1.ok);
     CHECK_THAT(r1.message, Catch::Contains("takeover runs on the STANDBY node"));
 
-    auto [r2, e2] = c.b.m->on_command(c.clock.now(), command::takeover);
-    REQUIRE(r2.ok);
-    c.apply(c.b, e2);
+    REQUIRE(c.command(c.b, command::takeover).ok);
     c.run(500ms);
     CHECK(c.b.m->state() == S::active);
     CHECK(c.a.m->state() == S::standby);
     CHECK(c.one_active());
 
-    auto [r3, e3] = c.b.m->on_command(c.clock.now(), command::giveback);
-    REQUIRE(r3.ok);
-    c.apply(c.b, e3);
+    REQUIRE(c.command(c.b, command::giveback).ok);
     c.run(500ms);
     CHECK(c.a.m->state() == S::active);
     CHECK(c.b.m->state() == S::standby);
@@ -197,9 +199,9 @@ TEST_CASE("takeover and giveback swap roles only with a synchronized standby", "
     c.apply(c.b, c.b.m->on_local_sync(c.clock.now(), sync_state::synchronizing));
     c.run(200ms);
     CHECK(c.b.m->state() == S::synchronizing);
-    auto [r4, e4] = c.b.m->on_command(c.clock.now(), command::takeover);
+    auto r4 = c.command(c.b, command::takeover);
     CHECK_FALSE(r4.ok);
-    auto [r5, e5] = c.a.m->on_command(c.clock.now(), command::giveback);
+    auto r5 = c.command(c.a, command::giveback);
     CHECK_FALSE(r5.ok);
     CHECK_THAT(r5.message, Catch::Contains("the peer is SYNCHRONIZING"));
 }
@@ -207,17 +209,13 @@ TEST_CASE("takeover and giveback swap roles only with a synchronized standby", "
 TEST_CASE("an offline standby never takes over; online again, it does", "[unit][machine]") {
     cluster c;
     c.run(1s);
-    auto [r, e] = c.b.m->on_command(c.clock.now(), command::offline);
-    REQUIRE(r.ok);
-    c.apply(c.b, e);
+    REQUIRE(c.command(c.b, command::offline).ok);
     c.a.up = false;
     c.run(2s);
     CHECK(c.b.m->state() == S::standby);
     CHECK(c.b.m->mode() == host_mode::offline);
     CHECK(c.b.acquires == 0);
-    auto [r2, e2] = c.b.m->on_command(c.clock.now(), command::online);
-    REQUIRE(r2.ok);
-    c.apply(c.b, e2);
+    REQUIRE(c.command(c.b, command::online).ok);
     c.run(500ms);
     CHECK(c.b.m->state() == S::active);
 }
@@ -225,9 +223,7 @@ TEST_CASE("an offline standby never takes over; online again, it does", "[unit][
 TEST_CASE("setting the active node offline is a manual failover", "[unit][machine]") {
     cluster c;
     c.run(1s);
-    auto [r, e] = c.a.m->on_command(c.clock.now(), command::offline);
-    REQUIRE(r.ok);
-    c.apply(c.a, e);
+    REQUIRE(c.command(c.a, command::offline).ok);
     c.run(500ms);
     CHECK(c.b.m->state() == S::active);
     CHECK(c.a.m->state() == S::standby);
@@ -243,7 +239,7 @@ TEST_CASE("offline on an active node with no standby to take over is refused", "
     c.b.up = false;
     c.run(1s);
     REQUIRE(c.a.m->state() == S::active);
-    auto [r, e] = c.a.m->on_command(c.clock.now(), command::offline);
+    auto r = c.command(c.a, command::offline);
     CHECK_FALSE(r.ok);
     CHECK_THAT(r.message, Catch::Contains("would leave no node active"));
 }
@@ -391,9 +387,7 @@ TEST_CASE("a failed acquire stays FAILED until the operator clears it: no ping-p
     CHECK(c.a.m->state() == S::failed);
     CHECK(c.b.m->state() == S::failed);
     c.a.acquire_ok = true;
-    auto [r, e] = c.a.m->on_command(c.clock.now(), command::online);
-    REQUIRE(r.ok);
-    c.apply(c.a, e);
+    REQUIRE(c.command(c.a, command::online).ok);
     c.run(1s);
     CHECK(c.a.m->state() == S::active);
 }
@@ -401,9 +395,7 @@ TEST_CASE("a failed acquire stays FAILED until the operator clears it: no ping-p
 TEST_CASE("a takeover request the active does not answer expires", "[unit][machine]") {
     cluster c;
     c.run(1s);
-    auto [r, e] = c.b.m->on_command(c.clock.now(), command::takeover);
-    REQUIRE(r.ok);
-    c.apply(c.b, e);
+    REQUIRE(c.command(c.b, command::takeover).ok);
     c.link = false;  // the request never arrives; both still think the other is there for a moment
     c.clock.advance(350ms);
     c.apply(c.b, c.b.m->on_tick(c.clock.now()));
@@ -428,10 +420,7 @@ TEST_CASE("different versions started together: the primary is active, the secon
 TEST_CASE("a takeover request does not outlive the standby state", "[unit][machine]") {
     cluster c;
     c.run(1s);
-    auto [r, e] = c.b.m->on_command(c.clock.now(), command::takeover);
-    REQUIRE(r.ok);
-    c.b.auto_complete = true;
-    c.apply(c.b, e);
+    REQUIRE(c.command(c.b, command::takeover).ok);
     c.apply(c.b, c.b.m->on_health(c.clock.now(), false, "disk"));  // fails before the active answers
     REQUIRE(c.b.m->state() == S::failed);
     CHECK((c.b.m->outgoing_flags() & hb_request_takeover) == 0);
