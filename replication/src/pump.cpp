@@ -22,7 +22,9 @@ constexpr std::size_t data_prefix = frame_header_size + data_header_size;
 constexpr std::size_t ack_frame = frame_header_size + ack_size;
 
 // user_data: what an operation was, and for which buffer.
-enum class op : std::uint32_t { read = 1, send, ack_recv, timeout, prefix_recv, payload_recv, write, ack_send, cancel };
+enum class op : std::uint32_t {
+    read = 1, send, ack_recv, timeout, prefix_recv, payload_recv, write, ack_send, cancel, done_recv
+};
 std::uint64_t tag(op o, std::uint32_t i = 0) { return (std::uint64_t{static_cast<std::uint32_t>(o)} << 32) | i; }
 op tag_op(std::uint64_t t) { return static_cast<op>(t >> 32); }
 std::uint32_t tag_index(std::uint64_t t) { return static_cast<std::uint32_t>(t); }
@@ -53,6 +55,14 @@ pump_io make_io(unsigned entries, std::size_t count, std::size_t size) {
     return io;
 }
 
+// Bytes of the plan's dirty runs inside [start, end).
+std::uint64_t planned_bytes(const dirty_bitmap& plan, std::uint64_t start, std::uint64_t end) {
+    std::uint64_t n = 0;
+    for (auto run = plan.next_run(start); run && run->offset < end; run = plan.next_run(run->offset + run->length))
+        n += std::min(end, run->offset + run->length) - run->offset;
+    return n;
+}
+
 // Cancels everything still in flight and waits for it, so that no completion
 // can write into buffers after we return.
 void drain(ring& r, unsigned& inflight) {
@@ -74,7 +84,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     auto t0 = std::chrono::steady_clock::now();
     const std::uint64_t end = opt.end ? opt.end : vol.size();
     res.resume_at = opt.start;
-    pr.bytes_total = end - opt.start;
+    pr.bytes_total = opt.plan ? planned_bytes(*opt.plan, opt.start, end) : end - opt.start;
     auto io = make_io(opt.depth * 2 + 8, opt.depth, headroom + opt.chunk);
     if (!io.error.empty()) return {0, opt.start, 0, io.error};
     ring& r = *io.r;
@@ -91,6 +101,19 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     std::array<std::byte, ack_frame> ack{};
     token_bucket bucket(pr.rate_bps ? pr.rate_bps.load() : 1, opt.chunk, clock.now());
     std::uint64_t next = opt.start, seq = 0, done = 0;
+    // The range being cut into frames: [next, run_end). With a plan, the next
+    // dirty run is looked up when this one is used up; without, it is all of it.
+    std::uint64_t run_end = opt.plan ? opt.start : end;
+    auto advance_run = [&] {
+        if (next < run_end || !opt.plan) return;
+        auto run = opt.plan->next_run(next);
+        if (!run || run->offset >= end) {
+            next = run_end = end;
+            return;
+        }
+        next = run->offset;
+        run_end = std::min(end, run->offset + run->length);
+    };
     unsigned inflight = 0;
     bool ack_armed = false, timer_armed = false;
     __kernel_timespec ts{};
@@ -118,8 +141,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     // a stream socket in order, and a partial send's rest must follow it at once.
     // Frames leave in offset order (reads complete in any order), so what the
     // target holds is always a contiguous range and a resume point means what it says.
-    std::map<std::uint64_t, std::uint32_t> ready;  // offset -> slot, read and waiting to be sent
-    std::uint64_t next_send = opt.start;
+    std::deque<std::uint32_t> order;  // slots in the order their frames must leave
     bool send_armed = false;
     auto send_rest = [&](std::uint32_t i) {
         auto& s = slots[i];
@@ -144,9 +166,12 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
         }
         for (std::uint32_t i = 0; i < opt.depth && !pr.stop && !waiting; ++i) {
             auto& s = slots[i];
-            if (s.state != slot::free || next >= end || unacked.size() >= opt.depth * 2) continue;
+            if (s.state != slot::free || unacked.size() >= opt.depth * 2) continue;
+            advance_run();
+            if (next >= end) break;
             s.offset = next;
-            s.len = static_cast<std::uint32_t>(std::min<std::uint64_t>(opt.chunk, end - next));
+            s.len = static_cast<std::uint32_t>(std::min<std::uint64_t>(opt.chunk, run_end - next));
+            order.push_back(i);
             s.sent = 0;
             next += s.len;
             if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now());
@@ -173,7 +198,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
             timer_armed = true;
             ++inflight;
         }
-        if (!send_armed && !ready.empty() && ready.begin()->first == next_send) send_rest(ready.begin()->second);
+        if (!send_armed && !order.empty() && slots[order.front()].state == slot::sending) send_rest(order.front());
         if (!ack_armed && !unacked.empty()) {
             auto* e = r.sqe();
             io_uring_prep_recv(e, sock, ack.data(), ack.size(), MSG_WAITALL);
@@ -187,7 +212,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
             inflight += 2;
         }
         bool sending = std::any_of(slots.begin(), slots.end(), [](auto& s) { return s.state != slot::free; });
-        if (!sending && unacked.empty() && (next >= end || pr.stop)) break;
+        if (!sending && unacked.empty() && (pr.stop || (advance_run(), next >= end))) break;
         if (auto w = r.submit_and_wait(1); !w) return fail("io_uring: " + w.error().message());
 
         std::string error;
@@ -212,7 +237,6 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                         break;
                     }
                     s.state = slot::sending;
-                    ready[s.offset] = i;
                     break;
                 }
                 case op::send: {
@@ -230,8 +254,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                     }
                     unacked[s.seq] = {s.offset, s.len};
                     s.state = slot::free;
-                    ready.erase(s.offset);
-                    next_send += s.len;
+                    order.pop_front();
                     break;
                 }
                 case op::ack_recv: {
@@ -290,7 +313,7 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
     auto t0 = std::chrono::steady_clock::now();
     const std::uint64_t end = opt.end ? opt.end : vol.size();
     const std::uint64_t total = end - opt.start;
-    pr.bytes_total = total;
+    if (!opt.until_done) pr.bytes_total = total;
     auto io = make_io(opt.depth * 3 + 8, opt.depth, opt.chunk);
     if (!io.error.empty()) return {0, opt.start, 0, io.error};
     ring& r = *io.r;
@@ -329,8 +352,14 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
         return res;
     };
     std::uint64_t received = 0;
+    // until_done: the resync_done frame; its first bytes arrive with a prefix, the rest after.
+    constexpr std::size_t done_frame = frame_header_size + resync_done_size;
+    static_assert(done_frame > data_prefix);
+    std::array<std::byte, done_frame> done_buf{};
+    bool done_armed = false, done_received = false;
+    auto more_expected = [&] { return opt.until_done ? !done_received && !done_armed : received < total; };
     for (;;) {
-        if (!prefix_armed && !payload_armed && !pending && received < total) {
+        if (!prefix_armed && !payload_armed && !pending && more_expected()) {
             auto* e = r.sqe();
             io_uring_prep_recv(e, sock, prefix.data(), prefix.size(), MSG_WAITALL);
             io_uring_sqe_set_data64(e, tag(op::prefix_recv));
@@ -366,7 +395,7 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
             ++inflight;
         }
         bool busy = std::any_of(slots.begin(), slots.end(), [](auto& s) { return s.state != slot::free; });
-        if (written >= total && !busy) break;
+        if (!busy && (opt.until_done ? done_received : written >= total)) break;
         if (auto w = r.submit_and_wait(1); !w) return fail("io_uring: " + w.error().message());
 
         std::string error;
@@ -381,6 +410,20 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                         break;
                     }
                     auto h = decode_frame_header(prefix);
+                    if (h && h->type == msg_type::resync_done && opt.until_done) {
+                        std::memcpy(done_buf.data(), prefix.data(), prefix.size());
+                        auto* e = r.sqe();
+                        io_uring_prep_recv(e, sock, done_buf.data() + data_prefix, done_frame - data_prefix,
+                                           MSG_WAITALL);
+                        io_uring_sqe_set_data64(e, tag(op::done_recv));
+                        e->flags |= IOSQE_IO_LINK;
+                        auto* t = r.sqe();
+                        io_uring_prep_link_timeout(t, &stall, 0);
+                        io_uring_sqe_set_data64(t, tag(op::timeout));
+                        inflight += 2;
+                        done_armed = true;
+                        break;
+                    }
                     auto d = h && h->type == msg_type::data
                                  ? decode_data_header(std::span<const std::byte>(prefix).subspan(frame_header_size),
                                                       h->length, end)
@@ -394,6 +437,20 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                     pending = true;
                     pending_msg = *d;
                     pending_seq = h->seq;
+                    break;
+                }
+                case op::done_recv: {
+                    done_armed = false;
+                    auto m = c.res == static_cast<int>(done_frame - data_prefix)
+                                 ? decode_resync_done(std::span<const std::byte>(done_buf).subspan(frame_header_size))
+                                 : result<resync_done_msg>(make_error_code(errc::bad_length));
+                    if (!m) {
+                        error = fmt::format("a bad end-of-resync frame: {}",
+                                            c.res <= 0 ? "the peer closed the connection" : m.error().message());
+                        break;
+                    }
+                    res.done = *m;
+                    done_received = true;
                     break;
                 }
                 case op::payload_recv: {
@@ -433,6 +490,7 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                     } else {
                         written += s.d.length;
                         pr.bytes_done = written;
+                        if (opt.on_durable) opt.on_durable(s.d.offset, s.d.length);
                         durable[s.d.offset] = s.d.length;
                         for (auto it = durable.begin(); it != durable.end() && it->first == cursor;
                              it = durable.erase(it))

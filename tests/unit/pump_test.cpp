@@ -3,6 +3,7 @@
 
 #include "tandem/replication/protocol.hpp"
 #include "support/skip.hpp"
+#include "support/volume_file.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -22,41 +23,12 @@
 
 using namespace tandem;
 using namespace tandem::replication;
+using tandem::test::mib;
+using tandem::test::volume_file;
+using tandem::test::can_direct;
 
 namespace {
 
-constexpr std::uint64_t mib = 1 << 20;
-
-// A volume file on a file system with O_DIRECT (/var/tmp; tmpfs has none).
-struct volume_file {
-    std::string path;
-    explicit volume_file(std::uint64_t size, bool random_content) {
-        path = "/var/tmp/tandem-pump-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++);
-        std::ofstream out(path, std::ios::binary);
-        std::mt19937_64 rng(42 + counter());
-        std::vector<std::uint64_t> block(mib / 8);
-        for (std::uint64_t done = 0; done < size; done += mib) {
-            for (auto& w : block) w = random_content ? rng() : 0;
-            out.write(reinterpret_cast<const char*>(block.data()), mib);
-        }
-    }
-    ~volume_file() { ::unlink(path.c_str()); }
-    std::uint64_t digest(std::uint64_t from = 0, std::uint64_t len = ~0ull) const {
-        std::ifstream in(path, std::ios::binary);
-        in.seekg(static_cast<std::streamoff>(from));
-        std::vector<char> all;
-        std::vector<char> buf(mib);
-        while (len > 0 && in.read(buf.data(), static_cast<std::streamsize>(std::min<std::uint64_t>(mib, len))) ) {
-            all.insert(all.end(), buf.begin(), buf.begin() + in.gcount());
-            len -= std::min<std::uint64_t>(mib, len);
-        }
-        return XXH3_64bits(all.data(), all.size());
-    }
-    static int& counter() {
-        static int c = 0;
-        return c;
-    }
-};
 
 // A connected TCP pair over loopback: {source side, target side}.
 std::pair<unique_fd, unique_fd> tcp_pair() {
@@ -74,12 +46,6 @@ std::pair<unique_fd, unique_fd> tcp_pair() {
     return {std::move(c), std::move(s)};
 }
 
-bool can_direct(std::string& why) {
-    volume_file probe(mib, false);
-    auto v = volume::open(probe.path);
-    if (!v) why = "no O_DIRECT on /var/tmp: " + v.error().message();
-    return v.has_value();
-}
 
 }  // namespace
 

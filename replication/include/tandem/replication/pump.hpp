@@ -3,12 +3,15 @@
 
 #include "tandem/base/clock.hpp"
 #include "tandem/base/result.hpp"
+#include "tandem/replication/metadata.hpp"
+#include "tandem/replication/protocol.hpp"
 #include "tandem/replication/rate_limit.hpp"
 #include "tandem/replication/volume.hpp"
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace tandem::replication {
@@ -26,7 +29,14 @@ struct pump_options {
     unsigned depth = 16;             // frames in flight
     std::uint64_t start = 0;         // resume offset (a multiple of chunk)
     std::uint64_t end = 0;           // 0: the whole volume
-    std::chrono::milliseconds stall{10'000};  // target: drop a peer silent this long mid-frame
+    std::chrono::milliseconds stall{10'000};  // drop a peer silent this long mid-frame or unacknowledging
+    // Source: send only the dirty runs of this bitmap that lie in [start, end),
+    // cut into frames of at most `chunk` (a resync); null: every byte (a full stream).
+    const dirty_bitmap* plan = nullptr;
+    // Target: run until the source's resync_done frame instead of until `end` is written.
+    bool until_done = false;
+    // Target: called (on the pump's thread) once each frame's bytes are durable.
+    std::function<void(std::uint64_t offset, std::uint32_t length)> on_durable;
 };
 
 struct pump_result {
@@ -34,6 +44,7 @@ struct pump_result {
     std::uint64_t resume_at = 0;     // every byte below this is durable on the target
     double seconds = 0;
     std::string error;               // empty on success
+    std::optional<resync_done_msg> done;  // target with until_done: what the source's resync_done said
     [[nodiscard]] bool ok() const { return error.empty(); }
 };
 

@@ -1,0 +1,125 @@
+// replication: the engine — one authenticated connection to the peer, the sync decision, resync and real-time writes.
+#pragma once
+
+#include "tandem/base/result.hpp"
+#include "tandem/replication/metadata.hpp"
+#include "tandem/replication/pump.hpp"
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tandem::replication {
+
+// How an application write completes (docs/replication-engine.md, "Write protocols").
+enum class write_protocol : std::uint8_t {
+    c,  // when both nodes have written it (the default)
+    a,  // when the local disk has it; at most `protocol_a_window` writes unacknowledged by the peer
+};
+
+struct engine_config {
+    std::string node_name;
+    std::string device;         // the volume: a block device, or a regular file in tests
+    std::string metadata_path;  // created on first start
+    // Exactly one side dials (the cluster's primary-role node); the other listens.
+    // With one connector there is never a race of two connections.
+    bool dialer = true;
+    std::string local_address;  // bound when listening and when dialing (the crossover address if any)
+    std::string peer_address;
+    std::string bind_device;    // SO_BINDTODEVICE when not empty (the crossover interface)
+    std::uint16_t port = 7789;
+    std::vector<std::byte> key;  // the cluster key; never logged
+    std::uint64_t rate_bps = 100ull << 20;
+    // A peer silent this long (no frame, no pong) is dropped; also the stall limit mid-frame.
+    std::chrono::milliseconds peer_timeout{10'000};
+    std::chrono::milliseconds retry{500};  // between connection attempts
+    write_protocol protocol = write_protocol::c;
+    unsigned protocol_a_window = 256;
+};
+
+enum class link_state : std::uint8_t {
+    stopped,      // the engine thread is not running
+    connecting,   // no peer: dialing or listening; writes as primary mark the dirty bitmap
+    handshake,    // hello, authentication, decision, bitmap exchange
+    sync_source,  // resynchronizing the peer
+    sync_target,  // being resynchronized: local data is inconsistent until the end
+    connected,    // in sync: writes are replicated as they happen
+    refused,      // split brain or unrelated data: nothing is replicated until an operator decides
+};
+[[nodiscard]] std::string_view to_string(link_state s) noexcept;
+
+struct engine_status {
+    link_state link = link_state::stopped;
+    bool primary = false;
+    bool consistent = false;
+    bool split_brain = false;
+    bool crashed_primary = false;
+    std::string peer;      // the peer's node name once authenticated
+    std::string decision;  // the last sync decision and the rule that made it
+    std::string rule;
+    std::string last_error;
+    std::uint64_t volume_size = 0;
+    std::uint64_t dirty_bytes = 0;      // marked in the bitmap: what a resync would send
+    std::uint64_t sync_done = 0;        // bytes of the running (or last) resync
+    std::uint64_t sync_total = 0;
+    double sync_rate_bps = 0;           // average since the resync started
+    double sync_eta_s = 0;
+    std::uint64_t rate_limit_bps = 0;
+    std::uint64_t hot_extents = 0;      // activity log: extents with recent writes
+    std::uint64_t connections = 0;      // authenticated connections since start
+    std::uint64_t resync_bytes_sent = 0;  // as source, since start
+    generation_ids gen;
+};
+
+// Every event the engine reports, from its own thread and sometimes under its
+// lock: keep the callback short and never call back into the engine from it.
+using engine_event_fn = std::function<void(std::string_view kind, const std::string& detail)>;
+
+class engine {
+public:
+    // Opens the volume and its metadata (creating fresh metadata on first use) and
+    // checks that they belong together. Nothing runs until start().
+    [[nodiscard]] static result<std::unique_ptr<engine>> open(engine_config cfg, engine_event_fn on_event);
+    ~engine();
+    engine(const engine&) = delete;
+    engine& operator=(const engine&) = delete;
+
+    void start();
+    // Ends the connection and the thread; commits the metadata (a clean stop).
+    void stop();
+
+    // Failover phase 1. promote refuses data that is not consistent, a recorded
+    // split brain, and a connected peer that is primary; when the peer cannot
+    // receive the writes it starts a new generation first. demote is a clean
+    // demotion (md_primary cleared).
+    [[nodiscard]] result<void> promote(std::string& why_not);
+    [[nodiscard]] result<void> demote();
+
+    void set_rate(std::uint64_t bps);
+    // Split-brain resolution on the node whose data is to be overwritten: its
+    // metadata becomes fresh, so the next connection brings a full resync from the
+    // peer. Refused on the primary and when there is nothing to resolve.
+    [[nodiscard]] result<void> discard_local(std::string& why_not);
+
+    // An application write of `bytes` at `offset` (multiples of 512). Returns
+    // when it is complete under the write protocol. data_fua: durable on both
+    // before it returns. Only the primary writes.
+    [[nodiscard]] result<void> write(std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags = 0);
+    // Flush: everything written before is durable locally and (protocol C, connected) on the peer.
+    [[nodiscard]] result<void> flush();
+
+    [[nodiscard]] engine_status status() const;
+
+private:
+    struct impl;
+    explicit engine(std::unique_ptr<impl> p);
+    std::unique_ptr<impl> p_;
+};
+
+}  // namespace tandem::replication

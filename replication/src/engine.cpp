@@ -1,0 +1,1114 @@
+// replication: the engine — connection, handshake, sync decision, resync passes, real-time writes, activity log.
+//
+// One thread owns the connection (docs/replication-engine.md). It dials or
+// listens, runs the handshake with blocking sockets and poll(2) deadlines, hands
+// the socket to the io_uring pumps for a resync, and then serves the steady
+// state: frames from the peer (data, acks, pings) while application threads send
+// their writes under a send lock. One mutex guards the metadata, the activity
+// log and the table of writes waiting for the peer.
+#include "tandem/replication/engine.hpp"
+
+#include "tandem/base/bytes.hpp"
+#include "tandem/base/log.hpp"
+#include "tandem/replication/protocol.hpp"
+#include "tandem/replication/volume.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <thread>
+
+namespace tandem::replication {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+// The activity log: an extent is "hot" from just before its first write until it
+// has been idle for hot_idle with nothing in flight. Hot extents are written into
+// every committed bitmap, so a crash can lose no dirty bit (docs: "Activity log").
+constexpr std::uint64_t extent_bytes = 4ull << 20;
+constexpr std::size_t max_hot_extents = 1024;
+constexpr auto hot_idle = std::chrono::seconds(2);
+// The resync target commits its progress this often.
+constexpr auto checkpoint_every = std::chrono::seconds(1);
+
+// Ends the connection in the engine thread; the text is the log line's reason.
+struct link_down : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+// The peer's data cannot be paired with ours: stop until an operator acts.
+struct link_refused : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+std::string errno_text(int e = errno) { return std::strerror(e); }
+
+result<sockaddr_storage> make_addr(const std::string& ip, std::uint16_t port, socklen_t& len) {
+    sockaddr_storage ss{};
+    if (auto* a4 = reinterpret_cast<sockaddr_in*>(&ss); ::inet_pton(AF_INET, ip.c_str(), &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons(port);
+        len = sizeof(sockaddr_in);
+        return ss;
+    }
+    if (auto* a6 = reinterpret_cast<sockaddr_in6*>(&ss); ::inet_pton(AF_INET6, ip.c_str(), &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons(port);
+        len = sizeof(sockaddr_in6);
+        return ss;
+    }
+    return make_error_code(std::errc::invalid_argument);
+}
+
+// 1 MiB aligned for O_DIRECT, one per thread that writes.
+std::byte* bounce_buffer() {
+    struct deleter {
+        void operator()(std::byte* p) const { std::free(p); }
+    };
+    thread_local std::unique_ptr<std::byte, deleter> buf(static_cast<std::byte*>(std::aligned_alloc(4096, max_data_length)));
+    return buf.get();
+}
+
+result<void> write_local(int fd, std::uint64_t offset, std::span<const std::byte> bytes) {
+    auto* buf = bounce_buffer();
+    std::memcpy(buf, bytes.data(), bytes.size());
+    std::size_t done = 0;
+    while (done < bytes.size()) {
+        auto n = ::pwrite(fd, buf + done, bytes.size() - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return errno_error();
+        if (n == 0) return make_error_code(std::errc::no_space_on_device);
+        done += static_cast<std::size_t>(n);
+    }
+    return {};
+}
+
+}  // namespace
+
+std::string_view to_string(link_state s) noexcept {
+    switch (s) {
+        case link_state::stopped: return "stopped";
+        case link_state::connecting: return "connecting";
+        case link_state::handshake: return "handshake";
+        case link_state::sync_source: return "sync-source";
+        case link_state::sync_target: return "sync-target";
+        case link_state::connected: return "connected";
+        case link_state::refused: return "refused";
+    }
+    return "unknown";
+}
+
+struct engine::impl {
+    engine_config cfg;
+    engine_event_fn on_event;
+    std::optional<volume> vol;
+    std::optional<metadata_file> md;
+
+    mutable std::mutex mu;             // everything below up to the send lock
+    std::condition_variable acked;     // a pending write completed
+    link_state link = link_state::stopped;
+    bool primary = false;
+    bool crashed_primary = false;      // md_primary was set at start; kept until the peer is in sync
+    std::string peer_name, decision, rule, last_error;
+    generation_ids peer_gen;           // from the peer's hello
+    std::optional<dirty_bitmap> redirty;  // sync source: blocks written during the pass
+    struct hot_extent {
+        unsigned inflight = 0;
+        clock::time_point last{};
+    };
+    std::map<std::uint64_t, hot_extent> hot;
+    struct pending_write {
+        std::uint64_t offset = 0;
+        std::uint32_t length = 0;
+    };
+    std::map<std::uint64_t, pending_write> pending;  // seq -> write waiting for the peer's ack
+    std::uint64_t tx_seq = 0;
+    std::uint64_t sync_base = 0, sync_total = 0;  // sync_done = sync_base + progress.bytes_done
+    clock::time_point sync_start{};
+    std::uint64_t connections = 0, resync_sent = 0;
+    int conn_fd = -1;                 // the live connection, for stop() and a failed send
+    bool stop_requested = false;
+
+    std::mutex send_mu;               // one frame at a time on the socket
+    pump_progress progress;
+    std::atomic<bool> stopping{false};
+    unique_fd wake;                   // eventfd: stop, discard
+    unique_fd listener;
+    std::thread thread;
+    std::vector<std::byte> rx_aligned;  // steady state: a received block, aligned for O_DIRECT
+
+    // ---- helpers under mu ----------------------------------------------------------------------
+    metadata_state& st() { return md->state(); }
+    std::uint64_t extent_of(std::uint64_t off) const { return off / extent_bytes; }
+
+    // Commits the state with every hot extent marked, so the committed bitmap
+    // covers whatever may be in flight (the activity log).
+    result<void> commit_locked() {
+        auto& s = st();
+        s.flags = (s.flags & ~md_primary) | ((primary || crashed_primary) ? std::uint32_t{md_primary} : 0u);
+        if (hot.empty()) return md->commit();
+        auto real = s.bitmap;
+        for (auto& [e, h] : hot) s.bitmap.mark(e * extent_bytes, extent_bytes);
+        auto r = md->commit();
+        s.bitmap = std::move(real);
+        return r;
+    }
+    void commit_or_log(std::string_view what) {
+        if (auto r = commit_locked(); !r) {
+            last_error = fmt::format("committing the metadata ({}): {}", what, r.error().message());
+            log::error("replication.metadata", "{}: {}", cfg.metadata_path, last_error);
+        }
+    }
+    // Drops extents idle for hot_idle; returns whether any went (a commit makes it durable).
+    bool evict_idle(clock::time_point now) {
+        bool any = false;
+        for (auto it = hot.begin(); it != hot.end();) {
+            if (it->second.inflight == 0 && now - it->second.last >= hot_idle) {
+                it = hot.erase(it);
+                any = true;
+            } else {
+                ++it;
+            }
+        }
+        return any;
+    }
+    // Before a write: its extents become hot, durably, before a byte moves.
+    result<void> al_begin(std::uint64_t off, std::uint64_t len) {
+        auto now = clock::now();
+        bool added = false;
+        for (auto e = extent_of(off); e <= extent_of(off + len - 1); ++e) {
+            auto [it, fresh] = hot.try_emplace(e);
+            it->second.inflight++;
+            it->second.last = now;
+            added |= fresh;
+        }
+        if (!added) return {};
+        if (hot.size() > max_hot_extents) evict_idle(now + hot_idle);  // anything idle at all
+        return commit_locked();
+    }
+    void al_end(std::uint64_t off, std::uint64_t len) {
+        if (len == 0) return;  // a flush
+        auto now = clock::now();
+        for (auto e = extent_of(off); e <= extent_of(off + len - 1); ++e) {
+            auto it = hot.find(e);
+            if (it == hot.end()) continue;
+            if (it->second.inflight) it->second.inflight--;
+            it->second.last = now;
+        }
+    }
+    // The peer will not get these bytes live: the bitmap (and the running pass) must send them.
+    void mark_dirty(std::uint64_t off, std::uint64_t len) {
+        if (len == 0) return;
+        st().bitmap.mark(off, len);
+        if (redirty) redirty->mark(off, len);
+    }
+    // A primary that writes without its peer starts a new generation first (once).
+    void diverge_if_primary() {
+        auto& g = st().gen;
+        if (!primary || g.current == gen_none || g.bitmap != gen_none) return;
+        auto fresh = random_generation_id();
+        if (!fresh) {
+            last_error = "no random generation id: " + fresh.error().message();
+            return;
+        }
+        g = start_divergence(g, *fresh);
+        commit_or_log("new generation: writing without the peer");
+    }
+    // Every write still waiting for the peer completes locally, its blocks dirty.
+    void fail_pending() {
+        for (auto& [seq, w] : pending) {
+            mark_dirty(w.offset, w.length);
+            al_end(w.offset, w.length);
+        }
+        pending.clear();
+        acked.notify_all();
+    }
+
+    // ---- events ----------------------------------------------------------------------------------
+    void emit(std::string_view kind, const std::string& detail) {
+        if (on_event) on_event(kind, detail);
+    }
+    void set_link(link_state s) {
+        std::lock_guard lk(mu);
+        link = s;
+    }
+
+    // ---- sockets ---------------------------------------------------------------------------------
+    // Waits until `fd` is ready for `events` or the deadline; throws link_down on stop or timeout.
+    void wait_fd(int fd, short events, clock::time_point deadline, const char* what) {
+        for (;;) {
+            if (stopping) throw link_down("stopping");
+            auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
+            if (left <= 0) throw link_down(fmt::format("the peer was silent for {} ms ({})", cfg.peer_timeout.count(), what));
+            pollfd p[2] = {{fd, events, 0}, {wake.get(), POLLIN, 0}};
+            int n = ::poll(p, 2, static_cast<int>(std::min<long>(left, 1000)));
+            if (n < 0 && errno != EINTR) throw link_down("poll: " + errno_text());
+            if (n > 0 && p[0].revents) return;
+        }
+    }
+    void send_all(int fd, std::span<const std::byte> a, std::span<const std::byte> b = {}) {
+        iovec iov[2] = {{const_cast<std::byte*>(a.data()), a.size()}, {const_cast<std::byte*>(b.data()), b.size()}};
+        int cnt = b.empty() ? 1 : 2;
+        iovec* v = iov;
+        auto deadline = clock::now() + cfg.peer_timeout;
+        while (cnt > 0) {
+            msghdr mh{};
+            mh.msg_iov = v;
+            mh.msg_iovlen = static_cast<std::size_t>(cnt);
+            auto n = ::sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+                wait_fd(fd, POLLOUT, deadline, "sending");
+                continue;
+            }
+            if (n < 0) throw link_down("sending to the peer: " + errno_text());
+            auto left = static_cast<std::size_t>(n);
+            while (cnt > 0 && left >= v->iov_len) {
+                left -= v->iov_len;
+                ++v;
+                --cnt;
+            }
+            if (cnt > 0) {
+                v->iov_base = static_cast<char*>(v->iov_base) + left;
+                v->iov_len -= left;
+            }
+        }
+    }
+    template <class Enc>
+    void send_frame(int fd, Enc&& enc) {
+        std::array<std::byte, 256> buf{};
+        auto n = enc(std::span(buf));
+        if (!n) throw link_down("encoding a frame: " + n.error().message());
+        std::lock_guard lk(send_mu);
+        send_all(fd, std::span(buf).first(*n));
+    }
+    // The next whole frame; its payload stays valid until the next call.
+    frame recv_frame(int fd, frame_reader& rd, clock::time_point deadline, const char* what) {
+        for (;;) {
+            wait_fd(fd, POLLIN, deadline, what);
+            auto buf = rd.receive_buffer();
+            auto n = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (n < 0) throw link_down("receiving: " + errno_text());
+            if (n == 0) throw link_down("the peer closed the connection");
+            auto f = rd.received(static_cast<std::size_t>(n));
+            if (!f) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", f.error().message()));
+            if (*f) {
+                if ((*f)->header.type == msg_type::error) {
+                    auto e = decode_error((*f)->payload);
+                    throw link_refused(fmt::format("the peer refused: {}", e ? std::string(e->text) : "(unreadable)"));
+                }
+                return **f;
+            }
+        }
+    }
+    frame expect(int fd, frame_reader& rd, msg_type t) {
+        auto f = recv_frame(fd, rd, clock::now() + cfg.peer_timeout, std::string(to_string(t)).c_str());
+        if (f.header.type != t)
+            throw link_down(fmt::format("expected {} from the peer, got {}", to_string(t), to_string(f.header.type)));
+        return f;
+    }
+    // Tells the peer why, then ends the connection.
+    [[noreturn]] void refuse(int fd, errc code, const std::string& why) {
+        try {
+            std::array<std::byte, frame_header_size + 4 + max_error_text> buf{};
+            if (auto n = encode_error(buf, 0, static_cast<std::uint32_t>(code), why)) {
+                std::lock_guard lk(send_mu);
+                send_all(fd, std::span(buf).first(*n));
+            }
+        } catch (const link_down&) {
+        }
+        throw link_refused(why);
+    }
+
+    unique_fd dial() {
+        socklen_t plen = 0, llen = 0;
+        auto peer = make_addr(cfg.peer_address, cfg.port, plen);
+        auto local = make_addr(cfg.local_address, 0, llen);
+        if (!peer) throw std::runtime_error("bad peer address " + cfg.peer_address);
+        unique_fd fd(::socket(peer->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        if (!fd) throw link_down("socket: " + errno_text());
+        int one = 1;
+        ::setsockopt(fd.get(), SOL_IP, IP_FREEBIND, &one, sizeof one);
+        if (!cfg.bind_device.empty())
+            ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, cfg.bind_device.c_str(),
+                         static_cast<socklen_t>(cfg.bind_device.size()));
+        if (local && ::bind(fd.get(), reinterpret_cast<sockaddr*>(&*local), llen) != 0)
+            throw link_down(fmt::format("binding {}: {}", cfg.local_address, errno_text()));
+        if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&*peer), plen) != 0 && errno != EINPROGRESS)
+            throw link_down(fmt::format("connecting to {}:{}: {}", cfg.peer_address, cfg.port, errno_text()));
+        wait_fd(fd.get(), POLLOUT, clock::now() + cfg.peer_timeout, "connecting");
+        int err = 0;
+        socklen_t el = sizeof err;
+        ::getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &el);
+        if (err) throw link_down(fmt::format("connecting to {}:{}: {}", cfg.peer_address, cfg.port, errno_text(err)));
+        return fd;
+    }
+    void open_listener() {
+        socklen_t len = 0;
+        auto local = make_addr(cfg.local_address, cfg.port, len);
+        if (!local) throw std::runtime_error("bad local address " + cfg.local_address);
+        unique_fd fd(::socket(local->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        int one = 1;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        ::setsockopt(fd.get(), SOL_IP, IP_FREEBIND, &one, sizeof one);
+        if (!cfg.bind_device.empty())
+            ::setsockopt(fd.get(), SOL_SOCKET, SO_BINDTODEVICE, cfg.bind_device.c_str(),
+                         static_cast<socklen_t>(cfg.bind_device.size()));
+        if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&*local), len) != 0 || ::listen(fd.get(), 4) != 0)
+            throw std::runtime_error(
+                fmt::format("listening on {} port {}: {}", cfg.local_address, cfg.port, errno_text()));
+        listener = std::move(fd);
+    }
+    // The next connection from the peer's address; others are closed unread.
+    unique_fd accept_peer() {
+        for (;;) {
+            wait_fd(listener.get(), POLLIN, clock::now() + std::chrono::hours(24 * 365), "listening");
+            sockaddr_storage from{};
+            socklen_t fl = sizeof from;
+            unique_fd fd(::accept4(listener.get(), reinterpret_cast<sockaddr*>(&from), &fl, SOCK_CLOEXEC | SOCK_NONBLOCK));
+            if (!fd) continue;
+            char text[INET6_ADDRSTRLEN] = {};
+            if (from.ss_family == AF_INET)
+                ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(&from)->sin_addr, text, sizeof text);
+            else
+                ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&from)->sin6_addr, text, sizeof text);
+            if (cfg.peer_address == text) return fd;
+            log::warning("replication.stranger", "closed a connection to port {} from {}, which is not the peer ({})",
+                         cfg.port, text, cfg.peer_address);
+        }
+    }
+
+    // ---- the connection --------------------------------------------------------------------------
+    void run();
+    void serve(int fd);
+    sync_decision handshake(int fd, frame_reader& rd, std::uint64_t& size);
+    void exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan);
+    void resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan);
+    void resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan);
+    void steady(int fd, frame_reader& rd, std::uint64_t size);
+    void on_connection_end();
+    void wait_wake(std::chrono::milliseconds d) {
+        pollfd p{wake.get(), POLLIN, 0};
+        ::poll(&p, 1, static_cast<int>(d.count()));
+        std::uint64_t v;
+        if (p.revents) (void)!::read(wake.get(), &v, sizeof v);
+    }
+};
+
+// ---- handshake ---------------------------------------------------------------------------------
+
+sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& size) {
+    hello mine;
+    mine.node_name = cfg.node_name;
+    mine.volume_size = vol->size();
+    mine.block_size = vol->logical_block();
+    sync_party me;
+    {
+        std::lock_guard lk(mu);
+        mine.gen = st().gen;
+        auto bit = [](bool on, std::uint32_t flag) { return on ? flag : 0u; };
+        mine.flags = bit(primary, hello_primary) | bit(st().flags & md_consistent, hello_consistent) |
+                     bit(crashed_primary, hello_crashed_primary) | bit(st().flags & md_split_brain, hello_split_brain);
+        me = {st().gen, primary, (st().flags & md_consistent) != 0, crashed_primary};
+    }
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_hello(b, 1, mine); });
+    auto hf = expect(fd, rd, msg_type::hello);
+    auto theirs = decode_hello(hf.payload);
+    if (!theirs) throw link_down("a bad hello from the peer: " + theirs.error().message());
+    hello peer = *theirs;
+    auto neg = negotiate(mine, peer);
+    if (!neg) {
+        refuse(fd, static_cast<errc>(neg.error().value()),
+               fmt::format("pairing refused: {} (local {} bytes, block {}; peer {} bytes, block {})",
+                           neg.error().message(), mine.volume_size, mine.block_size, peer.volume_size, peer.block_size));
+    }
+    // Mutual authentication: nothing of the peer's hello is acted on before it.
+    auto nonce = random_nonce();
+    if (!nonce) throw link_down("no random nonce: " + nonce.error().message());
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_auth_challenge(b, 2, *nonce); });
+    auto cf = expect(fd, rd, msg_type::auth_challenge);
+    auto their_nonce = decode_auth_challenge(cf.payload);
+    if (!their_nonce) throw link_down("a bad challenge: " + their_nonce.error().message());
+    auto my_role = cfg.dialer ? auth_role::connector : auth_role::acceptor;
+    auto their_role = cfg.dialer ? auth_role::acceptor : auth_role::connector;
+    auto mac = make_auth_response(cfg.key, my_role, *their_nonce, *nonce);
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_auth_response(b, 3, mac); });
+    auto rf = expect(fd, rd, msg_type::auth_response);
+    auto their_mac = decode_auth_response(rf.payload);
+    if (!their_mac || !check_auth_response(cfg.key, their_role, *nonce, *their_nonce, *their_mac))
+        refuse(fd, errc::auth_failed, "authentication failed: the peer does not hold this cluster's key");
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_auth_ok(b, 4); });
+    expect(fd, rd, msg_type::auth_ok);
+
+    std::unique_lock lk(mu);
+    peer_name = peer.node_name;
+    peer_gen = peer.gen;
+    ++connections;
+    sync_party them{peer.gen, (peer.flags & hello_primary) != 0, (peer.flags & hello_consistent) != 0,
+                    (peer.flags & hello_crashed_primary) != 0};
+    sync_verdict v;
+    if (me.gen.current == gen_none && them.gen.current == gen_none) {
+        // A new cluster: the dialer (the primary-role node) holds the first copy.
+        if (cfg.dialer) {
+            auto id = random_generation_id();
+            if (!id) throw link_down("no random generation id");
+            st().gen.current = *id;
+            st().flags |= md_consistent;
+            commit_or_log("first copy of a new cluster");
+            v = {sync_decision::full_source, "new cluster: the primary holds the first copy"};
+        } else {
+            v = {sync_decision::full_target, "new cluster: the primary holds the first copy"};
+        }
+    } else {
+        v = decide_sync(me, them);
+    }
+    bool is_source = v.decision == sync_decision::full_source || v.decision == sync_decision::bitmap_source;
+    bool is_target = v.decision == sync_decision::full_target || v.decision == sync_decision::bitmap_target;
+    // A recorded split brain holds until the operator discards one side: the side
+    // that discarded is fresh, which is how this side learns it was resolved.
+    bool recorded = (st().flags & md_split_brain) || (peer.flags & hello_split_brain);
+    if (recorded && !(is_source && them.gen.current == gen_none) && !(is_target && me.gen.current == gen_none))
+        v = {sync_decision::split_brain, "a split brain is recorded and not yet resolved"};
+    decision = std::string(to_string(v.decision));
+    rule = std::string(v.rule);
+    if (v.decision == sync_decision::split_brain || v.decision == sync_decision::unrelated) {
+        st().flags |= md_split_brain;
+        commit_or_log("split brain");
+        link = link_state::refused;
+        auto why = fmt::format("{} with {}: {}; replication stopped. Choose the node whose data is discarded and run "
+                               "'tandemctl discard-local' there",
+                               decision, peer.node_name, rule);
+        lk.unlock();
+        emit("replication.split_brain", why);
+        refuse(fd, errc::role_conflict, why);
+    }
+    if (v.decision == sync_decision::no_consistent_source) {
+        lk.unlock();
+        refuse(fd, errc::bad_field, fmt::format("no consistent data to synchronize from ({})", v.rule));
+    }
+    if (st().flags & md_split_brain) {
+        st().flags &= ~md_split_brain;
+        commit_or_log("split brain resolved");
+    }
+    // The replicated size is the source's; the seeds: the target must be at least as large.
+    std::uint64_t src = is_target ? peer.volume_size : mine.volume_size;
+    std::uint64_t dst = is_target ? mine.volume_size : peer.volume_size;
+    if ((is_source || is_target) && dst < src) {
+        lk.unlock();
+        refuse(fd, errc::volume_too_small,
+               fmt::format("the sync target's volume ({} bytes) is smaller than the source's ({} bytes); give the "
+                           "secondary a /store at least as large as the primary's",
+                           dst, src));
+    }
+    size = is_source || is_target ? src : std::min(mine.volume_size, peer.volume_size);
+    return v.decision;
+}
+
+// The dialer sends first and the acceptor answers, so neither blocks on a full socket.
+void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan) {
+    const auto gran = plan.granularity();
+    const std::uint64_t blocks = (size + gran - 1) / gran;
+    const std::uint64_t words = (blocks + 63) / 64;
+    auto send = [&] {
+        std::vector<std::byte> buf(frame_header_size + bitmap_chunk_header_size + 8 * max_bitmap_words);
+        auto all = plan.words();
+        for (std::uint64_t w = 0; w < words; w += max_bitmap_words) {
+            auto n = std::min<std::uint64_t>(max_bitmap_words, words - w);
+            std::vector<std::uint64_t> chunk(all.begin() + static_cast<std::ptrdiff_t>(w),
+                                             all.begin() + static_cast<std::ptrdiff_t>(w + n));
+            if (w + n == words && blocks % 64) chunk.back() &= (1ull << (blocks % 64)) - 1;  // past the replicated size
+            auto len = encode_bitmap_chunk(buf, 0, w * 64, chunk);
+            if (!len) throw link_down("encoding the bitmap: " + len.error().message());
+            std::lock_guard lk(send_mu);
+            send_all(fd, std::span(buf).first(*len));
+        }
+    };
+    auto receive = [&] {
+        for (std::uint64_t w = 0; w < words;) {
+            auto f = expect(fd, rd, msg_type::bitmap_chunk);
+            auto c = decode_bitmap_chunk(f.payload, blocks);
+            if (!c || c->start_block != w * 64)
+                throw link_down("a bad bitmap chunk from the peer: " + (c ? std::string("out of order") : c.error().message()));
+            auto host = c->to_words();
+            if (auto m = plan.merge_words(c->start_block, host); !m)
+                throw link_down("merging the peer's bitmap: " + m.error().message());
+            w += host.size();
+        }
+    };
+    (void)source;
+    if (cfg.dialer) {
+        send();
+        receive();
+    } else {
+        receive();
+        send();
+    }
+}
+
+// ---- resync ------------------------------------------------------------------------------------
+
+void engine::impl::resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan) {
+    system_steady_clock clk;
+    {
+        std::lock_guard lk(mu);
+        redirty = dirty_bitmap::make(st().volume_size, st().granularity).value();
+        link = link_state::sync_source;
+        sync_base = 0;
+        sync_total = 0;
+        for (auto r = plan.next_run(0); r && r->offset < size; r = plan.next_run(r->offset + r->length))
+            sync_total += std::min(size, r->offset + r->length) - r->offset;
+        sync_start = clock::now();
+        progress.bytes_done = 0;
+    }
+    emit("replication.sync_started",
+         fmt::format("resynchronizing {} to {}: {} bytes ({})", cfg.node_name, peer_name, sync_total, decision));
+    for (int pass = 1;; ++pass) {
+        pump_options o;
+        o.end = size;
+        o.plan = &plan;
+        o.stall = cfg.peer_timeout;
+        progress.stop = false;
+        auto r = pump_source(*vol, fd, o, progress, clk);
+        std::unique_lock lk(mu);
+        resync_sent += r.bytes;
+        if (!r.ok()) throw link_down("resync: " + r.error);
+        sync_base += r.bytes;
+        progress.bytes_done = 0;
+        if (redirty->dirty_blocks() == 0) {
+            // The last pass: from here on writes go to the peer as they happen,
+            // after the resync_done frame in the same stream.
+            // Every bit the bitmap had when the passes began, and every bit set
+            // since, has now been sent and acknowledged; the target's own
+            // bitmap still covers anything its disk has not made durable.
+            redirty.reset();
+            st().bitmap.clear_all();
+            resync_done_msg m{finish_resync_source(st().gen)};
+            link = link_state::connected;
+            tx_seq = 0;
+            lk.unlock();
+            send_frame(fd, [&](std::span<std::byte> b) { return encode_resync_done(b, 0, m); });
+            return;
+        }
+        // Blocks written during the pass go in another one.
+        plan = std::move(*redirty);
+        redirty = dirty_bitmap::make(st().volume_size, st().granularity).value();
+        sync_total += plan.dirty_bytes();
+    }
+    (void)rd;
+}
+
+void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan) {
+    {
+        std::lock_guard lk(mu);
+        link = link_state::sync_target;
+        sync_base = 0;
+        sync_total = plan.dirty_bytes();
+        sync_start = clock::now();
+        progress.bytes_done = 0;
+    }
+    emit("replication.sync_started",
+         fmt::format("receiving a resync from {}: {} bytes ({})", peer_name, sync_total, decision));
+    auto last_checkpoint = clock::now();
+    pump_options o;
+    o.end = size;
+    o.stall = cfg.peer_timeout;
+    o.until_done = true;
+    o.on_durable = [&](std::uint64_t off, std::uint32_t len) {
+        std::lock_guard lk(mu);
+        st().bitmap.clear(off, len);
+        if (clock::now() - last_checkpoint >= checkpoint_every) {
+            // The blocks must be durable before the bits saying so are.
+            if (::fdatasync(vol->fd()) == 0) commit_or_log("resync checkpoint");
+            last_checkpoint = clock::now();
+            emit("replication.checkpoint", fmt::format("{} of {} bytes durable", progress.bytes_done.load(), sync_total));
+        }
+    };
+    auto r = pump_target(*vol, fd, o, progress);
+    if (!r.ok() || !r.done) {
+        std::lock_guard lk(mu);
+        if (::fdatasync(vol->fd()) == 0) commit_or_log("resync interrupted");
+        throw link_down("resync: " + (r.ok() ? std::string("ended without its end frame") : r.error));
+    }
+    if (::fdatasync(vol->fd()) != 0) throw link_down("flushing the volume: " + errno_text());
+    {
+        std::lock_guard lk(mu);
+        st().gen = r.done->gen;
+        st().flags = (st().flags | md_consistent) & ~md_resync_target;
+        st().bitmap.clear_all();
+        crashed_primary = false;
+        commit_or_log("resync finished");
+        link = link_state::connected;
+        tx_seq = 0;
+    }
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_resync_done(b, 0, *r.done); });
+    emit("replication.sync_done", fmt::format("in sync with {}: received {} bytes", peer_name, r.bytes));
+}
+
+// ---- steady state ------------------------------------------------------------------------------
+
+void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
+    const auto ping_every = std::max(cfg.peer_timeout / 4, std::chrono::milliseconds(50));
+    auto last_rx = clock::now();
+    auto next_ping = last_rx + ping_every;
+    std::uint64_t my_seq = 1u << 30;  // pings and acks from this thread; app writes use tx_seq
+    if (rx_aligned.empty()) rx_aligned.resize(max_data_length + 4096);
+    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(rx_aligned.data()) + 4095) & ~std::uintptr_t{4095});
+    for (;;) {
+        if (stopping) throw link_down("stopping");
+        auto now = clock::now();
+        if (now >= next_ping) {
+            send_frame(fd, [&](std::span<std::byte> b) { return encode_ping(b, ++my_seq, ping_msg{monotonic_ns()}); });
+            next_ping = now + ping_every;
+            std::lock_guard lk(mu);
+            if (evict_idle(now)) commit_or_log("activity log");
+        }
+        if (now - last_rx > cfg.peer_timeout)
+            throw link_down(fmt::format("the peer was silent for {} ms", cfg.peer_timeout.count()));
+        pollfd p[3] = {{fd, POLLIN, 0}, {wake.get(), POLLIN, 0}, {listener ? listener.get() : -1, POLLIN, 0}};
+        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count();
+        int n = ::poll(p, 3, static_cast<int>(std::max<long>(wait, 1)));
+        if (n < 0 && errno != EINTR) throw link_down("poll: " + errno_text());
+        if (n <= 0) continue;
+        if (p[2].revents) throw link_down("the peer connected again; this connection is stale");
+        if (!p[0].revents) continue;
+        auto buf = rd.receive_buffer();
+        auto got = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
+        if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+        if (got <= 0) throw link_down(got == 0 ? "the peer closed the connection" : "receiving: " + errno_text());
+        last_rx = clock::now();
+        auto fr = rd.received(static_cast<std::size_t>(got));
+        if (!fr) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", fr.error().message()));
+        if (!*fr) continue;
+        const frame& f = **fr;
+        switch (f.header.type) {
+            case msg_type::ping: {
+                auto m = decode_ping(f.payload);
+                if (!m) throw link_down("a bad ping");
+                send_frame(fd, [&](std::span<std::byte> b) { return encode_pong(b, ++my_seq, *m); });
+                break;
+            }
+            case msg_type::pong:
+                break;
+            case msg_type::data: {
+                bool am_primary;
+                {
+                    std::lock_guard lk(mu);
+                    am_primary = primary;
+                }
+                auto d = decode_data(f.payload, size);
+                if (!d) throw link_down("a bad data frame: " + d.error().message() + "; nothing of it was written");
+                if (!verify_data(*d)) throw link_down(fmt::format("bad checksum in the write at {}; nothing of it was written", d->offset));
+                ack_status status = ack_status::ok;
+                if (am_primary) {
+                    status = ack_status::refused;  // two writers: never apply
+                } else {
+                    std::memcpy(aligned, d->bytes.data(), d->length);
+                    auto w = ::pwrite(vol->fd(), aligned, d->length, static_cast<off_t>(d->offset));
+                    if (w != static_cast<ssize_t>(d->length) ||
+                        ((d->flags & (data_fua | data_preflush)) && ::fdatasync(vol->fd()) != 0)) {
+                        status = ack_status::io_error;
+                        std::lock_guard lk(mu);
+                        last_error = fmt::format("writing {} at {}: {}", cfg.device, d->offset,
+                                                 w < 0 ? errno_text() : "short write (a full disk?)");
+                        log::error("replication.write_failed", "{}", last_error);
+                    }
+                }
+                send_frame(fd, [&](std::span<std::byte> b) {
+                    return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, status});
+                });
+                break;
+            }
+            case msg_type::flush: {
+                auto st_ = ::fdatasync(vol->fd()) == 0 ? ack_status::ok : ack_status::io_error;
+                send_frame(fd, [&](std::span<std::byte> b) {
+                    return encode_flush_ack(b, ++my_seq, ack_msg{f.header.seq, st_});
+                });
+                break;
+            }
+            case msg_type::data_ack:
+            case msg_type::flush_ack: {
+                auto a = f.header.type == msg_type::data_ack ? decode_data_ack(f.payload) : decode_flush_ack(f.payload);
+                if (!a) throw link_down("a bad acknowledgement");
+                std::lock_guard lk(mu);
+                auto it = pending.find(a->seq);
+                if (it == pending.end()) throw link_down(fmt::format("an acknowledgement for write {} that was never sent", a->seq));
+                if (a->status != ack_status::ok) {
+                    // The peer did not write it: the block stays dirty for the next resync.
+                    mark_dirty(it->second.offset, it->second.length);
+                    last_error = fmt::format("the peer could not write at {}: {}", it->second.offset, to_string(a->status));
+                    log::error("replication.peer_write_failed", "{}", last_error);
+                }
+                al_end(it->second.offset, it->second.length);
+                pending.erase(it);
+                acked.notify_all();
+                break;
+            }
+            case msg_type::resync_done: {
+                auto m = decode_resync_done(f.payload);
+                if (!m) throw link_down("a bad end-of-resync frame");
+                {
+                    std::lock_guard lk(mu);
+                    st().gen = finish_resync_source(st().gen);
+                    crashed_primary = false;
+                    commit_or_log("resync finished");
+                }
+                emit("replication.sync_done", fmt::format("{} is in sync: sent {} bytes", peer_name, sync_base));
+                break;
+            }
+            default:
+                throw link_down(fmt::format("an unexpected {} frame in the connected state", to_string(f.header.type)));
+        }
+    }
+}
+
+void engine::impl::serve(int fd) {
+    int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    frame_reader rd;
+    set_link(link_state::handshake);
+    std::uint64_t size = 0;
+    auto d = handshake(fd, rd, size);
+    {
+        std::lock_guard lk(mu);
+        conn_fd = fd;
+    }
+    log::notice("replication.connected", "connected to {} ({}:{}); sync decision: {} ({})", peer_name,
+                cfg.peer_address, cfg.port, decision, rule);
+    emit("replication.connected", fmt::format("connected to {}; sync decision {} ({})", peer_name, decision, rule));
+    bool source = d == sync_decision::full_source || d == sync_decision::bitmap_source;
+    bool target = d == sync_decision::full_target || d == sync_decision::bitmap_target;
+    if (source || target) {
+        dirty_bitmap plan;
+        {
+            std::lock_guard lk(mu);
+            auto& s = st();
+            if (target) {
+                // A full resync starts with every block; an interrupted one keeps what is left.
+                bool resuming = s.flags & md_resync_target;
+                if ((d == sync_decision::full_target) && !resuming) s.bitmap.mark_all();
+                s.flags = (s.flags | md_resync_target) & ~md_consistent;
+            }
+            plan = s.bitmap;
+        }
+        exchange_bitmaps(fd, rd, source, size, plan);
+        if (target) {
+            std::lock_guard lk(mu);
+            st().bitmap = plan;  // the union: everything that may still differ
+            commit_or_log("resync started");
+        }
+        if (source) resync_source(fd, rd, size, std::move(plan));
+        else resync_target(fd, size, plan);
+    } else {
+        std::lock_guard lk(mu);
+        // Nothing to send: settle a source that stopped between the two end-of-resync commits.
+        st().gen = settle_after_none(st().gen, peer_gen);
+        link = link_state::connected;
+        crashed_primary = false;
+        commit_or_log("in sync");
+        tx_seq = 0;
+    }
+    steady(fd, rd, size);
+}
+
+void engine::impl::on_connection_end() {
+    std::lock_guard lk(mu);
+    conn_fd = -1;
+    redirty.reset();
+    fail_pending();
+    diverge_if_primary();
+    if (link != link_state::refused) link = link_state::connecting;
+}
+
+void engine::impl::run() {
+    while (!stopping) {
+        bool refused = false;
+        std::string why;
+        try {
+            unique_fd fd = cfg.dialer ? dial() : accept_peer();
+            if (stopping) break;
+            serve(fd.get());
+        } catch (const link_refused& e) {
+            refused = true;
+            why = e.what();
+        } catch (const link_down& e) {
+            why = e.what();
+        } catch (const std::exception& e) {
+            why = e.what();
+        }
+        bool was_up;
+        {
+            std::lock_guard lk(mu);
+            was_up = conn_fd >= 0;
+            if (!stopping && why != "stopping") last_error = why;
+        }
+        on_connection_end();
+        if (stopping) break;
+        if (was_up) {
+            log::warning("replication.disconnected", "connection to {} lost: {}", peer_name, why);
+            emit("replication.disconnected", why);
+        } else if (refused) {
+            log::warning("replication.refused", "{}", why);
+            emit("replication.refused", why);
+        }
+        // A refusal waits longer: it needs an operator (or the peer's) decision first.
+        wait_wake(refused ? std::max(cfg.retry * 10, std::chrono::milliseconds(2000)) : cfg.retry);
+    }
+}
+
+// ---- the public face ----------------------------------------------------------------------------
+
+engine::engine(std::unique_ptr<impl> p) : p_(std::move(p)) {}
+engine::~engine() { stop(); }
+
+result<std::unique_ptr<engine>> engine::open(engine_config cfg, engine_event_fn on_event) {
+    auto p = std::make_unique<impl>();
+    auto v = volume::open(cfg.device);
+    if (!v) return v.error();
+    p->vol.emplace(std::move(*v));
+    auto md = metadata_file::open(cfg.metadata_path);
+    if (!md && md.error() == std::errc::no_such_file_or_directory) {
+        log::notice("replication.metadata_created", "{}: new replication metadata for {} ({} bytes)",
+                    cfg.metadata_path, cfg.device, p->vol->size());
+        md = metadata_file::create(cfg.metadata_path, p->vol->size());
+    }
+    if (!md) return md.error();
+    if (md->state().volume_size != p->vol->size()) {
+        log::error("replication.size_changed",
+                   "{} is {} bytes but its metadata {} describes {} bytes; resizing is not supported: restore the "
+                   "volume, or remove the metadata to pair it again with a full resync",
+                   cfg.device, p->vol->size(), cfg.metadata_path, md->state().volume_size);
+        return make_error_code(errc::bad_geometry);
+    }
+    p->md.emplace(std::move(*md));
+    if (p->md->state().flags & md_primary) {
+        p->crashed_primary = true;
+        log::warning("replication.crashed_primary",
+                     "{} was primary when it stopped and did not demote cleanly; its activity log marks the blocks "
+                     "that may differ from the peer",
+                     cfg.device);
+    }
+    p->progress.rate_bps = cfg.rate_bps;
+    p->cfg = std::move(cfg);
+    p->on_event = std::move(on_event);
+    p->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    return std::unique_ptr<engine>(new engine(std::move(p)));
+}
+
+void engine::start() {
+    if (p_->thread.joinable()) return;
+    if (!p_->cfg.dialer) p_->open_listener();
+    p_->set_link(link_state::connecting);
+    p_->thread = std::thread([this] { p_->run(); });
+}
+
+void engine::stop() {
+    if (!p_) return;
+    p_->stopping = true;
+    p_->progress.stop = true;
+    std::uint64_t one = 1;
+    if (p_->wake) (void)!::write(p_->wake.get(), &one, sizeof one);
+    {
+        std::lock_guard lk(p_->mu);
+        if (p_->conn_fd >= 0) ::shutdown(p_->conn_fd, SHUT_RDWR);
+    }
+    if (p_->thread.joinable()) p_->thread.join();
+    std::lock_guard lk(p_->mu);
+    if (p_->md) {
+        if (::fdatasync(p_->vol->fd()) == 0) p_->commit_or_log("stop");
+    }
+    if (p_->link != link_state::refused) p_->link = link_state::stopped;
+}
+
+result<void> engine::promote(std::string& why_not) {
+    std::lock_guard lk(p_->mu);
+    auto& s = p_->st();
+    if (p_->primary) return {};
+    if (s.flags & md_split_brain) {
+        why_not = "a split brain is recorded: resolve it with 'tandemctl discard-local' on the node whose data goes";
+        return make_error_code(errc::role_conflict);
+    }
+    if (!(s.flags & md_consistent) || s.gen.current == gen_none) {
+        why_not = s.gen.current == gen_none ? "this node's data was never synchronized from its peer"
+                                            : "this node's data is inconsistent (a resync into it is unfinished)";
+        return make_error_code(errc::bad_field);
+    }
+    p_->primary = true;
+    if (p_->link != link_state::connected) {
+        p_->diverge_if_primary();
+    }
+    p_->commit_or_log("promoted");
+    log::notice("replication.promoted", "{} is primary (generation {:016x})", p_->cfg.device, s.gen.current);
+    return {};
+}
+
+result<void> engine::demote() {
+    std::unique_lock lk(p_->mu);
+    if (!p_->primary) return {};
+    // Writes already sent finish first: a demotion is clean only when nothing is in flight.
+    p_->acked.wait_for(lk, p_->cfg.peer_timeout, [&] { return p_->pending.empty(); });
+    if (::fdatasync(p_->vol->fd()) != 0) return errno_error();
+    p_->primary = false;
+    p_->crashed_primary = false;
+    p_->hot.clear();
+    p_->commit_or_log("demoted");
+    log::notice("replication.demoted", "{} is secondary", p_->cfg.device);
+    return {};
+}
+
+void engine::set_rate(std::uint64_t bps) { p_->progress.rate_bps = bps; }
+
+result<void> engine::discard_local(std::string& why_not) {
+    {
+        std::lock_guard lk(p_->mu);
+        auto& s = p_->st();
+        if (p_->primary) {
+            why_not = "this node is primary: discard the data of the other node, or demote this one first";
+            return make_error_code(errc::role_conflict);
+        }
+        if (!(s.flags & md_split_brain)) {
+            why_not = "no split brain is recorded here; nothing to discard";
+            return make_error_code(errc::bad_field);
+        }
+        s.gen = generation_ids{};
+        s.flags = 0;
+        s.bitmap.clear_all();
+        s.resync_cursor = 0;
+        p_->crashed_primary = false;
+        p_->commit_or_log("local data discarded");
+        p_->link = link_state::connecting;
+    }
+    log::warning("replication.discarded",
+                 "{}: local data discarded by the operator; a full resync from the peer follows", p_->cfg.device);
+    std::uint64_t one = 1;
+    (void)!::write(p_->wake.get(), &one, sizeof one);
+    p_->emit("replication.discarded", "local data discarded by the operator; a full resync from the peer follows");
+    return {};
+}
+
+result<void> engine::write(std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags) {
+    auto& p = *p_;
+    if (bytes.empty() || offset % wire_sector || bytes.size() % wire_sector) return make_error_code(errc::misaligned);
+    if (offset + bytes.size() > p.vol->size() || offset + bytes.size() < offset) return make_error_code(errc::out_of_range);
+    for (std::size_t done = 0; done < bytes.size();) {
+        auto piece = bytes.subspan(done, std::min<std::size_t>(max_data_length, bytes.size() - done));
+        std::uint64_t off = offset + done;
+        bool last = done + piece.size() == bytes.size();
+        std::uint32_t fl = last ? flags : 0;
+        std::uint64_t seq = 0;
+        int fd = -1;
+        {
+            std::lock_guard lk(p.mu);
+            if (!p.primary) return make_error_code(errc::role_conflict);
+            if (auto al = p.al_begin(off, piece.size()); !al) {
+                p.al_end(off, piece.size());
+                return al.error();
+            }
+            if (p.link == link_state::connected && p.conn_fd >= 0) {
+                seq = ++p.tx_seq;
+                fd = p.conn_fd;
+                p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size())};
+            } else {
+                p.mark_dirty(off, piece.size());
+            }
+        }
+        auto local = write_local(p.vol->fd(), off, piece);
+        if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
+        if (fd >= 0) {
+            std::array<std::byte, frame_header_size + data_header_size> prefix{};
+            data_msg m{off, static_cast<std::uint32_t>(piece.size()), fl, data_checksum(piece), piece};
+            (void)encode_data_prefix(prefix, seq, m);
+            try {
+                std::lock_guard lk(p.send_mu);
+                p.send_all(fd, prefix, piece);
+            } catch (const link_down&) {
+                ::shutdown(fd, SHUT_RDWR);  // the engine thread ends the connection and marks the write dirty
+            }
+            std::unique_lock lk(p.mu);
+            if (p.cfg.protocol == write_protocol::c)
+                p.acked.wait(lk, [&] { return !p.pending.count(seq); });
+            else
+                p.acked.wait(lk, [&] { return p.pending.size() <= p.cfg.protocol_a_window; });
+        } else {
+            std::lock_guard lk(p.mu);
+            p.al_end(off, piece.size());
+        }
+        if (!local) return local.error();
+        done += piece.size();
+    }
+    return {};
+}
+
+result<void> engine::flush() {
+    auto& p = *p_;
+    if (::fdatasync(p.vol->fd()) != 0) return errno_error();
+    // Protocol C acknowledges after the peer's write; a flush waits for every ack
+    // and then asks the peer to flush its cache too.
+    std::unique_lock lk(p.mu);
+    p.acked.wait(lk, [&] { return p.pending.empty(); });
+    if (p.link != link_state::connected || p.conn_fd < 0) return {};
+    auto seq = ++p.tx_seq;
+    int fd = p.conn_fd;
+    p.pending[seq] = {0, 0};
+    lk.unlock();
+    try {
+        std::array<std::byte, frame_header_size> buf{};
+        (void)encode_flush(buf, seq);
+        std::lock_guard slk(p.send_mu);
+        p.send_all(fd, buf);
+    } catch (const link_down&) {
+        ::shutdown(fd, SHUT_RDWR);
+    }
+    lk.lock();
+    p.acked.wait(lk, [&] { return !p.pending.count(seq); });
+    return {};
+}
+
+engine_status engine::status() const {
+    std::lock_guard lk(p_->mu);
+    engine_status s;
+    auto& m = p_->md->state();
+    s.link = p_->link;
+    s.primary = p_->primary;
+    s.consistent = m.flags & md_consistent;
+    s.split_brain = m.flags & md_split_brain;
+    s.crashed_primary = p_->crashed_primary;
+    s.peer = p_->peer_name;
+    s.decision = p_->decision;
+    s.rule = p_->rule;
+    s.last_error = p_->last_error;
+    s.volume_size = m.volume_size;
+    s.dirty_bytes = m.bitmap.dirty_bytes();
+    s.sync_total = p_->sync_total;
+    s.sync_done = std::min(p_->sync_total, p_->sync_base + p_->progress.bytes_done.load());
+    if (p_->link == link_state::sync_source || p_->link == link_state::sync_target) {
+        double secs = std::chrono::duration<double>(clock::now() - p_->sync_start).count();
+        s.sync_rate_bps = secs > 0 ? static_cast<double>(s.sync_done) / secs : 0;
+        s.sync_eta_s = s.sync_rate_bps > 0 ? static_cast<double>(s.sync_total - s.sync_done) / s.sync_rate_bps : 0;
+    }
+    s.rate_limit_bps = p_->progress.rate_bps;
+    s.hot_extents = p_->hot.size();
+    s.connections = p_->connections;
+    s.resync_bytes_sent = p_->resync_sent;
+    s.gen = m.gen;
+    return s;
+}
+
+}  // namespace tandem::replication
