@@ -339,7 +339,8 @@ config validate(const toml::table& root, const std::string& path) {
         read_key(r, c, au);
     }
 
-    auto* re = r.section(root, "replication", false, {"backend", "port", "rate", "device"});
+    auto* re = r.section(root, "replication", false,
+                         {"backend", "port", "rate", "device", "metadata", "protocol"});
     if (auto b = r.choice<backend_kind>(re, "replication", "backend",
                                         {{"none", backend_kind::none},
                                          {"uring", backend_kind::uring},
@@ -351,6 +352,14 @@ config validate(const toml::table& root, const std::string& path) {
     if (auto v = r.integer(re, "replication", "rate", 1, 4096, " MB/s (MiB/s)"))
         c.replication.rate_mib = static_cast<std::uint32_t>(*v);
     c.replication.device = r.string(re, "replication", "device", false).value_or("");
+    if (auto m = r.string(re, "replication", "metadata", false)) {
+        if (m->empty() || (*m)[0] != '/') r.problem(re->get("metadata"), "replication.metadata", "must be an absolute path");
+        else c.replication.metadata = *m;
+    }
+    if (c.replication.metadata.empty()) c.replication.metadata = c.node.state_dir + "/replication.meta";
+    // DRBD's names: C completes a write when both disks have it, A when the local one has.
+    if (auto pr = r.choice<bool>(re, "replication", "protocol", {{"C", false}, {"A", true}}))
+        c.replication.protocol_a = *pr;
     if ((c.replication.backend == backend_kind::uring || c.replication.backend == backend_kind::drbd ||
          c.replication.backend == backend_kind::shared) &&
         c.replication.device.empty())
@@ -496,6 +505,8 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("replication.backend", a.replication.backend != b.replication.backend);
     refused("replication.port", a.replication.port != b.replication.port);
     refused("replication.device", a.replication.device != b.replication.device);
+    refused("replication.metadata", a.replication.metadata != b.replication.metadata);
+    refused("replication.protocol", a.replication.protocol_a != b.replication.protocol_a);
     refused("crossover.interface", a.crossover.interface != b.crossover.interface);
     refused("crossover.address", a.crossover.address != b.crossover.address);
     refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);

@@ -178,7 +178,7 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             auto problem = alive ? pairing_problem() : std::nullopt;
             if (problem && peer_->role != p_.role && peer_->version != p_.version) {
                 if (needs_upgrade_now(now)) transition(host_state::needs_upgrade, *problem, e);
-                else if (now >= listen_until_ && mode_ == host_mode::online)
+                else if (now >= listen_until_ && mode_ == host_mode::online && promotable(local_sync_))
                     claim("listened for one timeout; the peer runs other software and is not active", e);
             } else if (problem) {
                 block(*problem, e);
@@ -187,7 +187,9 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             } else if (alive && p_.role == node_role::secondary) {
                 transition(host_state::standby, "heard the primary", e);
             } else if (now >= listen_until_) {
-                if (p_.role == node_role::primary && mode_ == host_mode::online)
+                // A primary whose data is not up to date (a new or replaced
+                // disk) must not claim: it waits as standby for a resync.
+                if (p_.role == node_role::primary && mode_ == host_mode::online && promotable(local_sync_))
                     claim(fmt::format("listened for {} and heard no active peer", format_duration(p_.timeout)), e);
                 else
                     transition(host_state::standby, "listened for one timeout", e);

@@ -195,6 +195,32 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
     nl_events_.emplace(std::move(*ev));
     control_ = std::make_unique<control_server>(io, cfg_.control.socket, [this](const json& r) { return handle(r); },
                                                 bus_);
+    if (cfg_.replication.backend == backend_kind::uring) {
+        replication::engine_config ec;
+        ec.node_name = cfg_.node.name;
+        ec.device = cfg_.replication.device;
+        ec.metadata_path = cfg_.replication.metadata;
+        ec.dialer = cfg_.node.role == node_role::primary;  // one side dials: never two connections
+        bool xo = cfg_.crossover.address && cfg_.crossover.peer_address;
+        ec.local_address = netlink::address_string(xo ? *cfg_.crossover.address : cfg_.node.address);
+        ec.peer_address = netlink::address_string(xo ? *cfg_.crossover.peer_address : cfg_.peer.address);
+        if (xo) ec.bind_device = cfg_.crossover.interface;
+        ec.port = cfg_.replication.port;
+        ec.key = cfg_.auth.key;
+        ec.rate_bps = std::uint64_t{cfg_.replication.rate_mib} << 20;
+        // Silence for twice the heartbeat timeout, plus one 1 MiB frame at the rate.
+        ec.peer_timeout = std::max(2 * cfg_.heartbeat.timeout, std::chrono::milliseconds(2000)) +
+                          std::chrono::milliseconds(1000 / cfg_.replication.rate_mib + 1);
+        ec.protocol = cfg_.replication.protocol_a ? replication::write_protocol::a : replication::write_protocol::c;
+        auto e = replication::engine::open(ec, [this](std::string_view kind, const std::string& detail) {
+            asio::post(io_, [this, k = std::string(kind), detail] { on_replication_event(k, detail); });
+        });
+        if (!e)
+            throw std::runtime_error(fmt::format("replication: cannot open {} with metadata {}: {}",
+                                                 cfg_.replication.device, cfg_.replication.metadata,
+                                                 e.error().message()));
+        engine_ = std::move(*e);
+    }
 }
 
 node_runtime::~node_runtime() = default;
@@ -218,6 +244,10 @@ void node_runtime::start() {
                       fmt::format("removed {} stale VIP address(es) left on {} by an earlier run", *n, vip_->interface()),
                       {{"count", std::to_string(*n)}}});
     check_link();
+    if (engine_) {
+        engine_->start();
+        apply(machine_.on_local_sync(now(), replication_sync()));
+    }
     for (auto& l : links_) asio::co_spawn(io_, receive(*l), asio::detached);
     asio::co_spawn(io_, netlink_loop(), asio::detached);
     asio::co_spawn(io_, refresh_loop(), asio::detached);
@@ -251,6 +281,10 @@ void node_runtime::send_heartbeats() {
         hb.sync = machine_.local_sync();
         hb.flags = machine_.outgoing_flags();
         hb.sync_permille = promotable(machine_.local_sync()) ? 1000 : 0;
+        if (engine_ && machine_.local_sync() == sync_state::synchronizing) {
+            auto rs = engine_->status();
+            hb.sync_permille = static_cast<std::uint16_t>(rs.sync_total ? rs.sync_done * 1000 / rs.sync_total : 0);
+        }
         hb.link = l->index;
         hb.cluster = cfg_.cluster.name;
         hb.node = cfg_.node.name;
@@ -606,6 +640,7 @@ void node_runtime::maybe_finish_shutdown() {
         return;
     }
     send_heartbeats();  // with the shutting-down flag: the peer may claim at once
+    if (engine_) engine_->stop();  // commits the metadata: a clean stop
     bus_.publish({"tandemd.stopped", "clean shutdown", {}});
     io_.stop();
 }
@@ -672,11 +707,76 @@ json node_runtime::status() const {
                        {"port", cfg_.heartbeat.port},
                        {"links", links},
                        {"dropped", dropped}}},
-        {"replication", {{"backend", to_string(cfg_.replication.backend)},
-                         {"port", cfg_.replication.port},
-                         {"rate_mib", cfg_.replication.rate_mib}}},
+        {"replication", replication_status()},
         {"last_sequence", last_sequence_},
     };
+}
+
+// ---- replication
+
+sync_state node_runtime::replication_sync() const {
+    if (!engine_) return sync_state::none;
+    auto s = engine_->status();
+    if (s.split_brain) return sync_state::diverged;
+    // Through a reconnect too: the resync goes on from where it stopped.
+    if (s.link == replication::link_state::sync_target || s.resync_pending) return sync_state::synchronizing;
+    if (!s.consistent) return sync_state::inconsistent;
+    return sync_state::up_to_date;
+}
+
+void node_runtime::on_replication_event(const std::string& kind, const std::string& detail) {
+    if (stopping_ && kind == "replication.disconnected") return;
+    bus_.publish({kind, detail, {}});
+    apply(machine_.on_local_sync(now(), replication_sync()));
+}
+
+json node_runtime::replication_status() const {
+    json j = {{"backend", to_string(cfg_.replication.backend)},
+              {"port", cfg_.replication.port},
+              {"rate_mib", cfg_.replication.rate_mib}};
+    if (!engine_) return j;
+    auto s = engine_->status();
+    j["device"] = cfg_.replication.device;
+    j["link"] = to_string(s.link);
+    j["primary"] = s.primary;
+    j["consistent"] = s.consistent;
+    j["split_brain"] = s.split_brain;
+    j["peer"] = s.peer;
+    j["decision"] = s.decision;
+    j["rule"] = s.rule;
+    j["last_error"] = s.last_error;
+    j["volume_bytes"] = s.volume_size;
+    j["dirty_bytes"] = s.dirty_bytes;
+    j["hot_extents"] = s.hot_extents;
+    j["protocol"] = cfg_.replication.protocol_a ? "A" : "C";
+    j["rate_limit_bps"] = s.rate_limit_bps;
+    j["resync_bytes_sent"] = s.resync_bytes_sent;
+    j["generation"] = fmt::format("{:016x}", s.gen.current);
+    bool syncing = s.link == replication::link_state::sync_source || s.link == replication::link_state::sync_target;
+    j["sync"] = {{"running", syncing},
+                 {"direction", s.link == replication::link_state::sync_source ? "to peer" : "from peer"},
+                 {"done_bytes", s.sync_done},
+                 {"total_bytes", s.sync_total},
+                 {"rate_bps", s.sync_rate_bps},
+                 {"eta_s", s.sync_eta_s}};
+    return j;
+}
+
+json node_runtime::set_sync_rate(const json& req) {
+    if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
+    auto v = req.value("mib", std::int64_t{0});
+    if (v < 1 || v > 4096)
+        return {{"ok", false},
+                {"error", fmt::format("sync-rate {}: must be a whole number from 1 to 4096 MB/s (MiB/s)", v)}};
+    auto old = cfg_.replication.rate_mib;
+    cfg_.replication.rate_mib = static_cast<std::uint32_t>(v);
+    engine_->set_rate(static_cast<std::uint64_t>(v) << 20);
+    bus_.publish({"replication.rate", fmt::format("disk synchronization rate {} -> {} MB/s", old, v),
+                  {{"mib", std::to_string(v)}}});
+    return {{"ok", true},
+            {"message", fmt::format("disk synchronization rate {} MB/s (until the next reload or restart; put it in "
+                                    "[replication] rate to keep it)",
+                                    v)}};
 }
 
 json node_runtime::reload() {
@@ -694,6 +794,7 @@ json node_runtime::reload() {
     }
     cfg_ = std::move(fresh);
     machine_.set_params(params_of(cfg_));
+    if (engine_) engine_->set_rate(std::uint64_t{cfg_.replication.rate_mib} << 20);
     std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));
     bus_.publish({"config.reloaded", what, {}});
     apply({});  // timers: the interval and the deadlines may have changed
@@ -706,6 +807,13 @@ json node_runtime::handle(const json& req) {
     std::string cmd = req.value("cmd", "");
     if (cmd == "status") return {{"ok", true}, {"status", status()}};
     if (cmd == "reload") return reload();
+    if (cmd == "sync-rate") return set_sync_rate(req);
+    if (cmd == "discard-local") {
+        if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
+        std::string why;
+        if (!engine_->discard_local(why)) return {{"ok", false}, {"error", why}};
+        return {{"ok", true}, {"message", "local data discarded; a full resync from the peer follows"}};
+    }
     static const std::pair<std::string_view, command> commands[] = {{"takeover", command::takeover},
                                                                      {"giveback", command::giveback},
                                                                      {"offline", command::offline},
@@ -720,7 +828,7 @@ json node_runtime::handle(const json& req) {
     }
     return {{"ok", false},
             {"error", fmt::format("unknown command \"{}\"; known: status, events, takeover, giveback, offline, online, "
-                                  "reload",
+                                  "reload, sync-rate, discard-local",
                                   cmd)}};
 }
 

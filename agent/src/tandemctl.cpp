@@ -39,6 +39,9 @@ constexpr const char* usage =
     "  giveback                  on the active: hand over to the standby\n"
     "  offline | online          maintenance mode; offline on the active node is a manual failover\n"
     "  reload                    re-read the configuration; applies what needs no re-pairing, refuses the rest\n"
+    "  sync [--timeout 24h]      follow the /store resync with a progress bar until both nodes are in sync\n"
+    "  sync-rate MB/S            change the disk synchronization rate now (1..4096)\n"
+    "  discard-local             after a split brain: discard THIS node's /store data; a full resync follows\n"
     "  wait state=STATE|event=ID [--timeout 30s] [--since SEQ]\n"
     "                            block until this node reaches a state or emits an event;\n"
     "                            --since also accepts events already emitted after sequence number SEQ\n"
@@ -197,6 +200,82 @@ int wait_for(const std::string& sock, const std::string& cond, std::chrono::mill
     return timed_out;
 }
 
+std::string clock_text(double seconds) {
+    auto s = static_cast<std::uint64_t>(seconds + 0.5);
+    if (s >= 3600) return fmt::format("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60);
+    return fmt::format("{}:{:02}", s / 60, s % 60);
+}
+
+// Follows the resync until both nodes are in sync: a bar on a terminal, a line
+// per 10 % otherwise (logs, scripts).
+int follow_sync(const std::string& sock, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    const bool tty = ::isatty(STDOUT_FILENO);
+    int last_decile = -1;
+    bool drew = false;
+    for (;;) {
+        json st;
+        {
+            // tandemd may be starting (or restarting): retry until the deadline, as wait does.
+            std::optional<connection> c;
+            try {
+                c.emplace(sock);
+            } catch (const std::runtime_error&) {
+                if (std::chrono::steady_clock::now() >= deadline) throw;
+                ::usleep(200'000);
+                continue;
+            }
+            auto r = c->request({{"cmd", "status"}});
+            if (!r.value("ok", false)) return print_reply(r);
+            st = r["status"]["replication"];
+        }
+        if (!st.contains("link")) {
+            std::cerr << "tandemctl: no replication engine: replication.backend is \"" << st.value("backend", "")
+                      << "\"\n";
+            return refused;
+        }
+        auto link = st["link"].get<std::string>();
+        const auto& sy = st["sync"];
+        if (link == "refused" || st["split_brain"].get<bool>()) {
+            if (drew) std::cout << "\n";
+            std::cerr << "tandemctl: replication stopped: " << st["last_error"].get<std::string>() << "\n";
+            return refused;
+        }
+        if (link == "connected" && st["consistent"].get<bool>() && !sy["running"].get<bool>()) {
+            if (drew) std::cout << "\n";
+            std::cout << fmt::format("in sync with {} (generation {})\n", st["peer"].get<std::string>(),
+                                     st["generation"].get<std::string>());
+            return ok;
+        }
+        if (sy["running"].get<bool>()) {
+            auto done = sy["done_bytes"].get<double>(), total = std::max(1.0, sy["total_bytes"].get<double>());
+            double frac = std::min(1.0, done / total);
+            constexpr int width = 30;
+            int fill = static_cast<int>(frac * width);
+            auto line = fmt::format("[{}{}] {:5.1f}%  {:.0f}/{:.0f} MiB {}  {:.1f} MiB/s  ETA {}", std::string(fill, '#'),
+                                    std::string(width - fill, '-'), frac * 100, done / 1048576, total / 1048576,
+                                    sy["direction"].get<std::string>(), sy["rate_bps"].get<double>() / 1048576,
+                                    clock_text(sy["eta_s"].get<double>()));
+            if (tty) {
+                std::cout << "\r" << line << std::flush;
+                drew = true;
+            } else if (int d = static_cast<int>(frac * 10); d != last_decile) {
+                last_decile = d;
+                std::cout << line << std::endl;
+            }
+        } else if (!tty && last_decile != -2) {
+            last_decile = -2;
+            std::cout << "waiting: replication " << link << "\n";
+        }
+        if (std::chrono::steady_clock::now() >= deadline) {
+            if (drew) std::cout << "\n";
+            std::cerr << fmt::format("tandemctl: not in sync after {}\n", format_duration(timeout));
+            return timed_out;
+        }
+        ::usleep(200'000);  // a person watching: five refreshes a second
+    }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -247,6 +326,25 @@ int main(int argc, char** argv) {
         if (cmd == "takeover" || cmd == "giveback" || cmd == "offline" || cmd == "online" || cmd == "reload") {
             connection c(sock);
             return print_reply(c.request({{"cmd", cmd}}));
+        }
+        if (cmd == "sync") {
+            auto timeout = std::chrono::milliseconds(24 * 3600 * 1000);
+            if (auto t = option("--timeout")) {
+                auto d = parse_duration(*t);
+                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 90s or 2h", *t));
+                timeout = *d;
+            }
+            return follow_sync(sock, timeout);
+        }
+        if (cmd == "sync-rate") {
+            if (args.size() < 2) throw std::invalid_argument("sync-rate needs a rate in MB/s, from 1 to 4096");
+            auto v = number(args[1], "sync-rate");
+            connection c(sock);
+            return print_reply(c.request({{"cmd", "sync-rate"}, {"mib", v}}));
+        }
+        if (cmd == "discard-local") {
+            connection c(sock);
+            return print_reply(c.request({{"cmd", "discard-local"}}));
         }
         if (cmd == "wait") {
             if (args.size() < 2) throw std::invalid_argument("wait needs state=STATE or event=ID");

@@ -34,10 +34,10 @@ constexpr const char* usage =
 
 // Features checked once at start-up, each failure naming what is missing.
 void check_features(const config& c) {
-    if (c.replication.backend != backend_kind::none)
+    if (c.replication.backend == backend_kind::drbd || c.replication.backend == backend_kind::shared)
         throw std::runtime_error(fmt::format(
-            "replication.backend = \"{}\" is not available in this build yet; use \"none\" (the /store replication "
-            "engines are being built: uring, drbd and shared storage)",
+            "replication.backend = \"{}\" is not available in this build yet; use \"uring\" (Tandem's own engine) "
+            "or \"none\" (the drbd and shared-storage backends are being built)",
             to_string(c.replication.backend)));
     if (!c.connectivity.targets.empty()) {
         int fd = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
@@ -108,7 +108,8 @@ int main(int argc, char** argv) {
         node_runtime rt(io, cfg);
         const config& live = rt.current_config();  // updated in place by reloads
         std::vector<std::unique_ptr<failover_phase>> phases;
-        phases.push_back(make_local_storage_phase());
+        if (auto* e = rt.engine()) phases.push_back(make_replicated_storage_phase(*e));
+        else phases.push_back(make_local_storage_phase());
         phases.push_back(make_alias_phase(rt.vip()));
         phases.push_back(make_vip_phase(rt.vip()));
         phases.push_back(make_services_phase(live));

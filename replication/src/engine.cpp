@@ -145,6 +145,7 @@ struct engine::impl {
     clock::time_point sync_start{};
     std::uint64_t connections = 0, resync_sent = 0;
     int conn_fd = -1;                 // the live connection, for stop() and a failed send
+    std::string drop_reason;          // why this side ended the connection itself
     bool stop_requested = false;
 
     std::mutex send_mu;               // one frame at a time on the socket
@@ -790,9 +791,8 @@ void engine::impl::serve(int fd) {
         std::lock_guard lk(mu);
         conn_fd = fd;
     }
-    log::notice("replication.connected", "connected to {} ({}:{}); sync decision: {} ({})", peer_name,
-                cfg.peer_address, cfg.port, decision, rule);
-    emit("replication.connected", fmt::format("connected to {}; sync decision {} ({})", peer_name, decision, rule));
+    emit("replication.connected", fmt::format("connected to {} ({}:{}); sync decision {} ({})", peer_name,
+                                              cfg.peer_address, cfg.port, decision, rule));
     bool source = d == sync_decision::full_source || d == sync_decision::bitmap_source;
     bool target = d == sync_decision::full_target || d == sync_decision::bitmap_target;
     if (source || target) {
@@ -832,8 +832,10 @@ void engine::impl::on_connection_end() {
     std::lock_guard lk(mu);
     conn_fd = -1;
     redirty.reset();
-    fail_pending();
+    // The new generation is durable before any write waiting for the peer
+    // completes without it.
     diverge_if_primary();
+    fail_pending();
     if (link != link_state::refused) link = link_state::connecting;
 }
 
@@ -857,19 +859,15 @@ void engine::impl::run() {
         {
             std::lock_guard lk(mu);
             was_up = conn_fd >= 0;
+            if (!drop_reason.empty()) why = std::exchange(drop_reason, {});
             if (!stopping && why != "stopping") last_error = why;
         }
         on_connection_end();
         if (stopping) break;
-        if (was_up) {
-            log::warning("replication.disconnected", "connection to {} lost: {}", peer_name, why);
-            emit("replication.disconnected", why);
-        } else if (refused) {
-            log::warning("replication.refused", "{}", why);
-            emit("replication.refused", why);
-        }
+        if (was_up) emit("replication.disconnected", fmt::format("connection to {} lost: {}", peer_name, why));
+        else if (refused) emit("replication.refused", why);
         // A refusal waits longer: it needs an operator (or the peer's) decision first.
-        wait_wake(refused ? std::max(cfg.retry * 10, std::chrono::milliseconds(2000)) : cfg.retry);
+        wait_wake(refused ? std::max(cfg.retry * 4, std::chrono::milliseconds(2000)) : cfg.retry);
     }
 }
 
@@ -951,8 +949,14 @@ result<void> engine::promote(std::string& why_not) {
         return make_error_code(errc::bad_field);
     }
     p_->primary = true;
-    if (p_->link != link_state::connected) {
-        p_->diverge_if_primary();
+    // The peer learns roles only in the handshake, so a promotion while
+    // connected ends the connection: the next hello tells the peer, and if it
+    // is primary too (heartbeats cut, replication not), negotiate refuses two
+    // primaries instead of both writing. Until then the writes are ours alone.
+    p_->diverge_if_primary();
+    if (p_->conn_fd >= 0) {
+        p_->drop_reason = "promoted: reconnecting so that the peer learns the new role";
+        ::shutdown(p_->conn_fd, SHUT_RDWR);
     }
     p_->commit_or_log("promoted");
     log::notice("replication.promoted", "{} is primary (generation {:016x})", p_->cfg.device, s.gen.current);
@@ -995,8 +999,6 @@ result<void> engine::discard_local(std::string& why_not) {
         p_->commit_or_log("local data discarded");
         p_->link = link_state::connecting;
     }
-    log::warning("replication.discarded",
-                 "{}: local data discarded by the operator; a full resync from the peer follows", p_->cfg.device);
     std::uint64_t one = 1;
     (void)!::write(p_->wake.get(), &one, sizeof one);
     p_->emit("replication.discarded", "local data discarded by the operator; a full resync from the peer follows");
@@ -1090,6 +1092,7 @@ engine_status engine::status() const {
     s.consistent = m.flags & md_consistent;
     s.split_brain = m.flags & md_split_brain;
     s.crashed_primary = p_->crashed_primary;
+    s.resync_pending = m.flags & md_resync_target;
     s.peer = p_->peer_name;
     s.decision = p_->decision;
     s.rule = p_->rule;

@@ -86,7 +86,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     res.resume_at = opt.start;
     pr.bytes_total = opt.plan ? planned_bytes(*opt.plan, opt.start, end) : end - opt.start;
     auto io = make_io(opt.depth * 2 + 8, opt.depth, headroom + opt.chunk);
-    if (!io.error.empty()) return {0, opt.start, 0, io.error};
+    if (!io.error.empty()) return {0, opt.start, 0, io.error, std::nullopt};
     ring& r = *io.r;
     auto& pool = io.pool;
 
@@ -315,7 +315,7 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
     const std::uint64_t total = end - opt.start;
     if (!opt.until_done) pr.bytes_total = total;
     auto io = make_io(opt.depth * 3 + 8, opt.depth, opt.chunk);
-    if (!io.error.empty()) return {0, opt.start, 0, io.error};
+    if (!io.error.empty()) return {0, opt.start, 0, io.error, std::nullopt};
     ring& r = *io.r;
     auto& pool = io.pool;
 
@@ -363,8 +363,14 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
             auto* e = r.sqe();
             io_uring_prep_recv(e, sock, prefix.data(), prefix.size(), MSG_WAITALL);
             io_uring_sqe_set_data64(e, tag(op::prefix_recv));
+            // A source silent between frames is given up on too (a cut link
+            // leaves the socket open on this side).
+            e->flags |= IOSQE_IO_LINK;
+            auto* t = r.sqe();
+            io_uring_prep_link_timeout(t, &stall, 0);
+            io_uring_sqe_set_data64(t, tag(op::timeout));
             prefix_armed = true;
-            ++inflight;
+            inflight += 2;
         }
         if (pending) {
             for (std::uint32_t i = 0; i < opt.depth; ++i) {
@@ -406,7 +412,9 @@ pump_result pump_target(volume& vol, int sock, const pump_options& opt, pump_pro
                 case op::prefix_recv: {
                     prefix_armed = false;
                     if (c.res != static_cast<int>(data_prefix)) {
-                        error = c.res <= 0 ? "the peer closed the connection" : "the peer stopped mid-frame";
+                        error = c.res == -ECANCELED ? fmt::format("the peer sent nothing for {} ms", opt.stall.count())
+                                : c.res <= 0        ? "the peer closed the connection"
+                                                    : "the peer stopped mid-frame";
                         break;
                     }
                     auto h = decode_frame_header(prefix);

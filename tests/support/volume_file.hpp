@@ -55,4 +55,15 @@ inline bool can_direct(std::string& why) {
     return v.has_value();
 }
 
+// A loop device over a file in /dev/shm: a memory-backed block device (the
+// daemon opens it with O_DIRECT, which tmpfs files alone do not allow).
+struct loop_volume {
+    std::string file, dev;
+    loop_volume(std::uint64_t size, bool random_content);
+    ~loop_volume();
+    loop_volume(const loop_volume&) = delete;
+    loop_volume& operator=(const loop_volume&) = delete;
+    std::string sha256() const;
+};
+
 }  // namespace tandem::test

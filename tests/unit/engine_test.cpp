@@ -125,8 +125,10 @@ TEST_CASE("a new cluster synchronizes fully, then replicates writes as they happ
     CHECK(b.eng->status().consistent);
     CHECK(sa.gen.current == b.eng->status().gen.current);
 
-    // Protocol C: when write() returns, the peer has the bytes.
+    // A promotion reconnects, so the peer learns the new role in a handshake.
     a.promote();
+    log.wait("beta replication.sync_done", 2);
+    // Protocol C: when write() returns, the peer has the bytes.
     auto data = pattern(3 * mib + 4096, 7);
     REQUIRE(a.eng->write(5 * mib, data));
     REQUIRE(a.eng->write(4096, std::span(data).first(512), data_fua));
@@ -147,6 +149,7 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     a.start(log);
     log.wait("beta replication.sync_done");
     a.promote();
+    log.wait("beta replication.sync_done", 2);
     b.eng->stop();
     log.wait("alpha replication.disconnected");
     // 1 % of the volume in random 4 KiB blocks, written without the peer.
@@ -160,12 +163,12 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
 
     b.eng.reset();
     b.start(log);
-    log.wait("beta replication.sync_done", 2);
+    log.wait("beta replication.sync_done", 3);
     auto sent = a.eng->status().resync_bytes_sent - size;
     INFO("delta resync sent " << sent << " bytes for " << blocks.size() * 4096 << " changed");
     CHECK(sent == blocks.size() * 4096);
     CHECK(a.vol.digest() == b.vol.digest());
-    CHECK(log.wait("alpha replication.connected", 2).find("bitmap_source") != std::string::npos);
+    CHECK(log.wait("alpha replication.connected", 3).find("bitmap_source") != std::string::npos);
 }
 
 TEST_CASE("an interrupted full sync resumes instead of starting again", "[kernel][replication][engine]") {

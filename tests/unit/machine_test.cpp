@@ -440,3 +440,25 @@ TEST_CASE("two primaries are a pairing problem even when their versions differ",
     CHECK_FALSE((c.a.m->state() == S::active && c.b.m->state() == S::active));
     CHECK((c.a.has("failover.blocked") || c.b.has("failover.blocked")));
 }
+
+TEST_CASE("a primary without up-to-date data never claims, alone or with its peer, until synchronized",
+          "[unit][machine]") {
+    cluster c;
+    // A new or replaced disk on the primary: its data is inconsistent from the start.
+    c.apply(c.a, c.a.m->on_local_sync(c.clock.now(), sync_state::inconsistent));
+    c.b.up = false;
+    c.run(2s);
+    CHECK(c.a.m->state() == S::synchronizing);
+    CHECK(c.a.acquires == 0);
+    // Even with a peer whose data is not up to date either, nobody claims.
+    c.apply(c.b, c.b.m->on_local_sync(c.clock.now(), sync_state::inconsistent));
+    c.b.up = true;
+    c.run(2s);
+    CHECK(c.a.acquires == 0);
+    CHECK(c.b.acquires == 0);
+    // The resync makes the primary's copy the first one: it claims.
+    c.apply(c.a, c.a.m->on_local_sync(c.clock.now(), sync_state::up_to_date));
+    c.run(2s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::synchronizing);
+}

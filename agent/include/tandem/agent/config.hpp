@@ -61,6 +61,8 @@ struct config {
         std::uint16_t port = 7789;
         std::uint32_t rate_mib = 100;  // MiB/s, 1..4096
         std::string device;
+        std::string metadata;  // default: <node.state_dir>/replication.meta
+        bool protocol_a = false;  // "A": a write completes locally; default "C": on both nodes
     } replication;
     struct {
         std::string interface;  // empty: no crossover link

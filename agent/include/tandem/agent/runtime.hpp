@@ -38,6 +38,8 @@ public:
     void install_sequence(failover_sequence seq);
     // The VIP on the management interface; failover phases 2, 3 and 5 use it.
     [[nodiscard]] vip_owner& vip() { return *vip_; }
+    // The io_uring replication engine (backend "uring"), or null.
+    [[nodiscard]] replication::engine* engine() { return engine_.get(); }
     // Starts the coroutines; io.run() returns after a clean shutdown.
     void start();
     [[nodiscard]] nlohmann::json status() const;
@@ -71,6 +73,10 @@ private:
     void begin_shutdown();
     void maybe_finish_shutdown();
     void notify_status();
+    void on_replication_event(const std::string& kind, const std::string& detail);
+    [[nodiscard]] sync_state replication_sync() const;
+    [[nodiscard]] nlohmann::json replication_status() const;
+    nlohmann::json set_sync_rate(const nlohmann::json& req);
     [[nodiscard]] steady_time now() const { return std::chrono::steady_clock::now(); }
 
     boost::asio::io_context& io_;
@@ -101,6 +107,9 @@ private:
 
     struct probe_state;
     std::shared_ptr<probe_state> probe_inflight_;
+
+    // Last: stopped (and its thread joined) before anything it posts to goes away.
+    std::unique_ptr<replication::engine> engine_;
 };
 
 }  // namespace tandem::agent

@@ -60,6 +60,7 @@ struct engine_status {
     bool consistent = false;
     bool split_brain = false;
     bool crashed_primary = false;
+    bool resync_pending = false;  // a resync into this node started and has not finished
     std::string peer;      // the peer's node name once authenticated
     std::string decision;  // the last sync decision and the rule that made it
     std::string rule;

@@ -1,0 +1,211 @@
+// tests: /store replication between two tandemd processes in namespaces — full sync, resume, failover, split brain.
+#include "support/cluster.hpp"
+#include "support/skip.hpp"
+#include "support/util.hpp"
+#include "support/volume_file.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <fmt/format.h>
+
+using namespace tandem::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto soon = 5000ms;
+constexpr auto sync_limit = 120s;
+
+void nft(const netns& ns, const std::string& ruleset) { ns.exec_ok("nft -f - <<'EOF'\n" + ruleset + "\nEOF"); }
+// Drops the replication connection (TCP 7789) both ways; heartbeats still flow.
+const char* cut_7789 =
+    "table inet r {\n chain in {\n type filter hook input priority 0;\n tcp dport 7789 drop\n tcp sport 7789 drop\n "
+    "}\n}";
+// Drops heartbeats and replication: a partition.
+const char* cut_all =
+    "table inet r {\n chain in {\n type filter hook input priority 0;\n tcp dport 7789 drop\n tcp sport 7789 drop\n "
+    "udp dport 694 drop\n }\n}";
+
+// Two loop devices over /dev/shm and a cluster whose nodes replicate them.
+struct replicated {
+    loop_volume va, vb;
+    test_cluster c;
+    explicit replicated(std::uint64_t size, unsigned rate_mib = 4096)
+        : va(size, true), vb(size, false), c(options(rate_mib, va.dev, vb.dev)) {}
+    ~replicated() {
+        for (auto* v : {&va, &vb}) ::unlink(fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), v->dev.substr(v->dev.rfind('/') + 1)).c_str());
+    }
+    static test_cluster::options options(unsigned rate, const std::string& a, const std::string& b) {
+        test_cluster::options o;
+        auto section = [&](const std::string& dev) {
+            return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"/dev/shm/tandem-md-{}-{}\"\n"
+                               "rate = {}\n",
+                               dev, ::getpid(), dev.substr(dev.rfind('/') + 1), rate);
+        };
+        o.extra_a = section(a);
+        o.extra_b = section(b);
+        return o;
+    }
+    nlohmann::json repl(const std::string& node) { return c.status(node)["replication"]; }
+    std::uint64_t sent(const std::string& node) { return repl(node)["resync_bytes_sent"].get<std::uint64_t>(); }
+    // `tandemctl sync` on a node, which returns once both nodes are in sync.
+    cmd_result sync(const std::string& node) {
+        return c.ctl(node, fmt::format("sync --timeout {}s", sync_limit.count()));
+    }
+};
+
+}  // namespace
+
+TEST_CASE("replication: a new cluster copies /store to the secondary, which is standby only once in sync",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(1024 * mib, 400);  // 400 MB/s: about 2.5 s, long enough to watch
+    auto& c = r.c;
+    c.start("a");
+    c.start("b");
+    REQUIRE(c.wait("a", "state=ACTIVE", soon));
+    REQUIRE(c.wait("b", "event=replication.sync_started", soon, 0));
+    REQUIRE(c.wait("b", "state=SYNCHRONIZING", soon, 0));
+    auto st = c.status("b");
+    CHECK(st["local"]["sync"] == "SYNCHRONIZING");
+    CHECK(st["replication"]["sync"]["total_bytes"] > 0);
+    CHECK(st["replication"]["sync"]["done_bytes"] <= st["replication"]["sync"]["total_bytes"]);
+    // A standby that is still synchronizing is no failover target: a takeover is refused.
+    auto t = c.ctl("b", "takeover");
+    CHECK(t.status == 1);
+    auto follow = r.sync("b");
+    INFO(follow.out);
+    REQUIRE(follow.status == 0);
+    CHECK_THAT(follow.out, Catch::Contains("MiB/s") && Catch::Contains("ETA") && Catch::Contains("in sync with alpha"));
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    CHECK(r.va.sha256() == r.vb.sha256());
+    // The primary's promotion mid-sync reconnects once; the resync resumes
+    // from the target's bitmap, so at most the frames in flight go twice.
+    CHECK(r.sent("a") <= 1024 * mib + 32 * mib);
+    auto ra = r.repl("a");
+    CHECK(ra["primary"] == true);
+    CHECK(ra["link"] == "connected");
+    CHECK(r.repl("b")["generation"] == ra["generation"]);
+    auto cs = c.ctl("a", "cstate").out;
+    CHECK_THAT(cs, Catch::Contains("SY:UPTODATE N:alpha") && Catch::Contains("SY:UPTODATE G:"));
+}
+
+TEST_CASE("replication: a cut link and a killed daemon mid-sync resume, never restart", "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(1024 * mib, 150);  // about 7 s
+    auto& c = r.c;
+    c.start("a");
+    c.start("b");
+    REQUIRE(c.wait("b", "event=replication.checkpoint", soon));
+
+    // The replication link goes silent; the heartbeats do not, so no failover.
+    auto seq = c.last_seq("b");
+    nft(c.ns("b"), cut_7789);
+    REQUIRE(c.wait("b", "event=replication.disconnected", 10s, seq));
+    c.ns("b").exec_ok("nft delete table inet r");
+    REQUIRE(c.wait("b", "event=replication.checkpoint", soon, c.last_seq("b")));
+
+    // The target's daemon dies without a word and comes back.
+    c.kill9("b");
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    CHECK(r.va.sha256() == r.vb.sha256());
+    auto total = r.sent("a");
+    INFO("source sent " << total << " bytes in all for a 1 GiB volume");
+    CHECK(total < 1024 * mib * 3 / 2);  // a restart from zero twice would be >= 1.5 GiB
+    CHECK(c.log("b").find("full_target (local fresh") != std::string::npos);
+    CHECK(c.state("a") == "ACTIVE");
+}
+
+TEST_CASE("replication: after a failover the old primary rejoins with a bitmap resync, not a full one",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(256 * mib);
+    auto& c = r.c;
+    c.start("a");
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    auto seq0 = c.last_seq("b");
+    c.kill9("a");
+    c.ns("a").exec_ok("ip link set eth0 down");
+    REQUIRE(c.wait("b", "state=ACTIVE", soon));
+    REQUIRE(c.wait("b", "event=replication.disconnected", 10s, seq0));
+    auto rb = r.repl("b");
+    CHECK(rb["primary"] == true);
+    CHECK(rb["link"] == "connecting");
+    c.ns("a").exec_ok("ip link set eth0 up");
+    auto seq = c.last_seq("b");
+    c.start("a");
+    REQUIRE(c.wait("b", "event=replication.connected", 10s, seq));
+    REQUIRE(r.sync("a").status == 0);
+    REQUIRE(c.wait("a", "state=STANDBY", soon));
+    // a crashed as primary: its activity log is empty (no writes), b's bitmap holds what b wrote.
+    CHECK(r.repl("a")["decision"] == "bitmap_target");
+    CHECK(r.sent("b") == 0);
+    CHECK(r.va.sha256() == r.vb.sha256());
+    CHECK(c.state("b") == "ACTIVE");  // no automatic failback
+}
+
+TEST_CASE("replication: a split brain stops replication until the operator discards one side",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(64 * mib);
+    auto& c = r.c;
+    c.start("a");
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    // A partition: both become active and both start a new generation of /store.
+    auto seq0 = c.last_seq("a");
+    nft(c.ns("a"), cut_all);
+    nft(c.ns("b"), cut_all);
+    REQUIRE(c.wait("b", "state=ACTIVE", soon));
+    // alpha, still primary, notices the silent replication link: it writes alone from now.
+    REQUIRE(c.wait("a", "event=replication.disconnected", 10s, seq0));
+    auto seq_a = c.last_seq("a"), seq_b = c.last_seq("b");
+    c.ns("a").exec_ok("nft delete table inet r");
+    c.ns("b").exec_ok("nft delete table inet r");
+    REQUIRE(c.wait("a", "event=replication.split_brain", 10s, seq_a));
+    REQUIRE(c.wait("b", "event=replication.split_brain", 10s, seq_b));
+    // The heartbeats resolve the collision: one node steps down and, its data
+    // diverged, waits as SYNCHRONIZING (which one depends on the generations).
+    std::string loser;
+    for (int i = 0; i < 10 && loser.empty(); ++i) {
+        if (c.wait("a", "state=SYNCHRONIZING", 500ms, seq_a)) loser = "a";
+        else if (c.wait("b", "state=SYNCHRONIZING", 500ms, seq_b)) loser = "b";
+    }
+    REQUIRE_FALSE(loser.empty());
+    auto winner = loser == "a" ? std::string("b") : std::string("a");
+    CHECK(c.state(winner) == "ACTIVE");
+    CHECK(r.repl(loser)["split_brain"] == true);
+    CHECK(c.status(loser)["local"]["sync"] == "DIVERGED");
+    CHECK(c.ctl(loser, "sync --timeout 1s").status == 1);  // says it stopped, and why
+    // The active node's data cannot be discarded; the other's can.
+    CHECK(c.ctl(winner, "discard-local").status == 1);
+    auto d = c.ctl(loser, "discard-local");
+    INFO(d.out);
+    REQUIRE(d.status == 0);
+    REQUIRE(r.sync(loser).status == 0);
+    CHECK(r.va.sha256() == r.vb.sha256());
+    CHECK(r.repl(winner)["split_brain"] == false);
+    REQUIRE(c.wait(loser, "state=STANDBY", soon));
+}
+
+TEST_CASE("replication: sync-rate changes the rate at once and refuses values outside 1..4096",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(16 * mib);
+    auto& c = r.c;
+    c.start("a");
+    REQUIRE(c.wait("a", "event=tandemd.started", soon, 0));
+    auto bad = c.ctl("a", "sync-rate 5000");
+    CHECK(bad.status == 1);
+    CHECK_THAT(bad.out, Catch::Contains("5000") && Catch::Contains("1 to 4096"));
+    CHECK(c.ctl("a", "sync-rate 0").status == 1);
+    CHECK(c.ctl("a", "sync-rate fast").status == 2);
+    auto good = c.ctl("a", "sync-rate 250");
+    CHECK(good.status == 0);
+    CHECK(r.repl("a")["rate_limit_bps"] == 250ull << 20);
+    CHECK(r.repl("a")["rate_mib"] == 250);
+}
