@@ -4,9 +4,11 @@
 #       tmpfs file; the machine has no brd), between two namespaces, vs iperf3's
 #       single-stream TCP throughput on the same veth: median of 3, ratio;
 #   (b) rate-limit accuracy at 100, 400 and 1100 MB/s (MiB/s, the seeds' unit);
+#   (c) delta resync by the engine after 1 % of the volume changed in random 4 KiB
+#       blocks while the peer was away: bytes sent / bytes changed, time vs full sync;
+#   (d) application writes through the engine's API, protocol C with the peer vs
+#       the same writes without a peer (1 MiB sequential and 4 KiB random, QD1);
 #   (e) CPU seconds per GB, both ends together (one process runs both pumps).
-# Not measured yet: (c) delta resync and (d) replicated writes through the API
-# (the engine does not drive bitmap resync or application writes yet).
 set -euo pipefail
 bin=$(readlink -f "${1:-build/release/bin}")
 size_mib=${SIZE_MIB:-4096}
@@ -68,4 +70,17 @@ for rate in 100 400 1100; do
     got=$(pump --rate "$rate" --bytes "$bytes" | field mib_per_s)
     awk -v r="$rate" -v g="$got" 'BEGIN { printf "  %5d MiB/s: achieved %7.1f MiB/s (%+.1f %%; goal within +-3 %%)\n", r, g, (g - r) / r * 100 }'
 done
+
+echo; echo "(c) delta resync and (d) replicated writes, two engines in the two namespaces"
+meta=$(mktemp -d /tmp/tbr-meta-XXXXXX)
+out=$("$bin/tandem-repl-bench" --engine --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" \
+      --addr-source 10.88.0.1 --addr 10.88.0.2 --meta-dir "$meta" --seconds 3)
+rm -rf "$meta"
+v() { echo "$out" | field "$1"; }
+awk -v c="$(v delta_changed_bytes)" -v s="$(v delta_sent_bytes)" -v r="$(v delta_ratio)" -v t="$(v delta_s)" -v f="$(v full_sync_s)" \
+    'BEGIN { printf "  (c) changed %.1f MiB, sent %.1f MiB: ratio %.3f (goal <= 1.05); delta resync %.2f s vs full sync %.2f s (%.1f %%)\n", c/1048576, s/1048576, r, t, f, t/f*100 }'
+awk -v p="$(v seq_mib_s_peer)" -v a="$(v seq_mib_s_alone)" \
+    'BEGIN { printf "  (d) 1 MiB sequential: %.1f MiB/s with the peer (protocol C), %.1f MiB/s alone: ratio %.2f\n", p, a, p/a }'
+awk -v p="$(v rnd_iops_peer)" -v a="$(v rnd_iops_alone)" -v lp="$(v rnd_us_peer)" -v la="$(v rnd_us_alone)" \
+    'BEGIN { printf "      4 KiB random QD1: %.0f IOPS (%.1f us) with the peer, %.0f IOPS (%.1f us) alone: ratio %.2f\n", p, lp, a, la, p/a }'
 rm -f "$prefix".*

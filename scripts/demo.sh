@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make demo: a real two-node Tandem cluster in network namespaces on this machine.
 # Two appliances (alpha primary, beta secondary) and a client share one bridge;
-# the demo shows cstate, the VIP on eth0:0, a crash failover seen by the client,
-# the recovered primary joining as standby, and a giveback. Everything it creates
-# is removed on exit, whatever happens.
+# the demo shows cstate, the VIP on eth0:0, /store replicated on TCP 7789 (a full
+# sync, then a crash failover seen by the client, the recovered primary joining
+# as standby with a bitmap resync), and a giveback. Everything it creates is
+# removed on exit, whatever happens.
 set -euo pipefail
 bin=$(readlink -f "${1:-build/release/bin}")
 [[ $EUID -eq 0 ]] || { echo "demo: needs root (it creates network namespaces)"; exit 1; }
@@ -33,15 +34,25 @@ step "Building the hosts: alpha (10.77.0.1), beta (10.77.0.2) and a client (10.7
 make_topology "$id"
 head -c 64 /dev/urandom > "$work/cluster.key" && chmod 600 "$work/cluster.key"
 
-node_config store-ha alpha primary 10.77.0.1 beta 10.77.0.2 "$work" > "$work/alpha.toml"
-node_config store-ha beta secondary 10.77.0.2 alpha 10.77.0.1 "$work" > "$work/beta.toml"
+# /store on each appliance: a 256 MiB memory-backed loop device; alpha's holds data.
+truncate -s 256M "$work/store-alpha" "$work/store-beta"
+store_a=$(losetup -f --show "$work/store-alpha"); loops+=("$store_a")
+store_b=$(losetup -f --show "$work/store-beta"); loops+=("$store_b")
+"$bin/tandem-repl-bench" --fill --source "$store_a" > /dev/null
+node_config store-ha alpha primary 10.77.0.1 beta 10.77.0.2 "$work" "$store_a" > "$work/alpha.toml"
+node_config store-ha beta secondary 10.77.0.2 alpha 10.77.0.1 "$work" "$store_b" > "$work/beta.toml"
+digest() { sha256sum < "$1" | cut -c1-16; }
 run "$bin/tandemd" --check-config "$work/alpha.toml"
 
 step "Starting tandemd on both appliances (heartbeats every 100 ms, peer lost after 300 ms)"
 in_ns "$alpha" "$bin/tandemd" -c "$work/alpha.toml" 2> "$work/alpha.log" &
 in_ns "$beta" "$bin/tandemd" -c "$work/beta.toml" 2> "$work/beta.log" &
 ctl alpha wait state=ACTIVE --timeout 10s > /dev/null
+
+step "A new cluster: alpha's /store is copied to beta over TCP 7789 (beta is SYNCHRONIZING until done)"
+run ctl beta sync --timeout 120s
 ctl beta wait state=STANDBY --timeout 10s > /dev/null
+printf 'sha256 of /store  alpha: %s  beta: %s\n' "$(digest "$store_a")" "$(digest "$store_b")"
 run ctl alpha cstate
 run ctl beta cstate
 
@@ -67,7 +78,11 @@ printf 'client neighbour entry: %s  (beta is %s; the client learned it from the 
 step "alpha is repaired and restarted: it joins as standby (no automatic failback)"
 in_ns "$alpha" ip link set eth0 up
 in_ns "$alpha" "$bin/tandemd" -c "$work/alpha.toml" 2>> "$work/alpha.log" &
+ctl alpha sync --timeout 60s > /dev/null
 ctl alpha wait state=STANDBY --timeout 10s > /dev/null
+echo "alpha's replication decision on rejoining (only what beta changed is sent, not the whole volume):"
+ctl alpha events --backlog 30 | grep -E '"id":"replication.(connected|sync_done)"' |
+    sed -n 's/.*"message":"\([^"]*\)".*/  \1/p' | tail -2
 run ctl alpha cstate
 
 step "The operator switches the primary back: giveback on the active node"
@@ -76,16 +91,6 @@ ctl alpha wait state=ACTIVE --timeout 10s > /dev/null
 run ctl alpha cstate
 run ctl beta cstate
 
-step "Replication of /store: a full sync by the io_uring pump over TCP 7789 (alpha -> beta)"
-echo "tandemd itself still runs with [replication] backend = \"none\"; the engine that drives the pump"
-echo "from tandemd (handshake, real-time writes, resync) is being built. The pump is real:"
-truncate -s 64M "$work/store-alpha"; fallocate -l 64M "$work/store-beta"
-src_dev=$(losetup -f --show "$work/store-alpha"); dst_dev=$(losetup -f --show "$work/store-beta")
-loops+=("$src_dev" "$dst_dev")
-"$bin/tandem-repl-bench" --fill --source "$src_dev"
-ip -n "$beta" addr add 10.88.0.2/24 dev eth0 2>/dev/null || true
-ip -n "$alpha" addr add 10.88.0.1/24 dev eth0 2>/dev/null || true
-run "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$alpha" --ns-target "$beta" --addr 10.88.0.2
-printf 'sha256 alpha: %s\nsha256 beta:  %s\n' "$(sha256sum < "$src_dev" | cut -c1-16)" "$(sha256sum < "$dst_dev" | cut -c1-16)"
+printf 'sha256 of /store  alpha: %s  beta: %s\n' "$(digest "$store_a")" "$(digest "$store_b")"
 
 step "Done; removing the namespaces"

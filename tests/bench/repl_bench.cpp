@@ -1,4 +1,6 @@
-// bench: one replication pump run between two namespaces (source and target threads), for make bench-replication.
+// bench: replication between two namespaces for make bench-replication — one pump run, or the
+// engine's delta resync and replicated writes (--engine).
+#include "tandem/replication/engine.hpp"
 #include "tandem/replication/pump.hpp"
 
 #include "tandem/base/unique_fd.hpp"
@@ -12,7 +14,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <mutex>
+#include <set>
 #include <cstdlib>
 #include <cstring>
 #include <random>
@@ -59,13 +65,148 @@ double cpu_seconds() {
            static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
 }
 
+// ---- --engine: two engines, one per namespace ---------------------------------------------------
+
+struct events {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::vector<std::string> seen;  // "node kind"
+    engine_event_fn for_node(const std::string& node) {
+        return [this, node](std::string_view kind, const std::string&) {
+            std::lock_guard lk(mu);
+            seen.push_back(node + " " + std::string(kind));
+            cv.notify_all();
+        };
+    }
+    std::size_t count(const std::string& what) {
+        return static_cast<std::size_t>(std::count(seen.begin(), seen.end(), what));
+    }
+    void wait(const std::string& what, std::size_t n) {
+        std::unique_lock lk(mu);
+        if (!cv.wait_for(lk, std::chrono::minutes(10), [&] { return count(what) >= n; }))
+            die("no " + what + " event #" + std::to_string(n));
+    }
+};
+
+double since(std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+// Application writes through the API for `seconds`: 1 MiB sequential, then 4 KiB random, one at a time.
+struct write_figures {
+    double seq_mib_s = 0, rnd_iops = 0, rnd_us = 0;
+};
+write_figures app_writes(engine& e, std::uint64_t size, double seconds) {
+    write_figures f;
+    std::vector<std::byte> buf(1 << 20);
+    std::mt19937_64 rng(5);
+    for (auto& b : buf) b = static_cast<std::byte>(rng());
+    auto t0 = std::chrono::steady_clock::now();
+    std::uint64_t off = 0, n = 0;
+    while (since(t0) < seconds) {
+        if (auto r = e.write(off, buf); !r) die("write: " + r.error().message());
+        off = (off + buf.size()) % size;
+        ++n;
+    }
+    f.seq_mib_s = static_cast<double>(n) / since(t0);
+    t0 = std::chrono::steady_clock::now();
+    n = 0;
+    while (since(t0) < seconds) {
+        if (auto r = e.write(rng() % (size / 4096) * 4096, std::span(buf).first(4096)); !r)
+            die("write: " + r.error().message());
+        ++n;
+    }
+    double s = since(t0);
+    f.rnd_iops = static_cast<double>(n) / s;
+    f.rnd_us = s / static_cast<double>(n) * 1e6;
+    return f;
+}
+
+int engine_bench(const std::string& src, const std::string& dst, const std::string& ns_src, const std::string& ns_dst,
+                 const std::string& addr_src, const std::string& addr_dst, const std::string& meta_dir, double seconds) {
+    events ev;
+    auto config = [&](bool dialer) {
+        engine_config c;
+        c.node_name = dialer ? "alpha" : "beta";
+        c.device = dialer ? src : dst;
+        c.metadata_path = meta_dir + "/" + c.node_name + ".meta";
+        c.dialer = dialer;
+        c.local_address = dialer ? addr_src : addr_dst;
+        c.peer_address = dialer ? addr_dst : addr_src;
+        c.key.assign(32, std::byte{0x42});
+        c.rate_bps = 0;
+        c.peer_timeout = std::chrono::seconds(5);
+        c.retry = std::chrono::milliseconds(50);
+        return c;
+    };
+    std::unique_ptr<engine> a, b;
+    // Each engine's thread is born in its namespace, so its sockets live there.
+    auto start_in = [&](const std::string& ns, bool dialer) {
+        std::unique_ptr<engine> e;
+        std::thread([&] {
+            enter(ns);
+            auto r = engine::open(config(dialer), ev.for_node(dialer ? "alpha" : "beta"));
+            if (!r) die("engine: " + r.error().message());
+            e = std::move(*r);
+            e->start();
+        }).join();
+        return e;
+    };
+    auto t0 = std::chrono::steady_clock::now();
+    b = start_in(ns_dst, false);
+    a = start_in(ns_src, true);
+    ev.wait("beta replication.sync_done", 1);
+    double full_s = since(t0);
+    const std::uint64_t size = a->status().volume_size;
+    std::string why;
+    if (!a->promote(why)) die("promote: " + why);
+    ev.wait("beta replication.sync_done", 2);  // the promotion's reconnect
+
+    auto with_peer = app_writes(*a, size, seconds);
+    if (!a->flush()) die("flush");
+
+    // (c) 1 % of the volume in random 4 KiB blocks while the peer is away.
+    b.reset();
+    ev.wait("alpha replication.disconnected", 1);
+    auto sent0 = a->status().resync_bytes_sent;
+    std::mt19937_64 rng(17);
+    std::set<std::uint64_t> blocks;
+    while (blocks.size() < size / 4096 / 100) blocks.insert(rng() % (size / 4096));
+    std::vector<std::byte> block(4096, std::byte{0x5a});
+    for (auto blk : blocks)
+        if (!a->write(blk * 4096, block)) die("write");
+    auto t1 = std::chrono::steady_clock::now();
+    b = start_in(ns_dst, false);
+    ev.wait("beta replication.sync_done", 3);
+    double delta_s = since(t1);
+    auto sent = a->status().resync_bytes_sent - sent0;
+    double changed = static_cast<double>(blocks.size()) * 4096;
+
+    // (d) the same writes without a peer.
+    b.reset();
+    ev.wait("alpha replication.disconnected", 2);
+    auto alone = app_writes(*a, size, seconds);
+    std::printf("{\"volume_bytes\":%llu,\"full_sync_s\":%.3f,\"full_mib_s\":%.1f,"
+                "\"delta_changed_bytes\":%.0f,\"delta_sent_bytes\":%llu,\"delta_ratio\":%.4f,\"delta_s\":%.3f,"
+                "\"seq_mib_s_peer\":%.1f,\"seq_mib_s_alone\":%.1f,\"rnd_iops_peer\":%.0f,\"rnd_iops_alone\":%.0f,"
+                "\"rnd_us_peer\":%.1f,\"rnd_us_alone\":%.1f}\n",
+                static_cast<unsigned long long>(size), full_s, static_cast<double>(size) / full_s / (1 << 20), changed,
+                static_cast<unsigned long long>(sent), static_cast<double>(sent) / changed, delta_s,
+                with_peer.seq_mib_s, alone.seq_mib_s, with_peer.rnd_iops, alone.rnd_iops, with_peer.rnd_us,
+                alone.rnd_us);
+    a.reset();
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string src, dst, ns_src, ns_dst, addr = "10.88.0.2";
     std::uint32_t rate_mib = 0;
     std::uint64_t bytes = 0;
-    bool do_fill = false;
+    bool do_fill = false, engine_mode = false;
+    std::string addr_src = "10.88.0.1", meta_dir = "/tmp";
+    double seconds = 3;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : (die("missing value for " + a), ""); };
@@ -77,12 +218,17 @@ int main(int argc, char** argv) {
         else if (a == "--rate") rate_mib = static_cast<std::uint32_t>(std::stoul(next()));
         else if (a == "--bytes") bytes = std::stoull(next());
         else if (a == "--fill") do_fill = true;
+        else if (a == "--engine") engine_mode = true;
+        else if (a == "--addr-source") addr_src = next();
+        else if (a == "--meta-dir") meta_dir = next();
+        else if (a == "--seconds") seconds = std::stod(next());
         else die("unknown argument " + a);
     }
     if (do_fill) {
         fill(src);
         return 0;
     }
+    if (engine_mode) return engine_bench(src, dst, ns_src, ns_dst, addr_src, addr, meta_dir, seconds);
     auto sv = volume::open(src);
     auto dv = volume::open(dst);
     if (!sv || !dv) die("cannot open the volumes");
