@@ -66,7 +66,7 @@ echo "  (e) CPU, both ends: $c s per GB"
 
 echo; echo "(b) rate-limit accuracy (3 s of data at each rate)"
 for rate in 100 400 1100; do
-    bytes=$((rate * 3 * 1048576))
+    bytes=$((rate * 3 * 1048576)); (( bytes > size_mib * 1048576 )) && bytes=$((size_mib * 1048576))
     got=$(pump --rate "$rate" --bytes "$bytes" | field mib_per_s)
     awk -v r="$rate" -v g="$got" 'BEGIN { printf "  %5d MiB/s: achieved %7.1f MiB/s (%+.1f %%; goal within +-3 %%)\n", r, g, (g - r) / r * 100 }'
 done

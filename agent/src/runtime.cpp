@@ -759,6 +759,13 @@ json node_runtime::replication_status() const {
                  {"total_bytes", s.sync_total},
                  {"rate_bps", s.sync_rate_bps},
                  {"eta_s", s.sync_eta_s}};
+    json ranges = json::array();
+    for (auto& r : s.verify_mismatches) ranges.push_back({{"offset", r.offset}, {"length", r.length}});
+    j["verify"] = {{"running", s.verify_running},
+                   {"done_bytes", s.verify_done},
+                   {"total_bytes", s.verify_total},
+                   {"mismatched_bytes", s.verify_mismatched_bytes},
+                   {"mismatches", ranges}};
     return j;
 }
 
@@ -808,6 +815,12 @@ json node_runtime::handle(const json& req) {
     if (cmd == "status") return {{"ok", true}, {"status", status()}};
     if (cmd == "reload") return reload();
     if (cmd == "sync-rate") return set_sync_rate(req);
+    if (cmd == "verify") {
+        if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
+        std::string why;
+        if (!engine_->verify(why)) return {{"ok", false}, {"error", why}};
+        return {{"ok", true}, {"message", "verify started"}};
+    }
     if (cmd == "discard-local") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
         std::string why;
@@ -828,7 +841,7 @@ json node_runtime::handle(const json& req) {
     }
     return {{"ok", false},
             {"error", fmt::format("unknown command \"{}\"; known: status, events, takeover, giveback, offline, online, "
-                                  "reload, sync-rate, discard-local",
+                                  "reload, sync-rate, verify, discard-local",
                                   cmd)}};
 }
 

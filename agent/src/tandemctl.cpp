@@ -41,6 +41,7 @@ constexpr const char* usage =
     "  reload                    re-read the configuration; applies what needs no re-pairing, refuses the rest\n"
     "  sync [--timeout 24h]      follow the /store resync with a progress bar until both nodes are in sync\n"
     "  sync-rate MB/S            change the disk synchronization rate now (1..4096)\n"
+    "  verify [--timeout 24h]    compare /store with the peer online; exit 1 and list the ranges that differ\n"
     "  discard-local             after a split brain: discard THIS node's /store data; a full resync follows\n"
     "  wait state=STATE|event=ID [--timeout 30s] [--since SEQ]\n"
     "                            block until this node reaches a state or emits an event;\n"
@@ -341,6 +342,30 @@ int main(int argc, char** argv) {
             auto v = number(args[1], "sync-rate");
             connection c(sock);
             return print_reply(c.request({{"cmd", "sync-rate"}, {"mib", v}}));
+        }
+        if (cmd == "verify") {
+            auto timeout = std::chrono::milliseconds(24 * 3600 * 1000);
+            if (auto t = option("--timeout")) {
+                auto d = parse_duration(*t);
+                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 90s or 2h", *t));
+                timeout = *d;
+            }
+            // Subscribe first, then start: the end cannot slip between.
+            connection events(sock);
+            events.send({{"cmd", "events"}, {"follow", true}, {"backlog", 0}});
+            connection c(sock);
+            auto r = c.request({{"cmd", "verify"}});
+            if (!r.value("ok", false)) return print_reply(r);
+            auto deadline = std::chrono::steady_clock::now() + timeout;
+            while (auto l = events.line(deadline)) {
+                auto j = json::parse(*l);
+                if (j.value("id", "") != "replication.verify_done") continue;
+                auto text = j.value("message", "");
+                std::cout << text << "\n";
+                return text.find("no difference") != std::string::npos ? ok : refused;
+            }
+            std::cerr << fmt::format("tandemctl: verify not finished after {}\n", format_duration(timeout));
+            return timed_out;
         }
         if (cmd == "discard-local") {
             connection c(sock);

@@ -49,6 +49,9 @@ constexpr std::size_t max_hot_extents = 1024;
 constexpr auto hot_idle = std::chrono::seconds(2);
 // The resync target commits its progress this often.
 constexpr auto checkpoint_every = std::chrono::seconds(1);
+// Online verify: one request of this many bytes at a time, one digest per chunk.
+constexpr std::uint32_t verify_span = 4u << 20;
+constexpr std::uint32_t verify_chunk = 4096;
 
 // Ends the connection in the engine thread; the text is the log line's reason.
 struct link_down : std::runtime_error {
@@ -155,6 +158,14 @@ struct engine::impl {
     unique_fd listener;
     std::thread thread;
     std::vector<std::byte> rx_aligned;  // steady state: a received block, aligned for O_DIRECT
+    std::uint64_t features = 0;       // negotiated with this peer
+
+    // Online verify (under mu): requested by verify(), driven by the engine thread.
+    bool verify_requested = false, verify_running = false;
+    std::uint64_t verify_next = 0, verify_done = 0, verify_total = 0, verify_bad = 0;
+    std::optional<digest_request_msg> verify_outstanding;
+    std::vector<byte_range> verify_ranges;
+    std::byte* verify_buf = nullptr;  // verify_span bytes, aligned
 
     // ---- helpers under mu ----------------------------------------------------------------------
     metadata_state& st() { return md->state(); }
@@ -262,6 +273,7 @@ struct engine::impl {
             pollfd p[2] = {{fd, events, 0}, {wake.get(), POLLIN, 0}};
             int n = ::poll(p, 2, static_cast<int>(std::min<long>(left, 1000)));
             if (n < 0 && errno != EINTR) throw link_down("poll: " + errno_text());
+            if (n > 0 && p[1].revents) drain_wake();  // a nudge (verify, discard); stop is checked above
             if (n > 0 && p[0].revents) return;
         }
     }
@@ -405,12 +417,19 @@ struct engine::impl {
     void resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan);
     void resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan);
     void steady(int fd, frame_reader& rd, std::uint64_t size);
+    std::vector<std::uint64_t> local_digests(const digest_request_msg& m);
+    void verify_step(int fd, std::uint64_t size, std::uint64_t& seq);
+    void verify_reply(const digest_reply_msg& m);
+    ~impl() { std::free(verify_buf); }
     void on_connection_end();
+    void drain_wake() {
+        std::uint64_t v;
+        (void)!::read(wake.get(), &v, sizeof v);
+    }
     void wait_wake(std::chrono::milliseconds d) {
         pollfd p{wake.get(), POLLIN, 0};
         ::poll(&p, 1, static_cast<int>(d.count()));
-        std::uint64_t v;
-        if (p.revents) (void)!::read(wake.get(), &v, sizeof v);
+        if (p.revents) drain_wake();
     }
 };
 
@@ -421,6 +440,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     mine.node_name = cfg.node_name;
     mine.volume_size = vol->size();
     mine.block_size = vol->logical_block();
+    mine.features = feat_verify;
     sync_party me;
     {
         std::lock_guard lk(mu);
@@ -462,6 +482,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     std::unique_lock lk(mu);
     peer_name = peer.node_name;
     peer_gen = peer.gen;
+    features = neg->features;
     ++connections;
     sync_party them{peer.gen, (peer.flags & hello_primary) != 0, (peer.flags & hello_consistent) != 0,
                     (peer.flags & hello_crashed_primary) != 0};
@@ -683,11 +704,13 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
         }
         if (now - last_rx > cfg.peer_timeout)
             throw link_down(fmt::format("the peer was silent for {} ms", cfg.peer_timeout.count()));
+        verify_step(fd, size, my_seq);
         pollfd p[3] = {{fd, POLLIN, 0}, {wake.get(), POLLIN, 0}, {listener ? listener.get() : -1, POLLIN, 0}};
         auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count();
         int n = ::poll(p, 3, static_cast<int>(std::max<long>(wait, 1)));
         if (n < 0 && errno != EINTR) throw link_down("poll: " + errno_text());
         if (n <= 0) continue;
+        if (p[1].revents) drain_wake();
         if (p[2].revents) throw link_down("the peer connected again; this connection is stale");
         if (!p[0].revents) continue;
         auto buf = rd.receive_buffer();
@@ -762,6 +785,24 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                 acked.notify_all();
                 break;
             }
+            case msg_type::digest_request: {
+                auto m = decode_digest_request(f.payload, size);
+                if (!m || m->length > verify_span || m->chunk_size % wire_sector || m->offset % wire_sector)
+                    throw link_down("a bad digest request");
+                auto d = local_digests(*m);
+                std::vector<std::byte> out(frame_header_size + digest_header_size + 8 * d.size());
+                auto len = encode_digest_reply(out, ++my_seq, *m, d);
+                if (!len) throw link_down("encoding digests: " + len.error().message());
+                std::lock_guard lk(send_mu);
+                send_all(fd, std::span(out).first(*len));
+                break;
+            }
+            case msg_type::digest_reply: {
+                auto m = decode_digest_reply(f.payload, size);
+                if (!m) throw link_down("a bad digest reply: " + m.error().message());
+                verify_reply(*m);
+                break;
+            }
             case msg_type::resync_done: {
                 auto m = decode_resync_done(f.payload);
                 if (!m) throw link_down("a bad end-of-resync frame");
@@ -778,6 +819,82 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                 throw link_down(fmt::format("an unexpected {} frame in the connected state", to_string(f.header.type)));
         }
     }
+}
+
+// ---- online verify -----------------------------------------------------------------------------
+
+std::vector<std::uint64_t> engine::impl::local_digests(const digest_request_msg& m) {
+    if (!verify_buf) verify_buf = static_cast<std::byte*>(std::aligned_alloc(4096, verify_span));
+    std::vector<std::uint64_t> d;
+    auto n = ::pread(vol->fd(), verify_buf, m.length, static_cast<off_t>(m.offset));
+    if (n != static_cast<ssize_t>(m.length))
+        throw link_down(fmt::format("reading {} at {} for verify: {}", cfg.device, m.offset,
+                                    n < 0 ? errno_text() : "short read"));
+    for (std::uint64_t off = 0; off < m.length; off += m.chunk_size) {
+        auto len = std::min<std::uint64_t>(m.chunk_size, m.length - off);
+        d.push_back(data_checksum(std::span<const std::byte>(verify_buf + off, len)));
+    }
+    return d;
+}
+
+// Sends the next digest request when none is outstanding.
+void engine::impl::verify_step(int fd, std::uint64_t size, std::uint64_t& seq) {
+    digest_request_msg m;
+    {
+        std::lock_guard lk(mu);
+        if (verify_requested) {
+            verify_requested = false;
+            verify_running = true;
+            verify_next = verify_done = verify_bad = 0;
+            verify_total = size;
+            verify_ranges.clear();
+            verify_outstanding.reset();
+        }
+        if (!verify_running || verify_outstanding) return;
+        if (verify_next >= size) {
+            verify_running = false;
+            std::string list;
+            for (auto& r : verify_ranges) list += fmt::format(" {}+{}", r.offset, r.length);
+            auto text = verify_bad == 0
+                            ? fmt::format("verify finished: {} bytes compared with {}, no difference", size, peer_name)
+                            : fmt::format("verify finished: {} bytes differ from {} in {} range(s) (offset+length):{}{}",
+                                          verify_bad, peer_name, verify_ranges.size(), list,
+                                          verify_ranges.size() >= max_reported_mismatches ? " ..." : "");
+            emit("replication.verify_done", text);
+            return;
+        }
+        m.offset = verify_next;
+        m.length = static_cast<std::uint32_t>(std::min<std::uint64_t>(verify_span, size - verify_next));
+        m.chunk_size = verify_chunk;
+        verify_outstanding = m;
+        verify_next += m.length;
+    }
+    send_frame(fd, [&](std::span<std::byte> b) { return encode_digest_request(b, ++seq, m); });
+}
+
+void engine::impl::verify_reply(const digest_reply_msg& m) {
+    std::optional<digest_request_msg> want;
+    {
+        std::lock_guard lk(mu);
+        want = verify_outstanding;
+    }
+    if (!want || want->offset != m.offset || want->length != m.length || want->chunk_size != m.chunk_size)
+        throw link_down("a digest reply for a range that was not asked for");
+    auto mine = local_digests(*want);
+    std::lock_guard lk(mu);
+    for (std::size_t i = 0; i < mine.size(); ++i) {
+        if (mine[i] == m.digest(i)) continue;
+        std::uint64_t off = m.offset + i * m.chunk_size;
+        std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, m.offset + m.length - off);
+        verify_bad += len;
+        if (!verify_ranges.empty() && verify_ranges.back().offset + verify_ranges.back().length == off)
+            verify_ranges.back().length += len;
+        else if (verify_ranges.size() < max_reported_mismatches)
+            verify_ranges.push_back({off, len});
+        log::warning("replication.verify_mismatch", "{} differs from {} at {}+{}", cfg.device, peer_name, off, len);
+    }
+    verify_done += m.length;
+    verify_outstanding.reset();
 }
 
 void engine::impl::serve(int fd) {
@@ -832,6 +949,9 @@ void engine::impl::on_connection_end() {
     std::lock_guard lk(mu);
     conn_fd = -1;
     redirty.reset();
+    if (verify_running) emit("replication.verify_done", "verify stopped: the connection ended");
+    verify_running = false;
+    verify_outstanding.reset();
     // The new generation is durable before any write waiting for the peer
     // completes without it.
     diverge_if_primary();
@@ -1005,6 +1125,28 @@ result<void> engine::discard_local(std::string& why_not) {
     return {};
 }
 
+result<void> engine::verify(std::string& why_not) {
+    {
+        std::lock_guard lk(p_->mu);
+        if (p_->link != link_state::connected) {
+            why_not = fmt::format("replication is {}: verify needs a connected peer in sync", to_string(p_->link));
+            return make_error_code(errc::bad_field);
+        }
+        if (!(p_->features & feat_verify)) {
+            why_not = "the peer does not offer online verify";
+            return make_error_code(errc::bad_field);
+        }
+        if (p_->verify_running || p_->verify_requested) {
+            why_not = "a verify is already running";
+            return make_error_code(errc::bad_field);
+        }
+        p_->verify_requested = true;
+    }
+    std::uint64_t one = 1;
+    (void)!::write(p_->wake.get(), &one, sizeof one);
+    return {};
+}
+
 result<void> engine::write(std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags) {
     auto& p = *p_;
     if (bytes.empty() || offset % wire_sector || bytes.size() % wire_sector) return make_error_code(errc::misaligned);
@@ -1111,6 +1253,11 @@ engine_status engine::status() const {
     s.connections = p_->connections;
     s.resync_bytes_sent = p_->resync_sent;
     s.gen = m.gen;
+    s.verify_running = p_->verify_running || p_->verify_requested;
+    s.verify_done = p_->verify_done;
+    s.verify_total = p_->verify_total;
+    s.verify_mismatches = p_->verify_ranges;
+    s.verify_mismatched_bytes = p_->verify_bad;
     return s;
 }
 

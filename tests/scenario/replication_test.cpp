@@ -209,3 +209,28 @@ TEST_CASE("replication: sync-rate changes the rate at once and refuses values ou
     CHECK(r.repl("a")["rate_limit_bps"] == 250ull << 20);
     CHECK(r.repl("a")["rate_mib"] == 250);
 }
+
+TEST_CASE("replication: online verify finds a block corrupted on the secondary", "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(64 * mib);
+    auto& c = r.c;
+    c.start("a");
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("a", "event=replication.connected", soon, 0));
+    auto clean = c.ctl("a", "verify --timeout 60s");
+    INFO(clean.out);
+    REQUIRE(clean.status == 0);
+    CHECK_THAT(clean.out, Catch::Contains("no difference"));
+    // One 4 KiB block at 5 MiB changes under the secondary's feet.
+    run_ok(fmt::format("dd if=/dev/urandom of={} bs=4096 seek=1280 count=1 oflag=direct conv=notrunc status=none",
+                       r.vb.dev));
+    auto bad = c.ctl("a", "verify --timeout 60s");
+    INFO(bad.out);
+    CHECK(bad.status == 1);
+    CHECK_THAT(bad.out, Catch::Contains("4096 bytes differ") && Catch::Contains("5242880+4096"));
+    auto v = r.repl("a")["verify"];
+    CHECK(v["mismatched_bytes"] == 4096);
+    CHECK(v["mismatches"][0]["offset"] == 5 * mib);
+    CHECK(c.ctl("b", "verify --timeout 60s").status == 1);  // from either side
+}

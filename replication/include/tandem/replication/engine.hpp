@@ -76,7 +76,13 @@ struct engine_status {
     std::uint64_t connections = 0;      // authenticated connections since start
     std::uint64_t resync_bytes_sent = 0;  // as source, since start
     generation_ids gen;
+    // Online verify (the last one, or the one running).
+    bool verify_running = false;
+    std::uint64_t verify_done = 0, verify_total = 0;
+    std::vector<byte_range> verify_mismatches;  // merged ranges, at most max_reported_mismatches
+    std::uint64_t verify_mismatched_bytes = 0;
 };
+inline constexpr std::size_t max_reported_mismatches = 64;
 
 // Every event the engine reports, from its own thread and sometimes under its
 // lock: keep the callback short and never call back into the engine from it.
@@ -107,6 +113,12 @@ public:
     // metadata becomes fresh, so the next connection brings a full resync from the
     // peer. Refused on the primary and when there is nothing to resolve.
     [[nodiscard]] result<void> discard_local(std::string& why_not);
+
+    // Online verify: compares both sides chunk by chunk (XXH3 per 4 KiB) while
+    // connected and in sync, and reports the ranges that differ (status and a
+    // replication.verify_done event). Writes during the verify may show as
+    // differences in the blocks they touch.
+    [[nodiscard]] result<void> verify(std::string& why_not);
 
     // An application write of `bytes` at `offset` (multiples of 512). Returns
     // when it is complete under the write protocol. data_fua: durable on both
