@@ -512,6 +512,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     decision = std::string(to_string(v.decision));
     rule = std::string(v.rule);
     if (v.decision == sync_decision::split_brain || v.decision == sync_decision::unrelated) {
+        bool first = !(st().flags & md_split_brain);  // announced once, not at every retry
         st().flags |= md_split_brain;
         commit_or_log("split brain");
         link = link_state::refused;
@@ -519,7 +520,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
                                "'tandemctl discard-local' there",
                                decision, peer.node_name, rule);
         lk.unlock();
-        emit("replication.split_brain", why);
+        if (first) emit("replication.split_brain", why);
         refuse(fd, errc::role_conflict, why);
     }
     if (v.decision == sync_decision::no_consistent_source) {
@@ -649,6 +650,7 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
     emit("replication.sync_started",
          fmt::format("receiving a resync from {}: {} bytes ({})", peer_name, sync_total, decision));
     auto last_checkpoint = clock::now();
+    int checkpoints = 0;
     pump_options o;
     o.end = size;
     o.stall = cfg.peer_timeout;
@@ -660,7 +662,9 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
             // The blocks must be durable before the bits saying so are.
             if (::fdatasync(vol->fd()) == 0) commit_or_log("resync checkpoint");
             last_checkpoint = clock::now();
-            emit("replication.checkpoint", fmt::format("{} of {} bytes durable", progress.bytes_done.load(), sync_total));
+            // The first checkpoint of a resync, then every tenth: progress is in status, not the event stream.
+            if (checkpoints++ % 10 == 0)
+                emit("replication.checkpoint", fmt::format("{} of {} bytes durable", progress.bytes_done.load(), sync_total));
         }
     };
     auto r = pump_target(*vol, fd, o, progress);
@@ -808,7 +812,12 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                 if (!m) throw link_down("a bad end-of-resync frame");
                 {
                     std::lock_guard lk(mu);
-                    st().gen = finish_resync_source(st().gen);
+                    // The target took the ids the resync ended with. Rotate to them
+                    // only if ours did not move on since (a promotion in between
+                    // started a new generation whose bitmap id is already the
+                    // target's current; rotating would hide it in history and
+                    // turn the next bitmap resync into a full one).
+                    if (st().gen.current == m->gen.current) st().gen = m->gen;
                     crashed_primary = false;
                     commit_or_log("resync finished");
                 }
@@ -900,6 +909,17 @@ void engine::impl::verify_reply(const digest_reply_msg& m) {
 void engine::impl::serve(int fd) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    // A peer that vanishes (cut link, powered off) while this side only
+    // receives is found by keepalive probes; unacknowledged data by the user
+    // timeout. Both within about peer_timeout.
+    int secs = static_cast<int>(std::max<long>(1, cfg.peer_timeout.count() / 1000));
+    int idle = std::max(1, secs / 2), intvl = 1, cnt = std::max(1, secs - idle);
+    unsigned user_ms = static_cast<unsigned>(cfg.peer_timeout.count());
+    ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof cnt);
+    ::setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_ms, sizeof user_ms);
     frame_reader rd;
     set_link(link_state::handshake);
     std::uint64_t size = 0;
@@ -960,6 +980,7 @@ void engine::impl::on_connection_end() {
 }
 
 void engine::impl::run() {
+    std::string last_refusal;
     while (!stopping) {
         bool refused = false;
         std::string why;
@@ -985,7 +1006,8 @@ void engine::impl::run() {
         on_connection_end();
         if (stopping) break;
         if (was_up) emit("replication.disconnected", fmt::format("connection to {} lost: {}", peer_name, why));
-        else if (refused) emit("replication.refused", why);
+        else if (refused && why != last_refusal) emit("replication.refused", why);  // once per reason
+        last_refusal = refused ? why : std::string();
         // A refusal waits longer: it needs an operator (or the peer's) decision first.
         wait_wake(refused ? std::max(cfg.retry * 4, std::chrono::milliseconds(2000)) : cfg.retry);
     }
@@ -1173,8 +1195,8 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
                 p.mark_dirty(off, piece.size());
             }
         }
-        auto local = write_local(p.vol->fd(), off, piece);
-        if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
+        // The peer's copy goes out first, so that its write and ours overlap:
+        // the write takes about the longer of the two, not their sum.
         if (fd >= 0) {
             std::array<std::byte, frame_header_size + data_header_size> prefix{};
             data_msg m{off, static_cast<std::uint32_t>(piece.size()), fl, data_checksum(piece), piece};
@@ -1185,6 +1207,10 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
             } catch (const link_down&) {
                 ::shutdown(fd, SHUT_RDWR);  // the engine thread ends the connection and marks the write dirty
             }
+        }
+        auto local = write_local(p.vol->fd(), off, piece);
+        if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
+        if (fd >= 0) {
             std::unique_lock lk(p.mu);
             if (p.cfg.protocol == write_protocol::c)
                 p.acked.wait(lk, [&] { return !p.pending.count(seq); });

@@ -166,6 +166,12 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     log.wait("beta replication.sync_done", 3);
     auto sent = a.eng->status().resync_bytes_sent - size;
     INFO("delta resync sent " << sent << " bytes for " << blocks.size() * 4096 << " changed");
+    INFO("events:" << [&] {
+        std::lock_guard lk(log.mu);
+        std::string s;
+        for (auto& [k, d] : log.all) s += "\n  " + k + ": " + d;
+        return s;
+    }());
     CHECK(sent == blocks.size() * 4096);
     CHECK(a.vol.digest() == b.vol.digest());
     CHECK(log.wait("alpha replication.connected", 3).find("bitmap_source") != std::string::npos);

@@ -101,10 +101,11 @@ public:
     // Ends the connection and the thread; commits the metadata (a clean stop).
     void stop();
 
-    // Failover phase 1. promote refuses data that is not consistent, a recorded
-    // split brain, and a connected peer that is primary; when the peer cannot
-    // receive the writes it starts a new generation first. demote is a clean
-    // demotion (md_primary cleared).
+    // Failover phase 1. promote refuses data that is not consistent and a
+    // recorded split brain. It starts a new generation (the writes are ours
+    // alone until the peer is back) and, when connected, ends the connection:
+    // the next handshake tells the peer the role, and refuses two primaries.
+    // demote is a clean demotion (md_primary cleared).
     [[nodiscard]] result<void> promote(std::string& why_not);
     [[nodiscard]] result<void> demote();
 

@@ -35,7 +35,8 @@ struct pump_options {
     const dirty_bitmap* plan = nullptr;
     // Target: run until the source's resync_done frame instead of until `end` is written.
     bool until_done = false;
-    // Target: called (on the pump's thread) once each frame's bytes are durable.
+    // Target: called (on the pump's thread) once each frame's write completed;
+    // the caller fdatasyncs before it records anything as durable.
     std::function<void(std::uint64_t offset, std::uint32_t length)> on_durable;
 };
 
