@@ -132,6 +132,7 @@ struct engine::impl {
     bool crashed_primary = false;      // md_primary was set at start; kept until the peer is in sync
     std::string peer_name, decision, rule, last_error;
     generation_ids peer_gen;           // from the peer's hello
+    bool peer_consistent = false;      // from the peer's hello
     std::optional<dirty_bitmap> redirty;  // sync source: blocks written during the pass
     struct hot_extent {
         unsigned inflight = 0;
@@ -420,6 +421,9 @@ struct engine::impl {
     std::vector<std::uint64_t> local_digests(const digest_request_msg& m);
     void verify_step(int fd, std::uint64_t size, std::uint64_t& seq);
     void verify_reply(const digest_reply_msg& m);
+    void reply_digests(int fd, std::span<const std::byte> payload, std::uint64_t size, std::uint64_t seq);
+    void compare_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan);
+    void serve_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan);
     ~impl() { std::free(verify_buf); }
     void on_connection_end();
     void drain_wake() {
@@ -440,7 +444,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     mine.node_name = cfg.node_name;
     mine.volume_size = vol->size();
     mine.block_size = vol->logical_block();
-    mine.features = feat_verify;
+    mine.features = feat_verify | feat_digest_resync;
     sync_party me;
     {
         std::lock_guard lk(mu);
@@ -482,6 +486,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     std::unique_lock lk(mu);
     peer_name = peer.node_name;
     peer_gen = peer.gen;
+    peer_consistent = peer.flags & hello_consistent;
     features = neg->features;
     ++connections;
     sync_party them{peer.gen, (peer.flags & hello_primary) != 0, (peer.flags & hello_consistent) != 0,
@@ -789,18 +794,9 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                 acked.notify_all();
                 break;
             }
-            case msg_type::digest_request: {
-                auto m = decode_digest_request(f.payload, size);
-                if (!m || m->length > verify_span || m->chunk_size % wire_sector || m->offset % wire_sector)
-                    throw link_down("a bad digest request");
-                auto d = local_digests(*m);
-                std::vector<std::byte> out(frame_header_size + digest_header_size + 8 * d.size());
-                auto len = encode_digest_reply(out, ++my_seq, *m, d);
-                if (!len) throw link_down("encoding digests: " + len.error().message());
-                std::lock_guard lk(send_mu);
-                send_all(fd, std::span(out).first(*len));
+            case msg_type::digest_request:
+                reply_digests(fd, f.payload, size, ++my_seq);
                 break;
-            }
             case msg_type::digest_reply: {
                 auto m = decode_digest_reply(f.payload, size);
                 if (!m) throw link_down("a bad digest reply: " + m.error().message());
@@ -906,6 +902,76 @@ void engine::impl::verify_reply(const digest_reply_msg& m) {
     verify_outstanding.reset();
 }
 
+void engine::impl::reply_digests(int fd, std::span<const std::byte> payload, std::uint64_t size, std::uint64_t seq) {
+    auto m = decode_digest_request(payload, size);
+    if (!m || m->length > verify_span || m->chunk_size % wire_sector || m->offset % wire_sector)
+        throw link_down("a bad digest request");
+    auto d = local_digests(*m);
+    std::vector<std::byte> out(frame_header_size + digest_header_size + 8 * d.size());
+    auto len = encode_digest_reply(out, seq, *m, d);
+    if (!len) throw link_down("encoding digests: " + len.error().message());
+    std::lock_guard lk(send_mu);
+    send_all(fd, std::span(out).first(*len));
+}
+
+// ---- checksum-based resync -----------------------------------------------------------------------
+// A full resync into a node that holds a consistent copy (an old snapshot, a
+// peer that moved on past its bitmap): no bitmap says what differs, so the
+// source compares digests of every 4 KiB chunk first and sends only the chunks
+// that differ, plus its own dirty bits. The source then sends the plan as
+// bitmap chunks; the target takes it as its bitmap.
+
+void engine::impl::compare_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan) {
+    std::uint64_t seq = 1u << 20;
+    for (std::uint64_t off = 0; off < size; off += verify_span) {
+        digest_request_msg m{off, static_cast<std::uint32_t>(std::min<std::uint64_t>(verify_span, size - off)),
+                             verify_chunk};
+        send_frame(fd, [&](std::span<std::byte> b) { return encode_digest_request(b, ++seq, m); });
+        auto f = expect(fd, rd, msg_type::digest_reply);
+        auto r = decode_digest_reply(f.payload, size);
+        if (!r || r->offset != m.offset || r->length != m.length || r->chunk_size != m.chunk_size)
+            throw link_down("a bad digest reply during the checksum comparison");
+        auto mine = local_digests(m);
+        for (std::size_t i = 0; i < mine.size(); ++i)
+            if (mine[i] != r->digest(i))
+                plan.mark(off + i * verify_chunk, std::min<std::uint64_t>(verify_chunk, m.length - i * verify_chunk));
+    }
+    const std::uint64_t blocks = (size + plan.granularity() - 1) / plan.granularity();
+    const std::uint64_t words = (blocks + 63) / 64;
+    std::vector<std::byte> buf(frame_header_size + bitmap_chunk_header_size + 8 * max_bitmap_words);
+    auto all = plan.words();
+    for (std::uint64_t w = 0; w < words; w += max_bitmap_words) {
+        auto n = std::min<std::uint64_t>(max_bitmap_words, words - w);
+        std::vector<std::uint64_t> chunk(all.begin() + static_cast<std::ptrdiff_t>(w),
+                                         all.begin() + static_cast<std::ptrdiff_t>(w + n));
+        if (w + n == words && blocks % 64) chunk.back() &= (1ull << (blocks % 64)) - 1;
+        auto len = encode_bitmap_chunk(buf, 0, w * 64, chunk);
+        if (!len) throw link_down("encoding the plan: " + len.error().message());
+        std::lock_guard lk(send_mu);
+        send_all(fd, std::span(buf).first(*len));
+    }
+}
+
+void engine::impl::serve_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan) {
+    const std::uint64_t blocks = (size + plan.granularity() - 1) / plan.granularity();
+    const std::uint64_t words = (blocks + 63) / 64;
+    std::uint64_t seq = 1u << 20, got = 0;
+    while (got < words) {
+        auto f = recv_frame(fd, rd, clock::now() + cfg.peer_timeout, "checksum comparison");
+        if (f.header.type == msg_type::digest_request) {
+            reply_digests(fd, f.payload, size, ++seq);
+            continue;
+        }
+        if (f.header.type != msg_type::bitmap_chunk)
+            throw link_down(fmt::format("expected digest requests or the plan, got {}", to_string(f.header.type)));
+        auto c = decode_bitmap_chunk(f.payload, blocks);
+        if (!c || c->start_block != got * 64) throw link_down("a bad plan chunk from the peer");
+        auto host = c->to_words();
+        if (auto m = plan.merge_words(c->start_block, host); !m) throw link_down("merging the plan: " + m.error().message());
+        got += host.size();
+    }
+}
+
 void engine::impl::serve(int fd) {
     int one = 1;
     ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -934,9 +1000,16 @@ void engine::impl::serve(int fd) {
     bool target = d == sync_decision::full_target || d == sync_decision::bitmap_target;
     if (source || target) {
         dirty_bitmap plan;
+        bool by_digest;
         {
             std::lock_guard lk(mu);
             auto& s = st();
+            // Both sides reach the same answer: the target's id and consistency are in its hello.
+            by_digest = (features & feat_digest_resync) &&
+                        (d == sync_decision::full_source ? peer_gen.current != gen_none && peer_consistent
+                         : d == sync_decision::full_target
+                             ? s.gen.current != gen_none && (s.flags & md_consistent) && !(s.flags & md_resync_target)
+                             : false);
             if (target) {
                 // A full resync starts with every block; an interrupted one keeps what is left.
                 bool resuming = s.flags & md_resync_target;
@@ -944,8 +1017,17 @@ void engine::impl::serve(int fd) {
                 s.flags = (s.flags | md_resync_target) & ~md_consistent;
             }
             plan = s.bitmap;
+            if (by_digest && target) plan.clear_all();  // the source's comparison is the plan
+            if (by_digest) commit_or_log("checksum comparison started");
         }
-        exchange_bitmaps(fd, rd, source, size, plan);
+        if (by_digest) {
+            emit("replication.compare", fmt::format("comparing checksums of {} bytes with {} before a full resync",
+                                                    size, peer_name));
+            if (source) compare_digests(fd, rd, size, plan);
+            else serve_digests(fd, rd, size, plan);
+        } else {
+            exchange_bitmaps(fd, rd, source, size, plan);
+        }
         if (target) {
             std::lock_guard lk(mu);
             st().bitmap = plan;  // the union: everything that may still differ
