@@ -216,8 +216,12 @@ TEST_CASE("replication: online verify finds a block corrupted on the secondary",
     auto& c = r.c;
     c.start("a");
     c.start("b");
+    // alpha's promotion reconnects once; verify after that, on the connection that stays.
+    auto down = c.ctl("a", "wait event=replication.disconnected --timeout 10s --since 0");
+    REQUIRE(down.status == 0);
+    auto seq = nlohmann::json::parse(down.out)["seq"].get<std::uint64_t>();
+    REQUIRE(c.wait("a", "event=replication.connected", soon, seq));
     REQUIRE(r.sync("b").status == 0);
-    REQUIRE(c.wait("a", "event=replication.connected", soon, 0));
     auto clean = c.ctl("a", "verify --timeout 60s");
     INFO(clean.out);
     REQUIRE(clean.status == 0);
