@@ -414,6 +414,7 @@ struct engine::impl {
     void run();
     void serve(int fd);
     sync_decision handshake(int fd, frame_reader& rd, std::uint64_t& size);
+    void send_bitmap(int fd, const dirty_bitmap& plan, std::uint64_t size);
     void exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan);
     void resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan);
     void resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan);
@@ -550,25 +551,30 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     return v.decision;
 }
 
+// The bitmap's words for the first `size` bytes of the volume, as bitmap_chunk frames.
+void engine::impl::send_bitmap(int fd, const dirty_bitmap& plan, std::uint64_t size) {
+    const std::uint64_t blocks = (size + plan.granularity() - 1) / plan.granularity();
+    const std::uint64_t words = (blocks + 63) / 64;
+    std::vector<std::byte> buf(frame_header_size + bitmap_chunk_header_size + 8 * max_bitmap_words);
+    auto all = plan.words();
+    for (std::uint64_t w = 0; w < words; w += max_bitmap_words) {
+        auto n = std::min<std::uint64_t>(max_bitmap_words, words - w);
+        std::vector<std::uint64_t> chunk(all.begin() + static_cast<std::ptrdiff_t>(w),
+                                         all.begin() + static_cast<std::ptrdiff_t>(w + n));
+        if (w + n == words && blocks % 64) chunk.back() &= (1ull << (blocks % 64)) - 1;  // past the replicated size
+        auto len = encode_bitmap_chunk(buf, 0, w * 64, chunk);
+        if (!len) throw link_down("encoding the bitmap: " + len.error().message());
+        std::lock_guard lk(send_mu);
+        send_all(fd, std::span(buf).first(*len));
+    }
+}
+
 // The dialer sends first and the acceptor answers, so neither blocks on a full socket.
 void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan) {
     const auto gran = plan.granularity();
     const std::uint64_t blocks = (size + gran - 1) / gran;
     const std::uint64_t words = (blocks + 63) / 64;
-    auto send = [&] {
-        std::vector<std::byte> buf(frame_header_size + bitmap_chunk_header_size + 8 * max_bitmap_words);
-        auto all = plan.words();
-        for (std::uint64_t w = 0; w < words; w += max_bitmap_words) {
-            auto n = std::min<std::uint64_t>(max_bitmap_words, words - w);
-            std::vector<std::uint64_t> chunk(all.begin() + static_cast<std::ptrdiff_t>(w),
-                                             all.begin() + static_cast<std::ptrdiff_t>(w + n));
-            if (w + n == words && blocks % 64) chunk.back() &= (1ull << (blocks % 64)) - 1;  // past the replicated size
-            auto len = encode_bitmap_chunk(buf, 0, w * 64, chunk);
-            if (!len) throw link_down("encoding the bitmap: " + len.error().message());
-            std::lock_guard lk(send_mu);
-            send_all(fd, std::span(buf).first(*len));
-        }
-    };
+    auto send = [&] { send_bitmap(fd, plan, size); };
     auto receive = [&] {
         for (std::uint64_t w = 0; w < words;) {
             auto f = expect(fd, rd, msg_type::bitmap_chunk);
@@ -936,20 +942,7 @@ void engine::impl::compare_digests(int fd, frame_reader& rd, std::uint64_t size,
             if (mine[i] != r->digest(i))
                 plan.mark(off + i * verify_chunk, std::min<std::uint64_t>(verify_chunk, m.length - i * verify_chunk));
     }
-    const std::uint64_t blocks = (size + plan.granularity() - 1) / plan.granularity();
-    const std::uint64_t words = (blocks + 63) / 64;
-    std::vector<std::byte> buf(frame_header_size + bitmap_chunk_header_size + 8 * max_bitmap_words);
-    auto all = plan.words();
-    for (std::uint64_t w = 0; w < words; w += max_bitmap_words) {
-        auto n = std::min<std::uint64_t>(max_bitmap_words, words - w);
-        std::vector<std::uint64_t> chunk(all.begin() + static_cast<std::ptrdiff_t>(w),
-                                         all.begin() + static_cast<std::ptrdiff_t>(w + n));
-        if (w + n == words && blocks % 64) chunk.back() &= (1ull << (blocks % 64)) - 1;
-        auto len = encode_bitmap_chunk(buf, 0, w * 64, chunk);
-        if (!len) throw link_down("encoding the plan: " + len.error().message());
-        std::lock_guard lk(send_mu);
-        send_all(fd, std::span(buf).first(*len));
-    }
+    send_bitmap(fd, plan, size);
 }
 
 void engine::impl::serve_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan) {

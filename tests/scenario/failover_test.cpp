@@ -18,8 +18,6 @@ namespace {
 constexpr auto soon = 5000ms;
 constexpr auto never = 1500ms;
 
-// Loads an nftables ruleset inside a namespace (one nft process, one transaction).
-void nft(const netns& ns, const std::string& ruleset) { ns.exec_ok("nft -f - <<'EOF'\n" + ruleset + "\nEOF"); }
 
 void up(test_cluster& c) {
     c.start("a");
@@ -122,7 +120,7 @@ TEST_CASE("cluster: a standby whose connectivity test fails does not take over",
     up(c);
     // The standby loses the client (its connectivity target) and the heartbeats
     // at once: from where it stands, it may be the one cut off.
-    nft(c.ns("b"), "table inet t {\n chain out {\n type filter hook output priority 0;\n ip daddr 10.77.0.10 drop\n }\n}");
+    c.ns("b").nft("table inet t {\n chain out {\n type filter hook output priority 0;\n ip daddr 10.77.0.10 drop\n }\n}");
     c.kill9("a");
     REQUIRE(c.wait("b", "event=failover.blocked", soon));
     CHECK_THAT(c.status("b")["local"]["blocked"].get<std::string>(), Catch::Contains("connectivity test failed"));
@@ -137,8 +135,8 @@ TEST_CASE("cluster: a healed partition with two actives ends with exactly one", 
     up(c);
     // Cut only the heartbeats; both nodes still reach the client.
     const char* cut = "table inet p {\n chain in {\n type filter hook input priority 0;\n udp dport 694 drop\n }\n}";
-    nft(c.ns("a"), cut);
-    nft(c.ns("b"), cut);
+    c.ns("a").nft(cut);
+    c.ns("b").nft(cut);
     REQUIRE(c.wait("b", "state=ACTIVE", soon));
     CHECK(c.state("a") == "ACTIVE");
     c.ns("a").exec_ok("nft delete table inet p");

@@ -16,7 +16,6 @@ namespace {
 constexpr auto soon = 5000ms;
 constexpr auto sync_limit = 120s;
 
-void nft(const netns& ns, const std::string& ruleset) { ns.exec_ok("nft -f - <<'EOF'\n" + ruleset + "\nEOF"); }
 // Drops the replication connection (TCP 7789) both ways; heartbeats still flow.
 const char* cut_7789 =
     "table inet r {\n chain in {\n type filter hook input priority 0;\n tcp dport 7789 drop\n tcp sport 7789 drop\n "
@@ -100,7 +99,7 @@ TEST_CASE("replication: a cut link and a killed daemon mid-sync resume, never re
 
     // The replication link goes silent; the heartbeats do not, so no failover.
     auto seq = c.last_seq("b");
-    nft(c.ns("b"), cut_7789);
+    c.ns("b").nft(cut_7789);
     REQUIRE(c.wait("b", "event=replication.disconnected", 10s, seq));
     c.ns("b").exec_ok("nft delete table inet r");
     REQUIRE(c.wait("b", "event=replication.checkpoint", soon, c.last_seq("b")));
@@ -158,8 +157,8 @@ TEST_CASE("replication: a split brain stops replication until the operator disca
     REQUIRE(c.wait("b", "state=STANDBY", soon));
     // A partition: both become active and both start a new generation of /store.
     auto seq0 = c.last_seq("a");
-    nft(c.ns("a"), cut_all);
-    nft(c.ns("b"), cut_all);
+    c.ns("a").nft(cut_all);
+    c.ns("b").nft(cut_all);
     REQUIRE(c.wait("b", "state=ACTIVE", soon));
     // alpha, still primary, notices the silent replication link: it writes alone from now.
     REQUIRE(c.wait("a", "event=replication.disconnected", 10s, seq0));

@@ -33,6 +33,8 @@ public:
     [[nodiscard]] std::string prefix() const { return "ip netns exec " + name_ + " "; }
     cmd_result exec(const std::string& cmd) const { return run(prefix() + cmd); }
     std::string exec_ok(const std::string& cmd) const { return run_ok(prefix() + cmd); }
+    // Loads an nftables ruleset inside (one nft process, one transaction).
+    void nft(const std::string& ruleset) const { exec_ok("nft -f - <<'EOF'\n" + ruleset + "\nEOF"); }
 
 private:
     std::string name_;

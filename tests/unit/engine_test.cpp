@@ -3,6 +3,7 @@
 
 #include "support/netns.hpp"
 #include "support/skip.hpp"
+#include "support/tempdir.hpp"
 #include "support/volume_file.hpp"
 
 #include <unistd.h>
@@ -105,6 +106,14 @@ std::vector<std::byte> pattern(std::size_t n, std::uint64_t seed) {
     return b;
 }
 
+// 1 % of a volume's 4 KiB blocks, at random.
+std::set<std::uint64_t> one_percent_of(std::uint64_t size, std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::set<std::uint64_t> blocks;
+    while (blocks.size() < size / 4096 / 100) blocks.insert(rng() % (size / 4096));
+    return blocks;
+}
+
 #define REQUIRE_DIRECT_IO()                          \
     do {                                             \
         std::string why_;                            \
@@ -154,9 +163,7 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     b.eng->stop();
     log.wait("alpha replication.disconnected");
     // 1 % of the volume in random 4 KiB blocks, written without the peer.
-    std::mt19937_64 rng(11);
-    std::set<std::uint64_t> blocks;
-    while (blocks.size() < size / 4096 / 100) blocks.insert(rng() % (size / 4096));
+    auto blocks = one_percent_of(size, 11);
     auto block = pattern(4096, 3);
     for (auto blk : blocks) REQUIRE(a.eng->write(blk * 4096, block));
     CHECK(a.eng->status().dirty_bytes == blocks.size() * 4096);
@@ -277,9 +284,7 @@ TEST_CASE("a peer restored from an old snapshot gets only the chunks that differ
     log.wait("alpha replication.disconnected", 2);
     tandem::test::run_ok("cp " + b.vol.path + " " + b.vol.path + ".snap && cp " + b.md + " " + b.md + ".snap");
     // alpha writes 1 % while beta is away; beta catches up with a bitmap resync.
-    std::mt19937_64 rng(23);
-    std::set<std::uint64_t> blocks;
-    while (blocks.size() < size / 4096 / 100) blocks.insert(rng() % (size / 4096));
+    auto blocks = one_percent_of(size, 23);
     auto block = pattern(4096, 9);
     for (auto blk : blocks) REQUIRE(a.eng->write(blk * 4096, block));
     b.start(log);
@@ -299,4 +304,49 @@ TEST_CASE("a peer restored from an old snapshot gets only the chunks that differ
     INFO("checksum resync sent " << sent << " bytes for " << blocks.size() * 4096 << " changed");
     CHECK(sent == blocks.size() * 4096);
     CHECK(a.vol.digest() == b.vol.digest());
+}
+
+TEST_CASE("protocol A completes writes locally and a flush waits for the peer", "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
+    a.cfg.protocol = write_protocol::a;
+    a.cfg.protocol_a_window = 8;
+    b.start(log);
+    a.start(log);
+    log.wait("beta replication.sync_done");
+    a.promote();
+    log.wait("beta replication.sync_done", 2);
+    auto data = pattern(mib, 31);
+    for (int i = 0; i < 16; ++i) REQUIRE(a.eng->write(static_cast<std::uint64_t>(i) * mib, data));
+    REQUIRE(a.eng->flush());  // every write acknowledged and flushed on the peer
+    CHECK(a.vol.digest() == b.vol.digest());
+    CHECK(a.eng->status().dirty_bytes == 0);
+}
+
+TEST_CASE("a full target disk is reported on both sides and nothing is counted as synchronized",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    // beta's volume is a 64 MiB sparse file on a 16 MiB ext4 file system: it fills up mid-sync.
+    tandem::test::temp_dir dir;
+    auto img = (dir.path() / "fs.img").string(), mnt = (dir.path() / "mnt").string();
+    tandem::test::run_ok("truncate -s 16M " + img + " && mkfs.ext4 -q -F " + img + " && mkdir " + mnt +
+                         " && mount -o loop " + img + " " + mnt + " && truncate -s 64M " + mnt + "/vol");
+    struct unmount {
+        std::string m;
+        ~unmount() { tandem::test::run("umount " + m); }
+    } um{mnt};
+    event_log log;
+    node a("alpha", true, 64 * mib, true), b("beta", false, 64 * mib, false);
+    b.cfg.device = mnt + "/vol";
+    b.start(log);
+    a.start(log);
+    auto why = log.wait("alpha replication.disconnected");
+    CHECK_THAT(why, Catch::Contains("could not write") || Catch::Contains("closed the connection"));
+    log.wait("beta replication.disconnected");
+    auto bs = b.eng->status();
+    INFO(bs.last_error);
+    CHECK_THAT(bs.last_error, Catch::Contains("full or failing target disk"));
+    CHECK_FALSE(bs.consistent);
+    CHECK(a.eng->status().resync_bytes_sent < 16 * mib);
 }
