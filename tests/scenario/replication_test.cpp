@@ -45,6 +45,13 @@ struct replicated {
         o.extra_b = section(b);
         return o;
     }
+    // Both nodes started, the first sync done, beta standby.
+    void up() {
+        c.start("a");
+        c.start("b");
+        REQUIRE(sync("b").status == 0);
+        REQUIRE(c.wait("b", "state=STANDBY", soon));
+    }
     nlohmann::json repl(const std::string& node) { return c.status(node)["replication"]; }
     std::uint64_t sent(const std::string& node) { return repl(node)["resync_bytes_sent"].get<std::uint64_t>(); }
     // `tandemctl sync` on a node, which returns once both nodes are in sync.
@@ -121,10 +128,7 @@ TEST_CASE("replication: after a failover the old primary rejoins with a bitmap r
     TANDEM_REQUIRE_NAMESPACES();
     replicated r(256 * mib);
     auto& c = r.c;
-    c.start("a");
-    c.start("b");
-    REQUIRE(r.sync("b").status == 0);
-    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    r.up();
     auto seq0 = c.last_seq("b");
     c.kill9("a");
     c.ns("a").exec_ok("ip link set eth0 down");
@@ -151,10 +155,7 @@ TEST_CASE("replication: a split brain stops replication until the operator disca
     TANDEM_REQUIRE_NAMESPACES();
     replicated r(64 * mib);
     auto& c = r.c;
-    c.start("a");
-    c.start("b");
-    REQUIRE(r.sync("b").status == 0);
-    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    r.up();
     // A partition: both become active and both start a new generation of /store.
     auto seq0 = c.last_seq("a");
     c.ns("a").nft(cut_all);

@@ -106,6 +106,15 @@ std::vector<std::byte> pattern(std::size_t n, std::uint64_t seed) {
     return b;
 }
 
+// A new cluster's first sync, then alpha promoted (which reconnects) and beta in sync again.
+void in_sync_with_alpha_primary(node& a, node& b, event_log& log) {
+    b.start(log);
+    a.start(log);
+    log.wait("beta replication.sync_done");
+    a.promote();
+    log.wait("beta replication.sync_done", 2);
+}
+
 // 1 % of a volume's 4 KiB blocks, at random.
 std::set<std::uint64_t> one_percent_of(std::uint64_t size, std::uint64_t seed) {
     std::mt19937_64 rng(seed);
@@ -155,11 +164,7 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     event_log log;
     const std::uint64_t size = 128 * mib;
     node a("alpha", true, size, true), b("beta", false, size, false);
-    b.start(log);
-    a.start(log);
-    log.wait("beta replication.sync_done");
-    a.promote();
-    log.wait("beta replication.sync_done", 2);
+    in_sync_with_alpha_primary(a, b, log);
     b.eng->stop();
     log.wait("alpha replication.disconnected");
     // 1 % of the volume in random 4 KiB blocks, written without the peer.
@@ -274,11 +279,7 @@ TEST_CASE("a peer restored from an old snapshot gets only the chunks that differ
     event_log log;
     const std::uint64_t size = 64 * mib;
     node a("alpha", true, size, true), b("beta", false, size, false);
-    b.start(log);
-    a.start(log);
-    log.wait("beta replication.sync_done");
-    a.promote();
-    log.wait("beta replication.sync_done", 2);
+    in_sync_with_alpha_primary(a, b, log);
     // A snapshot of beta, volume and metadata, taken cleanly.
     b.eng.reset();
     log.wait("alpha replication.disconnected", 2);
@@ -312,11 +313,7 @@ TEST_CASE("protocol A completes writes locally and a flush waits for the peer", 
     node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
     a.cfg.protocol = write_protocol::a;
     a.cfg.protocol_a_window = 8;
-    b.start(log);
-    a.start(log);
-    log.wait("beta replication.sync_done");
-    a.promote();
-    log.wait("beta replication.sync_done", 2);
+    in_sync_with_alpha_primary(a, b, log);
     auto data = pattern(mib, 31);
     for (int i = 0; i < 16; ++i) REQUIRE(a.eng->write(static_cast<std::uint64_t>(i) * mib, data));
     REQUIRE(a.eng->flush());  // every write acknowledged and flushed on the peer
