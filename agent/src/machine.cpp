@@ -180,6 +180,8 @@ void ha_machine::evaluate(steady_time now, effects& e) {
                 if (needs_upgrade_now(now)) transition(host_state::needs_upgrade, *problem, e);
                 else if (now >= listen_until_ && mode_ == host_mode::online && promotable(local_sync_))
                     claim("listened for one timeout; the peer runs other software and is not active", e);
+                else if (now >= listen_until_)
+                    transition(host_state::standby, "listened for one timeout; the peer runs other software", e);
             } else if (problem) {
                 block(*problem, e);
             } else if (alive && peer_->state == host_state::active) {

@@ -415,8 +415,8 @@ struct engine::impl {
     void serve(int fd);
     sync_decision handshake(int fd, frame_reader& rd, std::uint64_t& size);
     void send_bitmap(int fd, const dirty_bitmap& plan, std::uint64_t size);
-    void exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan);
-    void resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan);
+    void exchange_bitmaps(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan);
+    void resync_source(int fd, std::uint64_t size, dirty_bitmap plan);
     void resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan);
     void steady(int fd, frame_reader& rd, std::uint64_t size);
     std::vector<std::uint64_t> local_digests(const digest_request_msg& m);
@@ -427,6 +427,11 @@ struct engine::impl {
     void serve_digests(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan);
     ~impl() { std::free(verify_buf); }
     void on_connection_end();
+    // Wakes the engine thread from any wait (stop, discard, verify).
+    void nudge() {
+        std::uint64_t one = 1;
+        if (wake) (void)!::write(wake.get(), &one, sizeof one);
+    }
     void drain_wake() {
         std::uint64_t v;
         (void)!::read(wake.get(), &v, sizeof v);
@@ -570,7 +575,7 @@ void engine::impl::send_bitmap(int fd, const dirty_bitmap& plan, std::uint64_t s
 }
 
 // The dialer sends first and the acceptor answers, so neither blocks on a full socket.
-void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, bool source, std::uint64_t size, dirty_bitmap& plan) {
+void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan) {
     const auto gran = plan.granularity();
     const std::uint64_t blocks = (size + gran - 1) / gran;
     const std::uint64_t words = (blocks + 63) / 64;
@@ -587,7 +592,6 @@ void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, bool source, std::
             w += host.size();
         }
     };
-    (void)source;
     if (cfg.dialer) {
         send();
         receive();
@@ -599,7 +603,7 @@ void engine::impl::exchange_bitmaps(int fd, frame_reader& rd, bool source, std::
 
 // ---- resync ------------------------------------------------------------------------------------
 
-void engine::impl::resync_source(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap plan) {
+void engine::impl::resync_source(int fd, std::uint64_t size, dirty_bitmap plan) {
     system_steady_clock clk;
     {
         std::lock_guard lk(mu);
@@ -646,7 +650,6 @@ void engine::impl::resync_source(int fd, frame_reader& rd, std::uint64_t size, d
         redirty = dirty_bitmap::make(st().volume_size, st().granularity).value();
         sync_total += plan.dirty_bytes();
     }
-    (void)rd;
 }
 
 void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan) {
@@ -1019,14 +1022,14 @@ void engine::impl::serve(int fd) {
             if (source) compare_digests(fd, rd, size, plan);
             else serve_digests(fd, rd, size, plan);
         } else {
-            exchange_bitmaps(fd, rd, source, size, plan);
+            exchange_bitmaps(fd, rd, size, plan);
         }
         if (target) {
             std::lock_guard lk(mu);
             st().bitmap = plan;  // the union: everything that may still differ
             commit_or_log("resync started");
         }
-        if (source) resync_source(fd, rd, size, std::move(plan));
+        if (source) resync_source(fd, size, std::move(plan));
         else resync_target(fd, size, plan);
     } else {
         std::lock_guard lk(mu);
@@ -1138,8 +1141,7 @@ void engine::stop() {
     if (!p_) return;
     p_->stopping = true;
     p_->progress.stop = true;
-    std::uint64_t one = 1;
-    if (p_->wake) (void)!::write(p_->wake.get(), &one, sizeof one);
+    p_->nudge();
     {
         std::lock_guard lk(p_->mu);
         if (p_->conn_fd >= 0) ::shutdown(p_->conn_fd, SHUT_RDWR);
@@ -1216,8 +1218,7 @@ result<void> engine::discard_local(std::string& why_not) {
         p_->commit_or_log("local data discarded");
         p_->link = link_state::connecting;
     }
-    std::uint64_t one = 1;
-    (void)!::write(p_->wake.get(), &one, sizeof one);
+    p_->nudge();
     p_->emit("replication.discarded", "local data discarded by the operator; a full resync from the peer follows");
     return {};
 }
@@ -1239,8 +1240,7 @@ result<void> engine::verify(std::string& why_not) {
         }
         p_->verify_requested = true;
     }
-    std::uint64_t one = 1;
-    (void)!::write(p_->wake.get(), &one, sizeof one);
+    p_->nudge();
     return {};
 }
 
