@@ -42,26 +42,29 @@ field() { sed -n "s/.*\"$1\":\\([0-9.]*\\).*/\\1/p"; }
 pump() { "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" "$@"; }
 
 echo; echo "(a) full sync vs iperf3, single TCP stream on the same veth, 3 runs each"
-: > "$prefix.pump"; : > "$prefix.iperf"; : > "$prefix.cpu"
+: > "$prefix.pump"; : > "$prefix.iperf"; : > "$prefix.cpu"; : > "$prefix.zc"
 for i in 1 2 3; do
     out=$(pump)
     echo "$out" | field mib_per_s >> "$prefix.pump"
     echo "$out" | field cpu_s_per_gb >> "$prefix.cpu"
+    pump --zero-copy | field mib_per_s >> "$prefix.zc"
     ip netns exec "$b" iperf3 -s -1 -B 10.88.0.2 > /dev/null 2>&1 &
     for _ in $(seq 50); do ip netns exec "$b" ss -ltn | grep -q ':5201' && break; sleep 0.05; done
     ip netns exec "$a" iperf3 -c 10.88.0.2 -t 4 -J > "$prefix.json"
     wait
     # iperf3 reports bits per second (decimal); convert to MiB/s to compare.
     awk '/"sum_received"/ {f=1} f && /"bits_per_second"/ {gsub(/[^0-9.e+]/, "", $2); printf "%.1f\n", $2 / 8 / 1048576; exit}' "$prefix.json" >> "$prefix.iperf"
-    printf '  run %d: pump %s MiB/s, iperf3 %s MiB/s\n' "$i" "$(tail -1 "$prefix.pump")" "$(tail -1 "$prefix.iperf")"
+    printf '  run %d: pump %s MiB/s (zero-copy send %s), iperf3 %s MiB/s\n' "$i" "$(tail -1 "$prefix.pump")" \
+        "$(tail -1 "$prefix.zc")" "$(tail -1 "$prefix.iperf")"
 done
 if cmp -s <(head -c 64M "$src_dev") <(head -c 64M "$dst_dev") && cmp -s "$src_dev" "$dst_dev"; then
     echo "  target identical to source: yes"
 else
     echo "  target identical to source: NO"; exit 1
 fi
-p=$(median < "$prefix.pump"); q=$(median < "$prefix.iperf"); c=$(median < "$prefix.cpu")
+p=$(median < "$prefix.pump"); q=$(median < "$prefix.iperf"); c=$(median < "$prefix.cpu"); z=$(median < "$prefix.zc")
 awk -v p="$p" -v q="$q" 'BEGIN { printf "  median: pump %.1f MiB/s, iperf3 %.1f MiB/s, ratio %.2f (goal >= 0.95)\n", p, q, p / q }'
+awk -v z="$z" -v p="$p" -v q="$q" 'BEGIN { printf "  zero-copy send: median %.1f MiB/s, %.2f x the copying pump, ratio to iperf3 %.2f\n", z, z / p, z / q }'
 echo "  (e) CPU, both ends: $c s per GB"
 
 echo; echo "(b) rate-limit accuracy (3 s of data at each rate)"

@@ -91,7 +91,8 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     auto& pool = io.pool;
 
     struct slot {
-        enum { free, waiting, reading, sending } state = free;
+        enum { free, waiting, reading, sending, zc_wait } state = free;
+        unsigned notifs = 0;  // zero-copy sends whose buffer the kernel still holds
         std::uint64_t offset = 0, seq = 0;
         std::uint32_t len = 0, sent = 0;
         steady_time not_before{};  // waiting: the rate allows the read from then on
@@ -143,13 +144,19 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     // target holds is always a contiguous range and a resume point means what it says.
     std::deque<std::uint32_t> order;  // slots in the order their frames must leave
     bool send_armed = false;
+    // Zero-copy send from the registered buffer: the slot is reused only after
+    // the kernel's notification that it no longer references the pages.
+    const bool zero_copy = opt.zero_copy && r.features().send_zc;
     auto send_rest = [&](std::uint32_t i) {
         auto& s = slots[i];
         send_armed = true;
         auto* base = (*pool)[i].data() + headroom - data_prefix;
         auto* e = r.sqe();
         std::uint32_t total = data_prefix + s.len;
-        io_uring_prep_send(e, sock, base + s.sent, total - s.sent, MSG_NOSIGNAL);
+        if (zero_copy)
+            io_uring_prep_send_zc_fixed(e, sock, base + s.sent, total - s.sent, MSG_NOSIGNAL, 0, i);
+        else
+            io_uring_prep_send(e, sock, base + s.sent, total - s.sent, MSG_NOSIGNAL);
         io_uring_sqe_set_data64(e, tag(op::send, i));
         ++inflight;
     };
@@ -241,8 +248,16 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                 }
                 case op::send: {
                     --inflight;
-                    send_armed = false;
                     auto& s = slots[i];
+                    if (c.flags & IORING_CQE_F_NOTIF) {  // the kernel let go of a zero-copy buffer
+                        if (--s.notifs == 0 && s.state == slot::zc_wait) s.state = slot::free;
+                        break;
+                    }
+                    if (c.flags & IORING_CQE_F_MORE) {  // a notification follows
+                        ++s.notifs;
+                        ++inflight;
+                    }
+                    send_armed = false;
                     if (c.res < 0) {
                         error = fmt::format("sending to the peer: {}", std::strerror(-c.res));
                         break;
@@ -253,7 +268,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                         break;
                     }
                     unacked[s.seq] = {s.offset, s.len};
-                    s.state = slot::free;
+                    s.state = s.notifs ? slot::zc_wait : slot::free;
                     order.pop_front();
                     break;
                 }

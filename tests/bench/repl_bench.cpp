@@ -204,7 +204,7 @@ int main(int argc, char** argv) {
     std::string src, dst, ns_src, ns_dst, addr = "10.88.0.2";
     std::uint32_t rate_mib = 0;
     std::uint64_t bytes = 0;
-    bool do_fill = false, engine_mode = false;
+    bool do_fill = false, engine_mode = false, zero_copy = false;
     std::string addr_src = "10.88.0.1", meta_dir = "/tmp";
     double seconds = 3;
     for (int i = 1; i < argc; ++i) {
@@ -219,6 +219,7 @@ int main(int argc, char** argv) {
         else if (a == "--bytes") bytes = std::stoull(next());
         else if (a == "--fill") do_fill = true;
         else if (a == "--engine") engine_mode = true;
+        else if (a == "--zero-copy") zero_copy = true;
         else if (a == "--addr-source") addr_src = next();
         else if (a == "--meta-dir") meta_dir = next();
         else if (a == "--seconds") seconds = std::stod(next());
@@ -234,6 +235,7 @@ int main(int argc, char** argv) {
     if (!sv || !dv) die("cannot open the volumes");
     pump_options opt;
     opt.end = bytes ? bytes : sv->size();
+    opt.zero_copy = zero_copy;
 
     // Target: listen in its namespace; source: connect from its own.
     unique_fd listener;

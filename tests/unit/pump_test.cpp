@@ -66,7 +66,11 @@ TEST_CASE("the pump copies a volume exactly", "[kernel][replication]") {
         rt = pump_target(*dv, fd.get(), {}, pt);
         fd.reset();
     });
-    auto rs = pump_source(*sv, a.get(), {}, ps, clock);
+    pump_options so;
+    // Both send paths: copying, and zero-copy from the registered buffers (where the kernel has it).
+    so.zero_copy = GENERATE(false, true);
+    INFO("zero_copy " << so.zero_copy);
+    auto rs = pump_source(*sv, a.get(), so, ps, clock);
     target.join();
     INFO(rs.error << " / " << rt.error);
     REQUIRE(rs.ok());

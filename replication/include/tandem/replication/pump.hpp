@@ -33,6 +33,9 @@ struct pump_options {
     // Source: send only the dirty runs of this bitmap that lie in [start, end),
     // cut into frames of at most `chunk` (a resync); null: every byte (a full stream).
     const dirty_bitmap* plan = nullptr;
+    // Source: send frames with IORING_OP_SEND_ZC from the registered buffers
+    // where the kernel has it (make bench-replication measures whether it pays).
+    bool zero_copy = false;
     // Target: run until the source's resync_done frame instead of until `end` is written.
     bool until_done = false;
     // Target: called (on the pump's thread) once each frame's write completed;
