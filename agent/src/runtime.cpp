@@ -281,10 +281,7 @@ void node_runtime::send_heartbeats() {
         hb.sync = machine_.local_sync();
         hb.flags = machine_.outgoing_flags();
         hb.sync_permille = promotable(machine_.local_sync()) ? 1000 : 0;
-        if (engine_ && machine_.local_sync() == sync_state::synchronizing) {
-            auto rs = engine_->status();
-            hb.sync_permille = static_cast<std::uint16_t>(rs.sync_total ? rs.sync_done * 1000 / rs.sync_total : 0);
-        }
+        if (engine_ && machine_.local_sync() == sync_state::synchronizing) hb.sync_permille = engine_->sync_permille();
         hb.link = l->index;
         hb.cluster = cfg_.cluster.name;
         hb.node = cfg_.node.name;

@@ -145,7 +145,8 @@ struct engine::impl {
     };
     std::map<std::uint64_t, pending_write> pending;  // seq -> write waiting for the peer's ack
     std::uint64_t tx_seq = 0;
-    std::uint64_t sync_base = 0, sync_total = 0;  // sync_done = sync_base + progress.bytes_done
+    // sync_done = sync_base + progress.bytes_done; atomics so that sync_permille() takes no lock
+    std::atomic<std::uint64_t> sync_base{0}, sync_total{0};
     clock::time_point sync_start{};
     std::uint64_t connections = 0, resync_sent = 0;
     int conn_fd = -1;                 // the live connection, for stop() and a failed send
@@ -617,7 +618,7 @@ void engine::impl::resync_source(int fd, std::uint64_t size, dirty_bitmap plan) 
         progress.bytes_done = 0;
     }
     emit("replication.sync_started",
-         fmt::format("resynchronizing {} to {}: {} bytes ({})", cfg.node_name, peer_name, sync_total, decision));
+         fmt::format("resynchronizing {} to {}: {} bytes ({})", cfg.node_name, peer_name, sync_total.load(), decision));
     for (int pass = 1;; ++pass) {
         pump_options o;
         o.end = size;
@@ -662,7 +663,7 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
         progress.bytes_done = 0;
     }
     emit("replication.sync_started",
-         fmt::format("receiving a resync from {}: {} bytes ({})", peer_name, sync_total, decision));
+         fmt::format("receiving a resync from {}: {} bytes ({})", peer_name, sync_total.load(), decision));
     auto last_checkpoint = clock::now();
     int checkpoints = 0;
     pump_options o;
@@ -678,7 +679,7 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
             last_checkpoint = clock::now();
             // The first checkpoint of a resync, then every tenth: progress is in status, not the event stream.
             if (checkpoints++ % 10 == 0)
-                emit("replication.checkpoint", fmt::format("{} of {} bytes durable", progress.bytes_done.load(), sync_total));
+                emit("replication.checkpoint", fmt::format("{} of {} bytes durable", progress.bytes_done.load(), sync_total.load()));
         }
     };
     auto r = pump_target(*vol, fd, o, progress);
@@ -826,7 +827,7 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                     crashed_primary = false;
                     commit_or_log("resync finished");
                 }
-                emit("replication.sync_done", fmt::format("{} is in sync: sent {} bytes", peer_name, sync_base));
+                emit("replication.sync_done", fmt::format("{} is in sync: sent {} bytes", peer_name, sync_base.load()));
                 break;
             }
             default:
@@ -1326,6 +1327,11 @@ result<void> engine::flush() {
     return {};
 }
 
+std::uint16_t engine::sync_permille() const noexcept {
+    std::uint64_t total = p_->sync_total, done = std::min(total, p_->sync_base + p_->progress.bytes_done.load());
+    return static_cast<std::uint16_t>(total ? done * 1000 / total : 0);
+}
+
 engine_status engine::status() const {
     std::lock_guard lk(p_->mu);
     engine_status s;
@@ -1343,7 +1349,7 @@ engine_status engine::status() const {
     s.volume_size = m.volume_size;
     s.dirty_bytes = m.bitmap.dirty_bytes();
     s.sync_total = p_->sync_total;
-    s.sync_done = std::min(p_->sync_total, p_->sync_base + p_->progress.bytes_done.load());
+    s.sync_done = std::min(s.sync_total, p_->sync_base + p_->progress.bytes_done.load());
     if (p_->link == link_state::sync_source || p_->link == link_state::sync_target) {
         double secs = std::chrono::duration<double>(clock::now() - p_->sync_start).count();
         s.sync_rate_bps = secs > 0 ? static_cast<double>(s.sync_done) / secs : 0;

@@ -129,6 +129,9 @@ public:
     [[nodiscard]] result<void> flush();
 
     [[nodiscard]] engine_status status() const;
+    // The running resync's progress in thousandths, without taking the engine's
+    // lock (a checkpoint may hold it through an fdatasync): heartbeats read it.
+    [[nodiscard]] std::uint16_t sync_permille() const noexcept;
 
 private:
     struct impl;
