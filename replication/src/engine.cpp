@@ -29,6 +29,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -148,6 +149,8 @@ struct engine::impl {
     // sync_done = sync_base + progress.bytes_done; atomics so that sync_permille() takes no lock
     std::atomic<std::uint64_t> sync_base{0}, sync_total{0};
     clock::time_point sync_start{};
+    // Progress samples taken when the status is read, for the current rate (the last few seconds).
+    mutable std::deque<std::pair<clock::time_point, std::uint64_t>> rate_samples;
     std::uint64_t connections = 0, resync_sent = 0;
     int conn_fd = -1;                 // the live connection, for stop() and a failed send
     std::string drop_reason;          // why this side ended the connection itself
@@ -1351,8 +1354,18 @@ engine_status engine::status() const {
     s.sync_total = p_->sync_total;
     s.sync_done = std::min(s.sync_total, p_->sync_base + p_->progress.bytes_done.load());
     if (p_->link == link_state::sync_source || p_->link == link_state::sync_target) {
-        double secs = std::chrono::duration<double>(clock::now() - p_->sync_start).count();
-        s.sync_rate_bps = secs > 0 ? static_cast<double>(s.sync_done) / secs : 0;
+        // The rate over the last 5 s of samples; the average since the start until there are 1 s of them.
+        auto now = clock::now();
+        auto& rs = p_->rate_samples;
+        if (!rs.empty() && (rs.back().second > s.sync_done || rs.front().first < p_->sync_start)) rs.clear();
+        if (rs.empty() || now - rs.back().first >= std::chrono::milliseconds(250)) rs.emplace_back(now, s.sync_done);
+        while (rs.size() > 2 && now - rs.front().first > std::chrono::seconds(5)) rs.pop_front();
+        double window = std::chrono::duration<double>(rs.back().first - rs.front().first).count();
+        double secs = std::chrono::duration<double>(now - p_->sync_start).count();
+        if (window >= 1.0)
+            s.sync_rate_bps = static_cast<double>(rs.back().second - rs.front().second) / window;
+        else
+            s.sync_rate_bps = secs > 0 ? static_cast<double>(s.sync_done) / secs : 0;
         s.sync_eta_s = s.sync_rate_bps > 0 ? static_cast<double>(s.sync_total - s.sync_done) / s.sync_rate_bps : 0;
     }
     s.rate_limit_bps = p_->progress.rate_bps;

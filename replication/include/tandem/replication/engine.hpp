@@ -69,7 +69,7 @@ struct engine_status {
     std::uint64_t dirty_bytes = 0;      // marked in the bitmap: what a resync would send
     std::uint64_t sync_done = 0;        // bytes of the running (or last) resync
     std::uint64_t sync_total = 0;
-    double sync_rate_bps = 0;           // average since the resync started
+    double sync_rate_bps = 0;           // over the last seconds of status reads (else since the start)
     double sync_eta_s = 0;
     std::uint64_t rate_limit_bps = 0;
     std::uint64_t hot_extents = 0;      // activity log: extents with recent writes
