@@ -10,27 +10,10 @@
 using namespace tandem::test;
 using namespace std::chrono_literals;
 
-
-namespace {
-// Generous deadlines: an event that should come within a 300 ms timeout gets
-// several seconds on a loaded CI machine; an event that must NOT come is given
-// a few timeouts to prove it stays away.
-constexpr auto soon = 5000ms;
-constexpr auto never = 1500ms;
-
-
-void up(test_cluster& c) {
-    c.start("a");
-    c.start("b");
-    REQUIRE(c.wait("a", "state=ACTIVE", soon));
-    REQUIRE(c.wait("b", "state=STANDBY", soon));
-}
-}  // namespace
-
 TEST_CASE("cluster: the primary comes up active and the secondary standby", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     auto cs = c.ctl("a", "cstate");
     CHECK(cs.status == 0);
     CHECK_THAT(cs.out, Catch::StartsWith("Local: R:PRIMARY S:ACTIVE/ONLINE CS:NONE"));
@@ -50,7 +33,7 @@ TEST_CASE("cluster: crash of the active: the standby takes over after the timeou
           "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;  // interval 100 ms, timeout 300 ms
-    up(c);
+    c.up();
     auto t0 = mono_now_ns();
     c.kill9("a");
     c.ns("a").exec_ok("ip link set eth0 down");  // its links go silent too
@@ -77,7 +60,7 @@ TEST_CASE("cluster: crash of the active: the standby takes over after the timeou
 TEST_CASE("cluster: takeover and giveback swap the roles", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     auto r = c.ctl("a", "takeover");
     CHECK(r.status == 1);
     CHECK_THAT(r.out, Catch::Contains("takeover runs on the STANDBY node"));
@@ -95,7 +78,7 @@ TEST_CASE("cluster: takeover and giveback swap the roles", "[scenario][failover]
 TEST_CASE("cluster: an offline standby blocks failover until it is set online", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     CHECK(c.ctl("b", "offline").status == 0);
     CHECK_THAT(c.ctl("b", "cstate").out, Catch::Contains("S:STANDBY/OFFLINE"));
     c.kill9("a");
@@ -108,7 +91,7 @@ TEST_CASE("cluster: an offline standby blocks failover until it is set online", 
 TEST_CASE("cluster: setting the active node offline is a manual failover", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     CHECK(c.ctl("a", "offline").status == 0);
     REQUIRE(c.wait("b", "state=ACTIVE", soon));
     CHECK_THAT(c.ctl("a", "cstate").out, Catch::StartsWith("Local: R:PRIMARY S:STANDBY/OFFLINE"));
@@ -117,7 +100,7 @@ TEST_CASE("cluster: setting the active node offline is a manual failover", "[sce
 TEST_CASE("cluster: a standby whose connectivity test fails does not take over", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     // The standby loses the client (its connectivity target) and the heartbeats
     // at once: from where it stands, it may be the one cut off.
     c.ns("b").nft("table inet t {\n chain out {\n type filter hook output priority 0;\n ip daddr 10.77.0.10 drop\n }\n}");
@@ -132,7 +115,7 @@ TEST_CASE("cluster: a standby whose connectivity test fails does not take over",
 TEST_CASE("cluster: a healed partition with two actives ends with exactly one", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     // Cut only the heartbeats; both nodes still reach the client.
     const char* cut = "table inet p {\n chain in {\n type filter hook input priority 0;\n udp dport 694 drop\n }\n}";
     c.ns("a").nft(cut);
@@ -155,7 +138,7 @@ TEST_CASE("cluster: a failing health check on the active moves the service; a fu
     test_cluster::options o;
     o.extra_a = fmt::format("[health]\ncheck_command = \"test ! -e {}\"\ninterval = \"100ms\"\n", bad);
     test_cluster c(o);
-    up(c);
+    c.up();
     flags.write("broken", "RAID failed\n");
     REQUIRE(c.wait("a", "state=FAILED", soon));
     REQUIRE(c.wait("b", "state=ACTIVE", soon));

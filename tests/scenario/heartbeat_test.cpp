@@ -16,7 +16,6 @@ using namespace tandem::test;
 using namespace std::chrono_literals;
 
 namespace {
-constexpr auto soon = 5000ms;
 }
 
 TEST_CASE("cluster: garbage, forged and oversize datagrams are dropped, counted and change nothing", "[scenario][heartbeat]") {

@@ -13,7 +13,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-constexpr auto soon = 5000ms;
 constexpr auto sync_limit = 120s;
 
 // Drops the replication connection (TCP 7789) both ways; heartbeats still flow.

@@ -14,15 +14,6 @@ using namespace tandem::test;
 using namespace std::chrono_literals;
 
 namespace {
-constexpr auto soon = 5000ms;
-constexpr auto never = 1500ms;
-
-void up(test_cluster& c) {
-    c.start("a");
-    c.start("b");
-    REQUIRE(c.wait("a", "state=ACTIVE", soon));
-    REQUIRE(c.wait("b", "state=STANDBY", soon));
-}
 
 // The link-layer address the client's neighbour table holds for the VIP, or "".
 std::string client_neighbour(const test_cluster& c) {
@@ -41,7 +32,7 @@ std::string mac_of(std::span<const std::byte> b) {
 TEST_CASE("cluster: the active holds the VIP on alias eth0:0, the standby does not", "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     CHECK(c.has_vip("a"));
     CHECK_FALSE(c.has_vip("b"));
     CHECK_THAT(c.ns("a").exec_ok("ip -o addr show dev eth0"), Catch::Contains("10.77.0.100/24 brd 10.77.0.255 scope global secondary eth0:0"));
@@ -53,7 +44,7 @@ TEST_CASE("cluster: after a takeover the client's neighbour entry follows withou
           "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     REQUIRE(c.ns("client").exec("ping -c1 -W2 " + c.addr("vip")).status == 0);
     REQUIRE(client_neighbour(c) == c.mac("a"));
     // Both gratuitous forms from the new active, seen on the client's wire.
@@ -82,7 +73,7 @@ TEST_CASE("cluster: an IPv6 VIP moves with an unsolicited NA carrying Override",
     test_cluster::options o;
     o.ipv6 = true;
     test_cluster c(o);
-    up(c);
+    c.up();
     CHECK(c.has_vip("a"));
     // Added with NODAD: usable at once, never "tentative".
     CHECK_THAT(c.ns("a").exec_ok("ip -o addr show dev eth0 to fd00:77::100/128"), !Catch::Contains("tentative"));
@@ -110,7 +101,7 @@ TEST_CASE("cluster: management link down on the active moves the VIP; the node r
           "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     c.ns("a").exec_ok("ip link set eth0 down");
     REQUIRE(c.wait("a", "state=FAILED", soon));
     REQUIRE(c.wait("b", "state=ACTIVE", soon));
@@ -127,7 +118,7 @@ TEST_CASE("cluster: management link down on the active moves the VIP; the node r
 TEST_CASE("cluster: management link down on the standby moves nothing", "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     c.ns("b").exec_ok("ip link set eth0 down");
     REQUIRE(c.wait("b", "state=FAILED", soon));
     CHECK_FALSE(c.wait("a", "state=STANDBY", never));
@@ -141,7 +132,7 @@ TEST_CASE("cluster: management link down on the standby moves nothing", "[scenar
 TEST_CASE("cluster: a crashed active's stale VIP is removed when it restarts", "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     // Silence only the heartbeats: a keeps the VIP while b takes over, then a
     // dies without a goodbye and leaves its VIP behind.
     c.ns("a").exec_ok("nft -f - <<'EOF'\ntable inet p {\n chain in {\n type filter hook input priority 0;\n udp dport 694 drop\n }\n"
@@ -163,7 +154,7 @@ TEST_CASE("cluster: a crashed active's stale VIP is removed when it restarts", "
 TEST_CASE("cluster: a VIP deleted behind Tandem's back is restored", "[scenario][vip]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;
-    up(c);
+    c.up();
     auto seq = c.last_seq("a");
     c.ns("a").exec_ok("ip addr del 10.77.0.100/24 dev eth0");
     REQUIRE(c.wait("a", "event=vip.up", soon, seq));

@@ -169,6 +169,13 @@ void test_cluster::start(const std::string& node, const std::vector<std::string>
         std::make_unique<daemon_process>(ns(node), config_path(node), (dir_.path() / (node + ".log")).string(), env);
 }
 
+void test_cluster::up() {
+    start("a");
+    start("b");
+    REQUIRE(wait("a", "state=ACTIVE", soon));
+    REQUIRE(wait("b", "state=STANDBY", soon));
+}
+
 void test_cluster::kill9(const std::string& node) { procs_.at(node)->kill9(); }
 int test_cluster::stop(const std::string& node) { return procs_.at(node)->terminate(); }
 

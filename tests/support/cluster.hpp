@@ -45,6 +45,12 @@ struct node_spec {
     std::string extra;     // appended TOML
 };
 
+// Generous deadlines: an event that should come within a 300 ms timeout gets
+// several seconds on a loaded CI machine; an event that must NOT come is given
+// a few timeouts to prove it stays away.
+inline constexpr std::chrono::milliseconds soon{5000};
+inline constexpr std::chrono::milliseconds never{1500};
+
 // Two nodes (alpha primary at .1, beta secondary at .2) and a client (.10) on
 // the bridge of a hub namespace; VIP 10.77.0.100/24 (or fd00:77::1, ::2, ::10
 // and fd00:77::100/64), connectivity target: the client.
@@ -73,6 +79,8 @@ public:
     std::string log(const std::string& node) const;  // the node's whole log so far
 
     void start(const std::string& node, const std::vector<std::string>& env = {});
+    // Starts both nodes and requires alpha ACTIVE and beta STANDBY.
+    void up();
     void kill9(const std::string& node);
     int stop(const std::string& node);  // SIGTERM
     // Runs tandemctl against a node; returns status and output.
