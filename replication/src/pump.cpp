@@ -100,7 +100,11 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     std::vector<slot> slots(opt.depth);
     std::map<std::uint64_t, std::pair<std::uint64_t, std::uint32_t>> unacked;  // seq -> (offset, len)
     std::array<std::byte, ack_frame> ack{};
-    token_bucket bucket(pr.rate_bps ? pr.rate_bps.load() : 1, opt.chunk, clock.now());
+    // The bucket starts empty (no burst beyond the rate at the start) and may
+    // hold 50 ms of budget, so a pipeline that stalled for a moment (a busy CPU)
+    // catches up instead of losing that time for good.
+    auto burst_for = [&](std::uint64_t rate) { return std::max<std::uint64_t>(opt.chunk, rate / 20); };
+    token_bucket bucket(pr.rate_bps ? pr.rate_bps.load() : 1, burst_for(pr.rate_bps), clock.now(), false);
     std::uint64_t next = opt.start, seq = 0, done = 0;
     // The range being cut into frames: [next, run_end). With a plan, the next
     // dirty run is looked up when this one is used up; without, it is all of it.
@@ -181,7 +185,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
             order.push_back(i);
             s.sent = 0;
             next += s.len;
-            if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now());
+            if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now(), burst_for(pr.rate_bps));
             auto wait = pr.rate_bps ? bucket.take(s.len, now) : nanos(0);
             if (wait.count() > 0) {
                 s.state = slot::waiting;

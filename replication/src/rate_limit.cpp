@@ -5,8 +5,11 @@
 
 namespace tandem::replication {
 
-token_bucket::token_bucket(std::uint64_t bytes_per_second, std::uint64_t burst_bytes, steady_time now)
-    : rate_(bytes_per_second), burst_(static_cast<std::int64_t>(burst_bytes)), tokens_(static_cast<double>(burst_bytes)),
+token_bucket::token_bucket(std::uint64_t bytes_per_second, std::uint64_t burst_bytes, steady_time now,
+                           bool start_full)
+    : rate_(bytes_per_second),
+      burst_(static_cast<std::int64_t>(burst_bytes)),
+      tokens_(start_full ? static_cast<double>(burst_bytes) : 0.0),
       last_(now) {}
 
 void token_bucket::refill(steady_time now) {
@@ -26,6 +29,12 @@ nanos token_bucket::take(std::uint64_t n, steady_time now) {
 void token_bucket::set_rate(std::uint64_t bytes_per_second, steady_time now) {
     refill(now);
     rate_ = bytes_per_second;
+}
+
+void token_bucket::set_rate(std::uint64_t bytes_per_second, steady_time now, std::uint64_t burst_bytes) {
+    set_rate(bytes_per_second, now);
+    burst_ = static_cast<std::int64_t>(burst_bytes);
+    tokens_ = std::min(tokens_, static_cast<double>(burst_));
 }
 
 }  // namespace tandem::replication

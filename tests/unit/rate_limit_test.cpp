@@ -50,3 +50,28 @@ TEST_CASE("a rate change applies from now on", "[unit][replication]") {
     CHECK(b.take(400ull << 20, c.now()) == 1s);
     CHECK(b.rate() == mib_per_s(400));
 }
+
+TEST_CASE("an empty-started bucket never runs ahead of the rate, and catches up after a stall within its burst",
+          "[unit][replication]") {
+    manual_clock c;
+    const std::uint64_t rate = mib_per_s(1100), burst = rate / 20;  // what the pump uses: 50 ms of budget
+    token_bucket b(rate, burst, c.now(), false);
+    CHECK(b.take(1 << 20, c.now()) > 0ns);  // nothing at the start
+    c.advance(b.take(0, c.now()));
+    // A 30 ms stall: that budget is kept and spent at once afterwards.
+    c.advance(30ms);
+    std::uint64_t caught_up = 0;
+    while (b.take(1 << 20, c.now()) == 0ns) caught_up += 1 << 20;
+    CHECK(caught_up >= rate * 30 / 1000 - (2 << 20));
+    CHECK(caught_up <= rate * 30 / 1000 + (1 << 20));
+    // A stall longer than the burst loses only what is beyond it.
+    token_bucket d(rate, burst, c.now(), false);
+    c.advance(1s);
+    CHECK(d.take(burst, c.now()) == 0ns);
+    CHECK(d.take(1 << 20, c.now()) > 0ns);
+    // A new burst with a new rate drops the tokens above it.
+    d.set_rate(mib_per_s(100), c.now(), 1 << 20);
+    c.advance(1h);
+    CHECK(d.take(1 << 20, c.now()) == 0ns);
+    CHECK(d.take(1 << 20, c.now()) == 10ms);
+}

@@ -20,13 +20,16 @@ inline constexpr std::uint32_t default_rate_mib = 100;
 // the long-run rate stays exact whatever the chunk size.
 class token_bucket {
 public:
-    token_bucket(std::uint64_t bytes_per_second, std::uint64_t burst_bytes, steady_time now);
+    // start_full: the first `burst` bytes may go at once; otherwise the bucket starts empty.
+    token_bucket(std::uint64_t bytes_per_second, std::uint64_t burst_bytes, steady_time now, bool start_full = true);
 
     // Takes n bytes' worth of tokens and returns how long the caller must wait
     // before sending them (zero if they were available).
     [[nodiscard]] nanos take(std::uint64_t n, steady_time now);
     // Changes the rate from now on (tandemctl sync-rate); tokens earned so far stay.
     void set_rate(std::uint64_t bytes_per_second, steady_time now);
+    // The same, with a new burst (tokens above it are dropped).
+    void set_rate(std::uint64_t bytes_per_second, steady_time now, std::uint64_t burst_bytes);
     [[nodiscard]] std::uint64_t rate() const { return rate_; }
 
 private:
