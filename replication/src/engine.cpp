@@ -157,6 +157,20 @@ struct engine::impl {
     bool stop_requested = false;
 
     std::mutex send_mu;               // one frame at a time on the socket
+    // Bumped (under send_mu) just before a connection's descriptor is closed:
+    // a writer that took the descriptor earlier sends only if it is unchanged,
+    // so no frame can go to a closed or reused descriptor.
+    std::atomic<std::uint64_t> conn_gen{0};
+    // Sends on a live connection that a writer thread took under `mu`.
+    void send_if_current(int fd, std::uint64_t gen, std::span<const std::byte> a, std::span<const std::byte> b = {}) {
+        std::lock_guard lk(send_mu);
+        if (conn_gen != gen) return;  // that connection ended; its writes were marked dirty
+        try {
+            send_all(fd, a, b);
+        } catch (const link_down&) {
+            ::shutdown(fd, SHUT_RDWR);  // the engine thread ends the connection and marks the write dirty
+        }
+    }
     pump_progress progress;
     std::atomic<bool> stopping{false};
     unique_fd wake;                   // eventfd: stop, discard
@@ -1066,10 +1080,11 @@ void engine::impl::run() {
     while (!stopping) {
         bool refused = false;
         std::string why;
+        unique_fd conn;  // closed only after on_connection_end(), under the send lock
         try {
-            unique_fd fd = cfg.dialer ? dial() : accept_peer();
+            conn = cfg.dialer ? dial() : accept_peer();
             if (stopping) break;
-            serve(fd.get());
+            serve(conn.get());
         } catch (const link_refused& e) {
             refused = true;
             why = e.what();
@@ -1086,6 +1101,11 @@ void engine::impl::run() {
             if (!stopping && why != "stopping") last_error = why;
         }
         on_connection_end();
+        {
+            std::lock_guard lk(send_mu);
+            ++conn_gen;
+            conn.reset();
+        }
         if (stopping) break;
         if (was_up) emit("replication.disconnected", fmt::format("connection to {} lost: {}", peer_name, why));
         else if (refused && why != last_refusal) emit("replication.refused", why);  // once per reason
@@ -1257,7 +1277,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         std::uint64_t off = offset + done;
         bool last = done + piece.size() == bytes.size();
         std::uint32_t fl = last ? flags : 0;
-        std::uint64_t seq = 0;
+        std::uint64_t seq = 0, gen = 0;
         int fd = -1;
         {
             std::lock_guard lk(p.mu);
@@ -1269,6 +1289,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
             if (p.link == link_state::connected && p.conn_fd >= 0) {
                 seq = ++p.tx_seq;
                 fd = p.conn_fd;
+                gen = p.conn_gen;
                 p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size())};
             } else {
                 p.mark_dirty(off, piece.size());
@@ -1280,12 +1301,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
             std::array<std::byte, frame_header_size + data_header_size> prefix{};
             data_msg m{off, static_cast<std::uint32_t>(piece.size()), fl, data_checksum(piece), piece};
             (void)encode_data_prefix(prefix, seq, m);
-            try {
-                std::lock_guard lk(p.send_mu);
-                p.send_all(fd, prefix, piece);
-            } catch (const link_down&) {
-                ::shutdown(fd, SHUT_RDWR);  // the engine thread ends the connection and marks the write dirty
-            }
+            p.send_if_current(fd, gen, prefix, piece);
         }
         auto local = write_local(p.vol->fd(), off, piece);
         if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
@@ -1315,16 +1331,12 @@ result<void> engine::flush() {
     if (p.link != link_state::connected || p.conn_fd < 0) return {};
     auto seq = ++p.tx_seq;
     int fd = p.conn_fd;
+    std::uint64_t gen = p.conn_gen;
     p.pending[seq] = {0, 0};
     lk.unlock();
-    try {
-        std::array<std::byte, frame_header_size> buf{};
-        (void)encode_flush(buf, seq);
-        std::lock_guard slk(p.send_mu);
-        p.send_all(fd, buf);
-    } catch (const link_down&) {
-        ::shutdown(fd, SHUT_RDWR);
-    }
+    std::array<std::byte, frame_header_size> buf{};
+    (void)encode_flush(buf, seq);
+    p.send_if_current(fd, gen, buf);
     lk.lock();
     p.acked.wait(lk, [&] { return !p.pending.count(seq); });
     return {};
