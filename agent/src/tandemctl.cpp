@@ -303,6 +303,14 @@ int main(int argc, char** argv) {
             if (it == args.end() || it + 1 == args.end()) return std::nullopt;
             return *(it + 1);
         };
+        // --timeout DURATION, or `fallback`; the example names durations that suit the command.
+        auto timeout_option = [&](std::chrono::milliseconds fallback, const char* example) {
+            auto t = option("--timeout");
+            if (!t) return fallback;
+            auto d = parse_duration(*t);
+            if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as {}", *t, example));
+            return *d;
+        };
         if (cmd == "cstate" || cmd == "status") {
             connection c(sock);
             auto r = c.request({{"cmd", "status"}});
@@ -329,12 +337,7 @@ int main(int argc, char** argv) {
             return print_reply(c.request({{"cmd", cmd}}));
         }
         if (cmd == "sync") {
-            auto timeout = std::chrono::milliseconds(24 * 3600 * 1000);
-            if (auto t = option("--timeout")) {
-                auto d = parse_duration(*t);
-                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 90s or 2h", *t));
-                timeout = *d;
-            }
+            auto timeout = timeout_option(std::chrono::hours(24), "90s or 2h");
             return follow_sync(sock, timeout);
         }
         if (cmd == "sync-rate") {
@@ -344,12 +347,7 @@ int main(int argc, char** argv) {
             return print_reply(c.request({{"cmd", "sync-rate"}, {"mib", v}}));
         }
         if (cmd == "verify") {
-            auto timeout = std::chrono::milliseconds(24 * 3600 * 1000);
-            if (auto t = option("--timeout")) {
-                auto d = parse_duration(*t);
-                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 90s or 2h", *t));
-                timeout = *d;
-            }
+            auto timeout = timeout_option(std::chrono::hours(24), "90s or 2h");
             // Subscribe first, then start: the end cannot slip between.
             connection events(sock);
             events.send({{"cmd", "events"}, {"follow", true}, {"backlog", 0}});
@@ -373,12 +371,7 @@ int main(int argc, char** argv) {
         }
         if (cmd == "wait") {
             if (args.size() < 2) throw std::invalid_argument("wait needs state=STATE or event=ID");
-            auto timeout = std::chrono::milliseconds(30'000);
-            if (auto t = option("--timeout")) {
-                auto d = parse_duration(*t);
-                if (!d) throw std::invalid_argument(fmt::format("--timeout \"{}\" is not a duration such as 500ms or 30s", *t));
-                timeout = *d;
-            }
+            auto timeout = timeout_option(std::chrono::seconds(30), "500ms or 30s");
             std::optional<std::uint64_t> since;
             if (auto s = option("--since")) since = number(*s, "--since");
             return wait_for(sock, args[1], timeout, since);
