@@ -23,9 +23,9 @@ CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iagent/inclu
 # -Wno-mismatched-new-delete: a GCC 12 false positive on Asio's recycled coroutine frames.
 CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-mismatched-new-delete -g -MMD -MP -pipe
 LDLIBS   := -luring -lxxhash -lfmt -lcrypto -lsystemd -lpthread
-NL_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 2>/dev/null)
-NL_LIBS   := $(shell pkg-config --libs libnl-route-3.0 2>/dev/null)
-CPPFLAGS += $(NL_CFLAGS)
+PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 libnl-genl-3.0 fuse3 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 libnl-genl-3.0 fuse3 2>/dev/null)
+CPPFLAGS += $(PKG_CFLAGS)
 
 ifeq ($(MODE),release)
 CXXFLAGS += -O2
@@ -69,17 +69,17 @@ TESTS_BIN := $(OUT)/bin/tandem-tests
 $(TANDEMD): $(OUT)/obj/agent/src/tandemd.o $(LIBS)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
-	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 $(TANDEMCTL): $(OUT)/obj/agent/src/tandemctl.o $(LIBS)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
-	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 $(REPL_BENCH): $(OUT)/obj/tests/bench/repl_bench.o $(LIBS)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
-	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 TEST_SRCS := $(wildcard tests/unit/*.cpp tests/scenario/*.cpp tests/support/*.cpp)
 TEST_OBJS := $(TEST_SRCS:%.cpp=$(OUT)/obj/%.o)
@@ -87,7 +87,7 @@ $(OUT)/obj/tests/%.o: CPPFLAGS += -Itests
 $(TESTS_BIN): $(TEST_OBJS) $(LIBS)
 	@mkdir -p $(@D)
 	@echo "  LD      $@"
-	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(NL_LIBS) $(LDLIBS)
+	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
 .PHONY: all deps test test-unit test-kernel test-scenario demo clean format tidy
 all: deps
@@ -151,7 +151,7 @@ fuzz_repl_metadata_SRCS := replication/src/metadata.cpp replication/src/error.cp
 $(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
 	@mkdir -p $(@D)
 	@echo "  FUZZ    $@"
-	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(NL_LIBS) -lcrypto -lxxhash -lfmt
+	$(Q)clang++ $(FUZZ_FLAGS) -o $@ $^ $(PKG_LIBS) -lcrypto -lxxhash -lfmt
 
 .PHONY: fuzz
 fuzz: deps $(FUZZERS:%=$(FUZZ_OUT)/fuzz-%)

@@ -92,8 +92,13 @@ std::byte* bounce_buffer() {
 }
 
 result<void> write_local(int fd, std::uint64_t offset, std::span<const std::byte> bytes) {
-    auto* buf = bounce_buffer();
-    std::memcpy(buf, bytes.data(), bytes.size());
+    // O_DIRECT wants an aligned buffer: the caller's if it is one, else a copy.
+    const std::byte* buf = bytes.data();
+    if (reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
+        auto* b = bounce_buffer();
+        std::memcpy(b, bytes.data(), bytes.size());
+        buf = b;
+    }
     std::size_t done = 0;
     while (done < bytes.size()) {
         auto n = ::pwrite(fd, buf + done, bytes.size() - done, static_cast<off_t>(offset + done));
@@ -1340,6 +1345,33 @@ result<void> engine::flush() {
     lk.lock();
     p.acked.wait(lk, [&] { return !p.pending.count(seq); });
     return {};
+}
+
+result<void> engine::read(std::uint64_t offset, std::span<std::byte> out) const {
+    auto& p = *p_;
+    if (out.empty() || offset % wire_sector || out.size() % wire_sector) return make_error_code(errc::misaligned);
+    if (offset + out.size() > p.vol->size() || offset + out.size() < offset) return make_error_code(errc::out_of_range);
+    // O_DIRECT wants an aligned buffer: read straight into the caller's when it
+    // is one (the front end's are), else through this thread's bounce buffer.
+    bool aligned = reinterpret_cast<std::uintptr_t>(out.data()) % 4096 == 0;
+    for (std::size_t done = 0; done < out.size();) {
+        std::size_t n = aligned ? out.size() - done : std::min<std::size_t>(max_data_length, out.size() - done);
+        std::byte* dst = aligned ? out.data() + done : bounce_buffer();
+        auto got = ::pread(p.vol->fd(), dst, n, static_cast<off_t>(offset + done));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return errno_error();
+        if (got == 0) return make_error_code(errc::out_of_range);
+        if (!aligned) std::memcpy(out.data() + done, dst, static_cast<std::size_t>(got));
+        done += static_cast<std::size_t>(got);
+    }
+    return {};
+}
+
+std::uint64_t engine::size() const noexcept { return p_->vol->size(); }
+
+bool engine::primary() const noexcept {
+    std::lock_guard lk(p_->mu);
+    return p_->primary;
 }
 
 std::uint16_t engine::sync_permille() const noexcept {

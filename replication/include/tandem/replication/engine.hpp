@@ -127,6 +127,11 @@ public:
     [[nodiscard]] result<void> write(std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags = 0);
     // Flush: everything written before is durable locally and (protocol C, connected) on the peer.
     [[nodiscard]] result<void> flush();
+    // Reads the local copy (offset and length multiples of 512). The front end
+    // reads through this on the primary, whose copy is always the current one.
+    [[nodiscard]] result<void> read(std::uint64_t offset, std::span<std::byte> out) const;
+    [[nodiscard]] std::uint64_t size() const noexcept;
+    [[nodiscard]] bool primary() const noexcept;
 
     [[nodiscard]] engine_status status() const;
     // The running resync's progress in thousandths, without taking the engine's
