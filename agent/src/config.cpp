@@ -227,11 +227,12 @@ config validate(const toml::table& root, const std::string& path) {
     for (auto&& [k, v] : root) {
         static const std::set<std::string_view> sections = {"cluster",      "node", "peer",    "heartbeat",
                                                              "connectivity", "auth", "replication", "crossover",
-                                                             "control",      "health", "services", "announce"};
+                                                             "control",      "health", "services", "announce",
+                                                             "store"};
         if (!sections.count(k.str()))
             r.problem(&v, k.str(), "unknown section; allowed: " +
                                        join({"cluster", "node", "peer", "heartbeat", "connectivity", "auth",
-                                             "replication", "crossover", "control", "health", "services", "announce"},
+                                             "replication", "crossover", "control", "health", "services", "announce", "store"},
                                             ", "));
     }
 
@@ -420,6 +421,25 @@ config validate(const toml::table& root, const std::string& path) {
             c.announce.refresh = *d;
     }
 
+    auto* st = r.section(root, "store", false, {"mount", "fstype", "options", "frontend", "fsck", "threads"});
+    if (auto m = r.string(st, "store", "mount", false)) {
+        if (!m->empty() && ((*m)[0] != '/' || *m == "/"))
+            r.problem(st->get("mount"), "store.mount", "must be an absolute path other than \"/\" (or \"\" for no mount)");
+        else
+            c.store.mount = *m;
+    }
+    if (auto f = r.choice<std::string>(st, "store", "fstype",
+                                       {{"ext4", "ext4"}, {"ext3", "ext3"}, {"ext2", "ext2"}, {"xfs", "xfs"}}))
+        c.store.fstype = *f;
+    c.store.options = r.string(st, "store", "options", false).value_or("");
+    if (auto f = r.choice<std::string>(st, "store", "frontend", {{"auto", "auto"}, {"fuse", "fuse"}, {"nbd", "nbd"}}))
+        c.store.frontend = *f;
+    if (st && st->get("fsck")) {
+        if (auto b = st->get("fsck")->value<bool>()) c.store.fsck = *b;
+        else r.problem(st->get("fsck"), "store.fsck", "must be true or false");
+    }
+    if (auto v = r.integer(st, "store", "threads", 1, 64)) c.store.threads = static_cast<unsigned>(*v);
+
     auto* sv = r.section(root, "services", false, {"start", "stop", "timeout"});
     c.services.start = r.string(sv, "services", "start", false).value_or("");
     c.services.stop = r.string(sv, "services", "stop", false).value_or("");
@@ -511,6 +531,15 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("crossover.address", a.crossover.address != b.crossover.address);
     refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);
     refused("control.socket", a.control.socket != b.control.socket);
+    for (auto [key, changed] : {std::pair{"store.mount", a.store.mount != b.store.mount},
+                                {"store.fstype", a.store.fstype != b.store.fstype},
+                                {"store.options", a.store.options != b.store.options},
+                                {"store.frontend", a.store.frontend != b.store.frontend},
+                                {"store.threads", a.store.threads != b.store.threads}})
+        if (changed)
+            p.refused.push_back(fmt::format("{}: read when /store is mounted; restart tandemd while it is the standby "
+                                            "to use the new value", key));
+    applied("store.fsck", a.store.fsck ? "true" : "false", b.store.fsck ? "true" : "false");
     if (a.node.state_dir != b.node.state_dir)
         p.refused.push_back("node.state_dir: read once at start-up; restart tandemd to use another one");
     if (a.node.software_version != b.node.software_version)

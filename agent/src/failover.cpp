@@ -31,29 +31,6 @@ public:
     }
 };
 
-// Phase 1 with the io_uring engine: become primary (a new generation when the
-// peer cannot receive the writes) and back. The front end that exposes and
-// mounts the volume joins this phase with the live-/store issue.
-class replicated_storage_phase final : public failover_phase {
-public:
-    explicit replicated_storage_phase(replication::engine& e) : e_(e) {}
-    std::string_view name() const override { return "storage"; }
-    asio::awaitable<phase_outcome> acquire() override {
-        std::string why;
-        if (auto r = e_.promote(why); !r) co_return phase_outcome::failed("cannot promote the replicated volume: " + why);
-        auto s = e_.status();
-        co_return phase_outcome::done(fmt::format("volume primary, generation {:016x}; peer {}", s.gen.current,
-                                                  to_string(s.link)));
-    }
-    asio::awaitable<phase_outcome> release() override {
-        if (auto r = e_.demote(); !r) co_return phase_outcome::failed("demoting the replicated volume: " + r.error().message());
-        co_return phase_outcome::done("volume secondary");
-    }
-
-private:
-    replication::engine& e_;
-};
-
 class services_phase final : public failover_phase {
 public:
     // Keeps a reference to the live configuration: a reload changes the hooks.
@@ -86,9 +63,6 @@ private:
 }  // namespace
 
 std::unique_ptr<failover_phase> make_local_storage_phase() { return std::make_unique<local_storage_phase>(); }
-std::unique_ptr<failover_phase> make_replicated_storage_phase(replication::engine& e) {
-    return std::make_unique<replicated_storage_phase>(e);
-}
 std::unique_ptr<failover_phase> make_services_phase(const config& c) { return std::make_unique<services_phase>(c); }
 
 std::vector<std::string> failover_sequence::names() const {

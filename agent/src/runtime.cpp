@@ -227,6 +227,13 @@ node_runtime::~node_runtime() = default;
 
 void node_runtime::install_sequence(failover_sequence seq) { sequence_.emplace(std::move(seq)); }
 
+std::unique_ptr<failover_phase> node_runtime::make_storage_phase() {
+    if (cfg_.replication.backend == backend_kind::none) return make_local_storage_phase();
+    auto p = std::make_unique<store_phase>(cfg_, engine_.get());
+    store_ = p.get();
+    return p;
+}
+
 void node_runtime::start() {
     bus_.publish({"tandemd.started",
                   fmt::format("tandemd {} as {} {} of cluster {}; listening for the peer for {}", tandem_version,
@@ -244,6 +251,7 @@ void node_runtime::start() {
                       fmt::format("removed {} stale VIP address(es) left on {} by an earlier run", *n, vip_->interface()),
                       {{"count", std::to_string(*n)}}});
     check_link();
+    if (store_) store_->recover_stale();
     if (engine_) {
         engine_->start();
         apply(machine_.on_local_sync(now(), replication_sync()));
@@ -705,6 +713,7 @@ json node_runtime::status() const {
                        {"links", links},
                        {"dropped", dropped}}},
         {"replication", replication_status()},
+        {"store", store_section()},
         {"last_sequence", last_sequence_},
     };
 }
@@ -764,6 +773,13 @@ json node_runtime::replication_status() const {
                    {"mismatched_bytes", s.verify_mismatched_bytes},
                    {"mismatches", ranges}};
     return j;
+}
+
+json node_runtime::store_section() const {
+    if (!store_) return {{"mount", ""}, {"mounted", false}};
+    auto s = store_->status();
+    return {{"mount", s.mount},   {"mounted", s.mounted},   {"fstype", s.fstype},
+            {"device", s.device}, {"frontend", s.frontend}, {"last_error", s.last_error}};
 }
 
 json node_runtime::set_sync_rate(const json& req) {
@@ -830,6 +846,15 @@ json node_runtime::handle(const json& req) {
                                                                      {"online", command::online}};
     for (auto& [name, c] : commands) {
         if (cmd == name) {
+            // A release that would pull /store from under a running application is refused up front.
+            if (store_ && machine_.state() == host_state::active && !machine_.busy() &&
+                (c == command::giveback || c == command::offline)) {
+                if (auto why = store_->busy(); !why.empty()) {
+                    bus_.publish({"command.refused", fmt::format("{} refused: {}", name, why),
+                                  {{"command", std::string(name)}, {"reason", why}}});
+                    return {{"ok", false}, {"error", why}};
+                }
+            }
             auto [reply, e] = machine_.on_command(now(), c);
             apply(std::move(e));
             if (!reply.ok) return {{"ok", false}, {"error", reply.message}};

@@ -34,11 +34,16 @@ constexpr const char* usage =
 
 // Features checked once at start-up, each failure naming what is missing.
 void check_features(const config& c) {
-    if (c.replication.backend == backend_kind::drbd || c.replication.backend == backend_kind::shared)
+    if (c.replication.backend == backend_kind::drbd)
+        throw std::runtime_error(
+            "replication.backend = \"drbd\" is not available in this build yet; use \"uring\" (Tandem's own "
+            "engine), \"shared\" or \"none\"");
+    if (c.replication.backend == backend_kind::uring && !c.store.mount.empty() && c.store.frontend != "nbd" &&
+        ::access("/dev/fuse", R_OK | W_OK) != 0 && ::access("/sys/module/nbd", F_OK) != 0)
         throw std::runtime_error(fmt::format(
-            "replication.backend = \"{}\" is not available in this build yet; use \"uring\" (Tandem's own engine) "
-            "or \"none\" (the drbd and shared-storage backends are being built)",
-            to_string(c.replication.backend)));
+            "[store] mount = \"{}\" needs a front end: /dev/fuse is not usable ({}) and nbd.ko is not loaded; "
+            "load the fuse or nbd module",
+            c.store.mount, std::strerror(errno)));
     if (!c.connectivity.targets.empty()) {
         int fd = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
         if (fd < 0)
@@ -108,8 +113,7 @@ int main(int argc, char** argv) {
         node_runtime rt(io, cfg);
         const config& live = rt.current_config();  // updated in place by reloads
         std::vector<std::unique_ptr<failover_phase>> phases;
-        if (auto* e = rt.engine()) phases.push_back(make_replicated_storage_phase(*e));
-        else phases.push_back(make_local_storage_phase());
+        phases.push_back(rt.make_storage_phase());
         phases.push_back(make_alias_phase(rt.vip()));
         phases.push_back(make_vip_phase(rt.vip()));
         phases.push_back(make_services_phase(live));

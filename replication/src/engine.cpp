@@ -140,6 +140,15 @@ struct engine::impl {
     generation_ids peer_gen;           // from the peer's hello
     bool peer_consistent = false;      // from the peer's hello
     std::optional<dirty_bitmap> redirty;  // sync source: blocks written during the pass
+    // The write gate: closed by the sync source for its last pass, so that a
+    // stream of application writes cannot keep a resync from ever ending.
+    bool gate_closed = false;
+    std::condition_variable gate_cv;
+    unsigned local_inflight = 0;  // writes marked dirty whose local write is still running
+    void open_gate() {
+        gate_closed = false;
+        gate_cv.notify_all();
+    }
     struct hot_extent {
         unsigned inflight = 0;
         clock::time_point last{};
@@ -653,7 +662,17 @@ void engine::impl::resync_source(int fd, std::uint64_t size, dirty_bitmap plan) 
         if (!r.ok()) throw link_down("resync: " + r.error);
         sync_base += r.bytes;
         progress.bytes_done = 0;
-        if (redirty->dirty_blocks() == 0) {
+        // Writes during a pass dirty blocks for the next one. Once what is left
+        // takes about 100 ms to send (or after a few passes), the last pass runs
+        // with application writes held at the gate: it then ends with nothing
+        // re-dirtied, and the held writes go to the peer live.
+        auto left = redirty->dirty_bytes();
+        if (left && !gate_closed && (left <= std::max<std::uint64_t>(1 << 20, progress.rate_bps / 10) || pass >= 8)) {
+            gate_closed = true;
+            gate_cv.wait(lk, [&] { return local_inflight == 0; });
+            left = redirty->dirty_bytes();
+        }
+        if (left == 0) {
             // The last pass: from here on writes go to the peer as they happen,
             // after the resync_done frame in the same stream.
             // Every bit the bitmap had when the passes began, and every bit set
@@ -666,6 +685,8 @@ void engine::impl::resync_source(int fd, std::uint64_t size, dirty_bitmap plan) 
             tx_seq = 0;
             lk.unlock();
             send_frame(fd, [&](std::span<std::byte> b) { return encode_resync_done(b, 0, m); });
+            lk.lock();
+            open_gate();
             return;
         }
         // Blocks written during the pass go in another one.
@@ -1077,6 +1098,7 @@ void engine::impl::on_connection_end() {
     // completes without it.
     diverge_if_primary();
     fail_pending();
+    open_gate();
     if (link != link_state::refused) link = link_state::connecting;
 }
 
@@ -1285,7 +1307,8 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         std::uint64_t seq = 0, gen = 0;
         int fd = -1;
         {
-            std::lock_guard lk(p.mu);
+            std::unique_lock lk(p.mu);
+            p.gate_cv.wait(lk, [&] { return !p.gate_closed; });
             if (!p.primary) return make_error_code(errc::role_conflict);
             if (auto al = p.al_begin(off, piece.size()); !al) {
                 p.al_end(off, piece.size());
@@ -1298,6 +1321,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
                 p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size())};
             } else {
                 p.mark_dirty(off, piece.size());
+                ++p.local_inflight;
             }
         }
         // The peer's copy goes out first, so that its write and ours overlap:
@@ -1319,6 +1343,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         } else {
             std::lock_guard lk(p.mu);
             p.al_end(off, piece.size());
+            if (--p.local_inflight == 0) p.gate_cv.notify_all();
         }
         if (!local) return local.error();
         done += piece.size();

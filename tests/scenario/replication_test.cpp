@@ -37,7 +37,7 @@ struct replicated {
         test_cluster::options o;
         auto section = [&](const std::string& dev) {
             return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"/dev/shm/tandem-md-{}-{}\"\n"
-                               "rate = {}\n",
+                               "rate = {}\n[store]\nmount = \"\"\n",
                                dev, ::getpid(), dev.substr(dev.rfind('/') + 1), rate);
         };
         o.extra_a = section(a);

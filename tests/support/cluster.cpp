@@ -89,6 +89,11 @@ test_cluster::~test_cluster() {
     procs_.clear();  // kill the daemons before their namespaces go
 }
 
+pid_t test_cluster::pid(const std::string& node) const {
+    auto it = procs_.find(node);
+    return it == procs_.end() || !it->second ? -1 : it->second->pid();
+}
+
 std::string test_cluster::addr(const std::string& who) const {
     std::string host = who == "a" ? "1" : who == "b" ? "2" : who == "client" ? "10" : "100";
     return opt.ipv6 ? "fd00:77::" + host : "10.77.0." + host;

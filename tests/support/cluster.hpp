@@ -82,6 +82,8 @@ public:
     // Starts both nodes and requires alpha ACTIVE and beta STANDBY.
     void up();
     void kill9(const std::string& node);
+    // tandemd's pid on a node (its mount namespace is where the node's /store is mounted), or -1.
+    [[nodiscard]] pid_t pid(const std::string& node) const;
     int stop(const std::string& node);  // SIGTERM
     // Runs tandemctl against a node; returns status and output.
     cmd_result ctl(const std::string& node, const std::string& args) const;

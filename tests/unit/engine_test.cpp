@@ -228,3 +228,29 @@ TEST_CASE("a full target disk is reported on both sides and nothing is counted a
     CHECK_FALSE(bs.consistent);
     CHECK(a.eng->status().resync_bytes_sent < 16 * mib);
 }
+
+TEST_CASE("a promotion under a stream of writes reconnects and resynchronizes what was written meanwhile",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 64 * mib, false), b("beta", false, 64 * mib, false);
+    b.start(log);
+    a.start(log);
+    log.wait("beta replication.sync_done");
+    std::atomic<bool> done{false};
+    std::vector<std::thread> writers;
+    for (int t = 0; t < 4; ++t)
+        writers.emplace_back([&, t] {
+            auto block = pattern(64 * 1024, static_cast<std::uint64_t>(t));
+            for (std::uint64_t i = 0; !done; ++i) {
+                auto r = a.eng->write(((i * 4 + static_cast<std::uint64_t>(t)) * 64 * 1024) % (64 * mib), block);
+                if (!r) break;  // not yet primary
+            }
+        });
+    a.promote();
+    log.wait("beta replication.sync_done", 2);
+    done = true;
+    for (auto& w : writers) w.join();
+    REQUIRE(a.eng->flush());
+    CHECK(a.vol.digest() == b.vol.digest());
+}

@@ -65,6 +65,14 @@ struct config {
         bool protocol_a = false;  // "A": a write completes locally; default "C": on both nodes
     } replication;
     struct {
+        std::string mount = "/store";  // empty: the volume is replicated but never exposed or mounted
+        std::string fstype = "ext4";
+        std::string options;           // mount options, as for mount -o
+        std::string frontend = "auto";  // "auto", "fuse" or "nbd" (backend "uring")
+        bool fsck = true;               // check the file system before every mount
+        unsigned threads = 8;           // front-end workers
+    } store;
+    struct {
         std::string interface;  // empty: no crossover link
         std::optional<ip_address> address;
         std::optional<ip_address> peer_address;

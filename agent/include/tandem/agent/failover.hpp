@@ -3,7 +3,6 @@
 
 #include "tandem/agent/config.hpp"
 #include "tandem/agent/event_bus.hpp"
-#include "tandem/replication/engine.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
@@ -57,8 +56,6 @@ private:
 
 // Phase 1 for backend "none": /store stays local, nothing is promoted.
 std::unique_ptr<failover_phase> make_local_storage_phase();
-// Phase 1 for backend "uring": promote / demote the engine's volume.
-std::unique_ptr<failover_phase> make_replicated_storage_phase(replication::engine& e);
 // Phase 4: the [services] start/stop hooks, with TANDEM_* variables in their environment.
 std::unique_ptr<failover_phase> make_services_phase(const config& c);
 

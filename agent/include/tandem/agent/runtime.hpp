@@ -5,6 +5,7 @@
 #include "tandem/agent/control.hpp"
 #include "tandem/agent/event_bus.hpp"
 #include "tandem/agent/failover.hpp"
+#include "tandem/agent/store.hpp"
 #include "tandem/agent/heartbeat_codec.hpp"
 #include "tandem/agent/machine.hpp"
 #include "tandem/agent/vip_owner.hpp"
@@ -40,6 +41,9 @@ public:
     [[nodiscard]] vip_owner& vip() { return *vip_; }
     // The io_uring replication engine (backend "uring"), or null.
     [[nodiscard]] replication::engine* engine() { return engine_.get(); }
+    // Failover phase 1 for the configured backend; the runtime keeps a view of
+    // it for status and for refusing a release while /store is busy.
+    [[nodiscard]] std::unique_ptr<failover_phase> make_storage_phase();
     // Starts the coroutines; io.run() returns after a clean shutdown.
     void start();
     [[nodiscard]] nlohmann::json status() const;
@@ -76,6 +80,7 @@ private:
     void on_replication_event(const std::string& kind, const std::string& detail);
     [[nodiscard]] sync_state replication_sync() const;
     [[nodiscard]] nlohmann::json replication_status() const;
+    [[nodiscard]] nlohmann::json store_section() const;
     nlohmann::json set_sync_rate(const nlohmann::json& req);
     [[nodiscard]] steady_time now() const { return std::chrono::steady_clock::now(); }
 
@@ -110,6 +115,7 @@ private:
 
     // Last: stopped (and its thread joined) before anything it posts to goes away.
     std::unique_ptr<replication::engine> engine_;
+    store_phase* store_ = nullptr;  // owned by the failover sequence
 };
 
 }  // namespace tandem::agent

@@ -1,0 +1,280 @@
+// agent: /store — the front end, the file system and the mount, acquired and released as failover phase 1.
+#include "tandem/agent/store.hpp"
+
+#include "tandem/agent/process.hpp"
+#include "tandem/base/log.hpp"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace tandem::agent {
+
+namespace asio = boost::asio;
+
+namespace {
+
+// Single quotes for /bin/sh: configuration values reach mkfs, fsck and mount as words.
+std::string quote(const std::string& s) {
+    std::string q = "'";
+    for (char ch : s) q += ch == '\'' ? std::string("'\\''") : std::string(1, ch);
+    return q + "'";
+}
+
+std::string comm_of(pid_t pid) {
+    std::ifstream in(fmt::format("/proc/{}/comm", pid));
+    std::string s;
+    std::getline(in, s);
+    return s;
+}
+
+// What the first 1 MiB of `dev` says: a file system of the ext family, xfs,
+// nothing at all (all zero: a new volume), or something else.
+enum class found { ext, xfs, zeros, other, unreadable };
+found probe(const std::string& dev, std::string& why) {
+    int fd = ::open(dev.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        why = fmt::format("cannot open {}: {}", dev, std::strerror(errno));
+        return found::unreadable;
+    }
+    std::vector<unsigned char> b(1 << 20);
+    auto n = ::pread(fd, b.data(), b.size(), 0);
+    int e = errno;
+    ::close(fd);
+    if (n < 2048) {
+        why = fmt::format("cannot read {}: {}", dev, n < 0 ? std::strerror(e) : "too small");
+        return found::unreadable;
+    }
+    b.resize(static_cast<std::size_t>(n));
+    if (b[1080] == 0x53 && b[1081] == 0xef) return found::ext;  // the ext superblock magic 0xEF53
+    if (std::memcmp(b.data(), "XFSB", 4) == 0) return found::xfs;
+    if (std::all_of(b.begin(), b.end(), [](unsigned char x) { return x == 0; })) return found::zeros;
+    return found::other;
+}
+
+}  // namespace
+
+std::vector<store_holder> store_holders(const std::string& mount) {
+    std::vector<store_holder> out;
+    struct stat mst {};
+    if (mount.empty() || ::stat(mount.c_str(), &mst) != 0) return out;
+    auto on_store = [&](const std::string& link) {
+        struct stat st {};
+        return ::stat(link.c_str(), &st) == 0 && st.st_dev == mst.st_dev;
+    };
+    auto target = [](const std::string& link) {
+        char buf[4096];
+        auto n = ::readlink(link.c_str(), buf, sizeof buf - 1);
+        return n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string();
+    };
+    auto dev_text = fmt::format("{:02x}:{:02x}", major(mst.st_dev), minor(mst.st_dev));
+    std::unique_ptr<DIR, int (*)(DIR*)> proc(::opendir("/proc"), ::closedir);
+    if (!proc) return out;
+    while (auto* de = ::readdir(proc.get())) {
+        char* end = nullptr;
+        long pid = std::strtol(de->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == ::getpid()) continue;
+        auto base = fmt::format("/proc/{}", pid);
+        std::vector<std::string> hows;
+        for (const char* what : {"cwd", "root", "exe"})
+            if (on_store(base + "/" + what)) hows.emplace_back(what);
+        if (std::unique_ptr<DIR, int (*)(DIR*)> fds(::opendir((base + "/fd").c_str()), ::closedir); fds) {
+            while (auto* f = ::readdir(fds.get())) {
+                if (f->d_name[0] == '.') continue;
+                auto link = base + "/fd/" + f->d_name;
+                if (on_store(link)) hows.push_back(fmt::format("fd {} ({})", f->d_name, target(link)));
+            }
+        }
+        std::ifstream maps(base + "/maps");
+        for (std::string line; std::getline(maps, line);) {
+            std::istringstream ls(line);
+            std::string range, perms, offset, dev;
+            ls >> range >> perms >> offset >> dev;
+            if (dev == dev_text) {
+                hows.emplace_back("mapped");
+                break;
+            }
+        }
+        if (hows.empty()) continue;
+        store_holder h;
+        h.pid = static_cast<pid_t>(pid);
+        h.comm = comm_of(h.pid);
+        for (auto& w : hows) h.how += (h.how.empty() ? "" : ", ") + w;
+        out.push_back(std::move(h));
+    }
+    return out;
+}
+
+std::string describe(const std::vector<store_holder>& hs) {
+    std::string s;
+    for (auto& h : hs) s += fmt::format("{}pid {} ({}: {})", s.empty() ? "" : ", ", h.pid, h.comm, h.how);
+    return s;
+}
+
+store_phase::store_phase(const config& c, replication::engine* e) : c_(c), e_(e) {}
+store_phase::~store_phase() = default;
+
+bool store_phase::mounted() const {
+    if (c_.store.mount.empty()) return false;
+    std::ifstream in("/proc/self/mountinfo");
+    for (std::string line; std::getline(in, line);) {
+        std::istringstream ls(line);
+        std::string id, parent, devno, root, point;
+        ls >> id >> parent >> devno >> root >> point;
+        if (point == c_.store.mount) return true;
+    }
+    return false;
+}
+
+store_status store_phase::status() const {
+    store_status s;
+    s.mount = c_.store.mount;
+    s.fstype = c_.store.fstype;
+    s.mounted = mounted();
+    s.device = device_;
+    s.frontend = fe_ ? std::string(fe_->kind()) : (!e_ && !device_.empty() ? "shared" : "");
+    s.last_error = last_error_;
+    return s;
+}
+
+std::string store_phase::busy() const {
+    if (!mounted()) return "";
+    auto h = store_holders(c_.store.mount);
+    if (h.empty()) return "";
+    return fmt::format("{} is busy: {}; stop these processes (or let the [services] stop hook do it) and retry",
+                       c_.store.mount, describe(h));
+}
+
+void store_phase::recover_stale() {
+    if (!e_) return;
+    // A FUSE mount whose server died answers with ENOTCONN; so does the file
+    // system mounted on top of it, through the loop device. Both go.
+    struct stat st {};
+    auto dir = c_.node.state_dir + "/fuse";
+    if (::stat(dir.c_str(), &st) == 0 || errno != ENOTCONN) return;
+    if (mounted() && ::umount2(c_.store.mount.c_str(), MNT_DETACH) == 0)
+        log::warning("store.stale", "detached {} left mounted on the volume of a crashed tandemd", c_.store.mount);
+    replication::clean_stale_frontend(c_.node.state_dir);
+}
+
+asio::awaitable<phase_outcome> store_phase::prepare_file_system(const std::string& dev) {
+    std::string why;
+    auto fs = probe(dev, why);
+    bool ext = c_.store.fstype.rfind("ext", 0) == 0;
+    auto marker = c_.node.state_dir + "/store-created";
+    if (fs == found::unreadable) co_return phase_outcome::failed(why);
+    if (fs == found::zeros) {
+        // The seeds: first-time set-up creates the file system, on the primary only.
+        if (c_.node.role != node_role::primary)
+            co_return phase_outcome::failed(fmt::format(
+                "{} holds no file system, and only the primary creates one (this node is the secondary)", dev));
+        if (std::filesystem::exists(marker))
+            co_return phase_outcome::failed(fmt::format(
+                "{} is blank, but this node created /store before ({} exists): refusing to format it again; "
+                "restore the data, or remove the marker to start afresh",
+                dev, marker));
+        auto r = co_await run_command(fmt::format("mkfs.{} -q {}{}", c_.store.fstype, ext ? "-F " : "-f ", quote(dev)),
+                                      {}, std::chrono::minutes(30));
+        if (!r.ok()) co_return phase_outcome::failed(fmt::format("mkfs.{} {} {}", c_.store.fstype, dev, r.describe()));
+        std::ofstream(marker) << dev << "\n";
+        log::notice("store.created", "created an {} file system on {} (first-time set-up)", c_.store.fstype, dev);
+        co_return phase_outcome::done("created");
+    }
+    if ((ext && fs != found::ext) || (!ext && fs != found::xfs))
+        co_return phase_outcome::failed(fmt::format(
+            "{} holds no {} file system ([store] fstype) and is not blank: refusing to format it", dev, c_.store.fstype));
+    if (c_.store.fsck) {
+        // -p repairs what is safe to repair without a question; 0 and 1 mean usable.
+        auto r = co_await run_command(fmt::format("fsck.{} -p {}", c_.store.fstype, quote(dev)), {},
+                                      std::chrono::minutes(30));
+        if (!r.started || r.timed_out || r.exit_code > 2)
+            co_return phase_outcome::failed(fmt::format("fsck.{} -p {} {}: the file system needs a manual check",
+                                                        c_.store.fstype, dev, r.describe()));
+        if (r.exit_code != 0) log::warning("store.fsck", "fsck.{} corrected errors on {} ({})", c_.store.fstype, dev, r.describe());
+        co_return phase_outcome::done("checked");
+    }
+    co_return phase_outcome::done("");
+}
+
+asio::awaitable<phase_outcome> store_phase::acquire() {
+    std::string why;
+    std::string what;
+    if (e_) {
+        if (auto r = e_->promote(why); !r) co_return phase_outcome::failed("cannot promote the replicated volume: " + why);
+        auto s = e_->status();
+        what = fmt::format("volume primary, generation {:016x}; peer {}", s.gen.current, to_string(s.link));
+    }
+    if (c_.store.mount.empty()) co_return phase_outcome::done(what + "; not mounted ([store] mount is empty)");
+    if (mounted()) co_return phase_outcome::nothing(what + "; " + c_.store.mount + " is already mounted");
+    if (e_) {
+        if (!fe_) {
+            replication::frontend_config fc;
+            fc.kind = c_.store.frontend == "fuse"  ? replication::frontend_kind::fuse
+                      : c_.store.frontend == "nbd" ? replication::frontend_kind::nbd
+                                                   : replication::frontend_kind::automatic;
+            fc.work_dir = c_.node.state_dir;
+            fc.threads = c_.store.threads;
+            auto fe = replication::expose(*e_, fc, why);
+            if (!fe) co_return phase_outcome::failed(last_error_ = "cannot expose the volume: " + why);
+            fe_ = std::move(*fe);
+        }
+        device_ = fe_->device();
+    } else {
+        device_ = c_.replication.device;
+    }
+    auto fs = co_await prepare_file_system(device_);
+    if (fs.outcome == phase_outcome::kind::failed) {
+        last_error_ = fs.detail;
+        co_return fs;
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(c_.store.mount, ec);
+    auto opts = c_.store.options.empty() ? std::string() : " -o " + quote(c_.store.options);
+    auto r = co_await run_command(
+        fmt::format("mount -t {}{} {} {}", c_.store.fstype, opts, quote(device_), quote(c_.store.mount)), {},
+        std::chrono::minutes(10));
+    if (!r.ok()) co_return phase_outcome::failed(last_error_ = fmt::format("mount {} on {} {}", device_, c_.store.mount, r.describe()));
+    last_error_.clear();
+    co_return phase_outcome::done(fmt::format("{}{}{} mounted on {} ({}{})", what, what.empty() ? "" : "; ", device_,
+                                              c_.store.mount, fe_ ? fe_->kind() : "shared",
+                                              fs.detail.empty() ? "" : ", " + fs.detail));
+}
+
+asio::awaitable<phase_outcome> store_phase::release() {
+    if (mounted()) {
+        // Never pull the file system from under a running application.
+        if (auto b = busy(); !b.empty()) co_return phase_outcome::failed(last_error_ = b);
+        if (::umount2(c_.store.mount.c_str(), 0) != 0) {
+            int e = errno;
+            auto b = busy();
+            co_return phase_outcome::failed(last_error_ = fmt::format("unmounting {}: {}{}", c_.store.mount,
+                                                                       std::strerror(e), b.empty() ? "" : "; " + b));
+        }
+    }
+    if (fe_) {
+        if (auto r = fe_->close(); !r) log::warning("store.detach", "detaching {}: {}", device_, r.error().message());
+        fe_.reset();
+    }
+    device_.clear();
+    if (e_) {
+        if (auto r = e_->demote(); !r)
+            co_return phase_outcome::failed(last_error_ = "demoting the replicated volume: " + r.error().message());
+        co_return phase_outcome::done(c_.store.mount.empty() ? "volume secondary"
+                                                              : c_.store.mount + " unmounted; volume secondary");
+    }
+    co_return phase_outcome::done(c_.store.mount + " unmounted");
+}
+
+}  // namespace tandem::agent

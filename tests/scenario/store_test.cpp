@@ -1,0 +1,316 @@
+// tests: the live /store — mounted on the active node through the front end, no acknowledged write lost in a crash.
+#include "support/cluster.hpp"
+#include "support/skip.hpp"
+#include "support/tempdir.hpp"
+#include "support/util.hpp"
+#include "support/volume_file.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+using namespace tandem::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto sync_limit = 120s;
+constexpr std::size_t record_size = 32;
+
+// Record n: its number and a checksum of it, so a torn or stale record shows.
+std::string record(std::uint32_t n) {
+    auto sum = XXH3_64bits(&n, sizeof n);
+    auto r = fmt::format("{:010d} {:016x}", n, sum);
+    r.resize(record_size - 1, ' ');
+    return r + "\n";
+}
+
+// A child process in `target`'s mount namespace (where that node's /store is mounted).
+template <class Body>
+pid_t spawn_in_mounts_of(pid_t target, Body body) {
+    pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    int ns = ::open(fmt::format("/proc/{}/ns/mnt", target).c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns < 0 || ::setns(ns, CLONE_NEWNS) != 0) ::_exit(120);
+    ::_exit(body());
+}
+
+// Appends numbered records with fdatasync, and reports each acknowledged number on a pipe.
+struct record_writer {
+    pid_t pid = -1;
+    int fd = -1;
+    std::atomic<std::uint32_t> acked{0};
+    std::thread reader;
+    record_writer(pid_t target, const std::string& file) {
+        int p[2];
+        REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
+        pid = spawn_in_mounts_of(target, [&] {
+            int f = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+            if (f < 0) return 121;
+            for (std::uint32_t n = 1;; ++n) {
+                auto r = record(n);
+                if (::write(f, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return 122;
+                if (::fdatasync(f) != 0) return 123;
+                if (::write(p[1], &n, sizeof n) != sizeof n) return 124;
+            }
+        });
+        ::close(p[1]);
+        fd = p[0];
+        reader = std::thread([this] {
+            std::uint32_t n;
+            while (::read(fd, &n, sizeof n) == sizeof n) acked = n;
+        });
+    }
+    void kill9() {
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+            pid = -1;
+        }
+        if (reader.joinable()) reader.join();
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    ~record_writer() { kill9(); }
+};
+
+// A process that keeps its working directory on /store until killed.
+struct store_holder_process {
+    pid_t pid;
+    store_holder_process(pid_t target, const std::string& dir) {
+        pid = spawn_in_mounts_of(target, [&] {
+            if (::chdir(dir.c_str()) != 0) return 125;
+            for (;;) ::pause();
+        });
+    }
+    ~store_holder_process() {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+    }
+};
+
+// Two zeroed volumes, a cluster that mounts /store on them, and the helpers around it.
+struct live_store {
+    loop_volume va{128 * mib, false}, vb{128 * mib, false};
+    temp_dir dir;
+    test_cluster c;
+    // One process per node that keeps the node's mount namespace alive: were
+    // tandemd the last process in it, its exit would have to unmount /store
+    // through its own FUSE server, which is exiting too, and hang for good.
+    std::map<std::string, pid_t> keepers;
+    live_store() : c(options(va.dev, vb.dev, dir.path().string())) {}
+    ~live_store() {
+        for (auto node : {"a", "b"})
+            if (c.pid(node) > 0) c.kill9(node);
+        for (auto [node, pid] : keepers) release_keeper(node);
+        for (auto* v : {&va, &vb}) ::unlink(md(v->dev).c_str());
+    }
+    void start(const std::string& node) {
+        c.start(node);
+        // `ip netns exec` makes the namespace, then execs tandemd in place: join it after that.
+        auto exe = fmt::format("/proc/{}/exe", c.pid(node));
+        REQUIRE(wait_until([&] {
+            std::error_code ec;
+            return std::filesystem::read_symlink(exe, ec).filename() == "tandemd";
+        }));
+        keepers[node] = spawn_in_mounts_of(c.pid(node), []() -> int {
+            for (;;) ::pause();
+        });
+    }
+    // After tandemd is gone: the namespace, and the dead /store in it, go.
+    void release_keeper(const std::string& node) {
+        auto& pid = keepers[node];
+        if (pid <= 0) return;
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        pid = -1;
+    }
+    static std::string md(const std::string& dev) {
+        return fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), dev.substr(dev.rfind('/') + 1));
+    }
+    static test_cluster::options options(const std::string& a, const std::string& b, const std::string& dir) {
+        test_cluster::options o;
+        auto section = [&](const std::string& dev, const std::string& node) {
+            return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"{}\"\nrate = 4096\n"
+                               "[store]\nmount = \"{}/store-{}\"\nfrontend = \"fuse\"\nthreads = 4\n",
+                               dev, md(dev), dir, node);
+        };
+        o.extra_a = section(a, "a");
+        o.extra_b = section(b, "b");
+        return o;
+    }
+    std::string mount(const std::string& node) const { return (dir.path() / ("store-" + node)).string(); }
+    // Both up, /store created and mounted on alpha, beta in sync and standby.
+    void up() {
+        start("a");
+        start("b");
+        REQUIRE(c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
+        REQUIRE(c.wait("b", "state=STANDBY", soon));
+        // ACTIVE comes first; /store is mounted when the acquire sequence completes.
+        REQUIRE(c.wait("a", "event=failover.complete", soon, 0));
+        REQUIRE(c.status("a")["store"]["mounted"] == true);
+        // The promotion reconnected; what /store's creation wrote reaches beta.
+        auto synced = c.ctl("a", fmt::format("sync --timeout {}s", sync_limit.count()));
+        INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump() << "\nbeta: "
+                        << c.status("b")["replication"].dump());
+        REQUIRE(synced.status == 0);
+    }
+    // A command run in a node's mount namespace.
+    cmd_result in_store(const std::string& node, const std::string& cmd) const {
+        return run(fmt::format("nsenter -t {} -m -- sh -c '{}'", c.pid(node), cmd));
+    }
+    // Crash: the node's link goes dark, then tandemd is SIGKILLed.
+    void crash(const std::string& node) {
+        c.ns(node).exec_ok("ip link set eth0 down");
+        c.kill9(node);
+        release_keeper(node);
+    }
+    // The crashed node comes back and joins as standby once resynchronized.
+    void rejoin(const std::string& node) {
+        c.ns(node).exec_ok("ip link set eth0 up");
+        start(node);
+        REQUIRE(c.ctl(node, fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
+        REQUIRE(c.wait(node, "state=STANDBY", soon));
+    }
+    std::uint64_t sent(const std::string& node) {
+        return c.status(node)["replication"]["resync_bytes_sent"].get<std::uint64_t>();
+    }
+};
+
+// Every record 1..acked is present, in order and intact; what follows may be a torn tail.
+void check_records(const std::string& content, std::uint32_t acked) {
+    std::uint32_t n = 0;
+    for (std::size_t off = 0; off + record_size <= content.size() && n < acked; off += record_size) {
+        ++n;
+        INFO("record " << n << " of " << acked << " acknowledged");
+        REQUIRE(content.substr(off, record_size) == record(n));
+    }
+    CHECK(n == acked);
+}
+
+#define REQUIRE_FRONT_END()                                                                 \
+    do {                                                                                    \
+        TANDEM_REQUIRE_NAMESPACES();                                                        \
+        if (!std::filesystem::exists("/dev/fuse")) TANDEM_SKIP("no /dev/fuse on this machine"); \
+    } while (0)
+
+}  // namespace
+
+TEST_CASE("no acknowledged write is lost when the active node crashes (20 crashes at random points)",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    std::mt19937 rng(std::random_device{}());
+    std::string active = "a", standby = "b";
+    std::uint32_t total = 0;
+    for (int round = 1; round <= 20; ++round) {
+        INFO("round " << round << ": " << active << " is active and crashes");
+        auto file = fmt::format("{}/records-{}", s.mount(active), round);
+        record_writer w(c.pid(active), file);
+        // Crash after a random number of acknowledged records.
+        auto target = std::uniform_int_distribution<std::uint32_t>(1, 300)(rng);
+        REQUIRE(wait_until([&] { return w.acked >= target; }, 60s));
+        auto since = c.last_seq(standby);
+        s.crash(active);
+        w.kill9();
+        std::uint32_t acked = w.acked;
+        total += acked;
+
+        REQUIRE(c.wait(standby, "event=failover.complete", soon, since));
+        REQUIRE(c.status(standby)["store"]["mounted"] == true);
+        auto got = s.in_store(standby, "cat " + fmt::format("{}/records-{}", s.mount(standby), round));
+        REQUIRE(got.status == 0);
+        check_records(got.out, acked);
+        s.rejoin(active);
+        std::swap(active, standby);
+    }
+    // Every earlier round's records are still there on the last active node.
+    for (int round = 1; round <= 20; ++round) {
+        auto got = s.in_store(active, fmt::format("cat {}/records-{} | wc -c", s.mount(active), round));
+        CHECK(got.status == 0);
+    }
+    INFO("acknowledged records in all: " << total);
+    CHECK(s.in_store(active, "true").status == 0);
+}
+
+TEST_CASE("the old primary rejoins with only the delta and, after a giveback, holds what the secondary wrote",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {}/before && sync", s.mount("a"))).status == 0);
+    auto since = c.last_seq("b");
+    s.crash("a");
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    // beta writes 8 MiB while alpha is away.
+    REQUIRE(s.in_store("b", fmt::format("head -c 8M /dev/urandom > {0}/during && sync && sha256sum {0}/during {0}/before "
+                                        "| cut -c1-64 > {1}/sums-b",
+                                        s.mount("b"), s.dir.path().string()))
+                .status == 0);
+    auto before = s.sent("b");
+    s.rejoin("a");
+    auto delta = s.sent("b") - before;
+    INFO("resync after the failover: " << delta << " bytes of a 128 MiB volume");
+    CHECK(delta >= 8 * mib);   // at least what beta wrote
+    CHECK(delta < 32 * mib);   // a delta, not the whole volume
+    CHECK(c.status("a")["store"]["mounted"] == false);  // the standby never mounts
+
+    since = c.last_seq("a");
+    REQUIRE(c.ctl("b", "giveback").status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    CHECK(c.status("b")["store"]["mounted"] == false);
+    auto sums = s.in_store("a", fmt::format("sha256sum {0}/during {0}/before | cut -c1-64", s.mount("a")));
+    REQUIRE(sums.status == 0);
+    CHECK(sums.out == read_file(s.dir.path() / "sums-b"));
+}
+
+TEST_CASE("the standby does not mount /store, and a giveback with /store busy is refused naming the holder",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    auto st = c.status("b")["store"];
+    CHECK(st["mounted"] == false);
+    CHECK(st["device"] == "");
+    // Nothing is mounted on beta's mount point, in beta's own mount namespace either.
+    CHECK(s.in_store("b", "mountpoint -q " + s.mount("b")).status != 0);
+    CHECK(s.in_store("a", "mountpoint -q " + s.mount("a")).status == 0);
+
+    {
+        store_holder_process holder(c.pid("a"), s.mount("a"));
+        // The holder is in place once its cwd is on /store.
+        REQUIRE(wait_until([&] {
+            return run(fmt::format("readlink /proc/{}/cwd", holder.pid)).out.find(s.mount("a")) == 0;
+        }));
+        auto r = c.ctl("a", "giveback");
+        INFO(r.out);
+        CHECK(r.status == 1);
+        CHECK(r.out.find(fmt::format("pid {}", holder.pid)) != std::string::npos);
+        CHECK(r.out.find("cwd") != std::string::npos);
+        CHECK(c.state("a") == "ACTIVE");
+        CHECK(c.status("a")["store"]["mounted"] == true);
+    }
+    auto since = c.last_seq("b");
+    REQUIRE(c.ctl("a", "giveback").status == 0);
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    CHECK(c.status("b")["store"]["mounted"] == true);
+}
