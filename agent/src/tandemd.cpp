@@ -34,10 +34,11 @@ constexpr const char* usage =
 
 // Features checked once at start-up, each failure naming what is missing.
 void check_features(const config& c) {
-    if (c.replication.backend == backend_kind::drbd)
-        throw std::runtime_error(
-            "replication.backend = \"drbd\" is not available in this build yet; use \"uring\" (Tandem's own "
-            "engine), \"shared\" or \"none\"");
+    if (c.replication.backend == backend_kind::drbd || c.replication.backend == backend_kind::shared)
+        throw std::runtime_error(fmt::format(
+            "replication.backend = \"{}\" is not available in this build yet; use \"uring\" (Tandem's own engine) "
+            "or \"none\" (the drbd and shared-storage backends are being built)",
+            to_string(c.replication.backend)));
     if (c.replication.backend == backend_kind::uring && !c.store.mount.empty() && c.store.frontend != "nbd" &&
         ::access("/dev/fuse", R_OK | W_OK) != 0 && ::access("/sys/module/nbd", F_OK) != 0)
         throw std::runtime_error(fmt::format(

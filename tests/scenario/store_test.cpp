@@ -255,12 +255,12 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     live_store s;
     auto& c = s.c;
     s.up();
-    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {}/before && sync", s.mount("a"))).status == 0);
+    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {0}/before && sync {0}/before", s.mount("a"))).status == 0);
     auto since = c.last_seq("b");
     s.crash("a");
     REQUIRE(c.wait("b", "event=failover.complete", soon, since));
     // beta writes 8 MiB while alpha is away.
-    REQUIRE(s.in_store("b", fmt::format("head -c 8M /dev/urandom > {0}/during && sync && sha256sum {0}/during {0}/before "
+    REQUIRE(s.in_store("b", fmt::format("head -c 8M /dev/urandom > {0}/during && sync {0}/during && sha256sum {0}/during {0}/before "
                                         "| cut -c1-64 > {1}/sums-b",
                                         s.mount("b"), s.dir.path().string()))
                 .status == 0);
@@ -269,7 +269,9 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     auto delta = s.sent("b") - before;
     INFO("resync after the failover: " << delta << " bytes of a 128 MiB volume");
     CHECK(delta >= 8 * mib);   // at least what beta wrote
-    CHECK(delta < 32 * mib);   // a delta, not the whole volume
+    // A delta, not the whole volume: beta's writes, and alpha's hot 4 MiB
+    // activity-log extents (what a crashed primary may have written alone).
+    CHECK(delta <= 64 * mib);
     CHECK(c.status("a")["store"]["mounted"] == false);  // the standby never mounts
 
     since = c.last_seq("a");
