@@ -256,11 +256,15 @@ asio::awaitable<phase_outcome> store_phase::release() {
     if (mounted()) {
         // Never pull the file system from under a running application.
         if (auto b = busy(); !b.empty()) co_return phase_outcome::failed(last_error_ = b);
-        if (::umount2(c_.store.mount.c_str(), 0) != 0) {
-            int e = errno;
+        // In a child, not here: the unmount writes the file system back through
+        // our own FUSE server. Were tandemd killed meanwhile, a umount2() of ours
+        // would wait for that server inside the kernel, forever; the child's
+        // gets an I/O error instead. (And the io_context keeps running.)
+        auto r = co_await run_command("umount " + quote(c_.store.mount), {}, std::chrono::minutes(10));
+        if (!r.ok()) {
             auto b = busy();
-            co_return phase_outcome::failed(last_error_ = fmt::format("unmounting {}: {}{}", c_.store.mount,
-                                                                       std::strerror(e), b.empty() ? "" : "; " + b));
+            co_return phase_outcome::failed(last_error_ = fmt::format("umount {} {}{}", c_.store.mount, r.describe(),
+                                                                       b.empty() ? "" : "; " + b));
         }
     }
     if (fe_) {

@@ -21,7 +21,8 @@ make_topology() {
 # node_config CLUSTER NAME ROLE ADDRESS PEER PEER_ADDRESS WORKDIR [DEVICE]: a node's
 # tandemd configuration on that topology (100 ms heartbeats, 300 ms timeout, the
 # client as connectivity target), with its key, socket, boot id and replication
-# metadata in WORKDIR; with DEVICE, /store on DEVICE is replicated (backend "uring").
+# metadata in WORKDIR; with DEVICE, /store on DEVICE is replicated (backend "uring")
+# and mounted on WORKDIR/NAME-store on the active node.
 node_config() {
     cat <<TOML
 [cluster]
@@ -45,7 +46,7 @@ timeout = "200ms"
 [auth]
 key_file = "$7/cluster.key"
 [replication]
-$(if [[ -n "${8:-}" ]]; then printf 'backend = "uring"\ndevice = "%s"\nmetadata = "%s/%s.meta"\nrate = 4096' "$8" "$7" "$2"; else echo 'backend = "none"'; fi)
+$(if [[ -n "${8:-}" ]]; then printf 'backend = "uring"\ndevice = "%s"\nmetadata = "%s/%s.meta"\nrate = 4096\n[store]\nmount = "%s/%s-store"' "$8" "$7" "$2" "$7" "$2"; else echo 'backend = "none"'; fi)
 [control]
 socket = "$7/$2.sock"
 TOML
