@@ -113,16 +113,18 @@ demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
-.PHONY: bench bench-deps bench-failover bench-idle bench-replication
+.PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store
 bench-deps:
 	$(Q)scripts/deps.sh scripts/bench-packages.txt
-bench: bench-failover bench-idle bench-replication
+bench: bench-failover bench-idle bench-replication bench-store
 bench-failover: all bench-deps
 	$(Q)scripts/bench-failover.sh $(OUT)/bin
 bench-idle: all bench-deps
 	$(Q)scripts/bench-idle.sh $(OUT)/bin
 bench-replication: all bench-deps $(REPL_BENCH)
 	$(Q)scripts/bench-replication.sh $(OUT)/bin
+bench-store: all bench-deps $(REPL_BENCH)
+	$(Q)scripts/bench-store.sh $(OUT)/bin
 
 clean:
 	rm -rf build

@@ -212,7 +212,8 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
     std::string why;
     std::string what;
     if (e_) {
-        if (auto r = e_->promote(why); !r) co_return phase_outcome::failed("cannot promote the replicated volume: " + why);
+        if (auto r = e_->promote(why); !r)
+            co_return phase_outcome::failed(last_error_ = "cannot promote the replicated volume: " + why);
         auto s = e_->status();
         what = fmt::format("volume primary, generation {:016x}; peer {}", s.gen.current, to_string(s.link));
     }

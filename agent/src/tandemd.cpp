@@ -39,12 +39,14 @@ void check_features(const config& c) {
             "replication.backend = \"{}\" is not available in this build yet; use \"uring\" (Tandem's own engine) "
             "or \"none\" (the drbd and shared-storage backends are being built)",
             to_string(c.replication.backend)));
-    if (c.replication.backend == backend_kind::uring && !c.store.mount.empty() && c.store.frontend != "nbd" &&
-        ::access("/dev/fuse", R_OK | W_OK) != 0 && ::access("/sys/module/nbd", F_OK) != 0)
+    bool fuse_ok = ::access("/dev/fuse", R_OK | W_OK) == 0;
+    bool nbd_ok = ::access("/sys/module/nbd", F_OK) == 0;
+    bool usable = c.store.frontend == "fuse" ? fuse_ok : c.store.frontend == "nbd" ? nbd_ok : fuse_ok || nbd_ok;
+    if (c.replication.backend == backend_kind::uring && !c.store.mount.empty() && !usable)
         throw std::runtime_error(fmt::format(
-            "[store] mount = \"{}\" needs a front end: /dev/fuse is not usable ({}) and nbd.ko is not loaded; "
-            "load the fuse or nbd module",
-            c.store.mount, std::strerror(errno)));
+            "[store] mount = \"{}\" needs the front end [store] frontend = \"{}\": /dev/fuse is {}usable and nbd.ko "
+            "is {}loaded; load the fuse (or nbd) module, or choose the front end this kernel has",
+            c.store.mount, c.store.frontend, fuse_ok ? "" : "not ", nbd_ok ? "" : "not "));
     if (!c.connectivity.targets.empty()) {
         int fd = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
         if (fd < 0)

@@ -16,6 +16,8 @@ bool exists(const char* path) {
     return ::stat(path, &st) == 0;
 }
 
+}  // namespace
+
 // nbd.ko loaded, or loadable: modprobe quietly, as systemd-modules-load would.
 bool have_nbd() {
     if (exists("/sys/module/nbd")) return true;
@@ -23,8 +25,6 @@ bool have_nbd() {
     int rc = std::system("modprobe -q nbd nbds_max=4 2>/dev/null");
     return rc == 0 && exists("/sys/module/nbd");
 }
-
-}  // namespace
 
 frontend_kind resolve(frontend_kind kind, std::string& why) {
     switch (kind) {
@@ -37,11 +37,16 @@ frontend_kind resolve(frontend_kind kind, std::string& why) {
         case frontend_kind::automatic:
             break;
     }
+    // FUSE first: it is the path tested on every kernel; NBD where FUSE is absent.
+    if (::access("/dev/fuse", R_OK | W_OK) == 0) {
+        why = "auto: /dev/fuse is usable, so FUSE with a loop device";
+        return frontend_kind::fuse;
+    }
     if (have_nbd()) {
-        why = "auto: the kernel has nbd.ko";
+        why = "auto: no usable /dev/fuse, and the kernel has nbd.ko";
         return frontend_kind::nbd;
     }
-    why = "auto: no nbd.ko in this kernel, so FUSE with a loop device";
+    why = "auto: neither /dev/fuse nor nbd.ko; trying FUSE, which will say what is missing";
     return frontend_kind::fuse;
 }
 

@@ -183,7 +183,7 @@ void fuse_frontend::op_write(fuse_req_t req, fuse_ino_t, const char* buf, size_t
 
 void fuse_frontend::op_fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
     // The loop device turns a flush (and a FUA write) into fsync of the file:
-    // durable locally and, under protocol C, on the peer.
+    // durable locally and, while connected, on the peer (engine::flush).
     auto& f = self(req);
     if (auto r = f.e_.flush(); !r) {
         f.report("flush", 0, r.error());

@@ -1,6 +1,7 @@
 // bench: replication between two namespaces for make bench-replication — one pump run, or the
 // engine's delta resync and replicated writes (--engine).
 #include "tandem/replication/engine.hpp"
+#include "tandem/replication/frontend.hpp"
 #include "tandem/replication/pump.hpp"
 
 #include "tandem/base/unique_fd.hpp"
@@ -122,10 +123,12 @@ write_figures app_writes(engine& e, std::uint64_t size, double seconds) {
     return f;
 }
 
-int engine_bench(const std::string& src, const std::string& dst, const std::string& ns_src, const std::string& ns_dst,
-                 const std::string& addr_src, const std::string& addr_dst, const std::string& meta_dir, double seconds) {
+// Two engines over the veth between two namespaces, each engine's thread born
+// in its namespace so that its sockets live there.
+struct bench_pair {
+    std::string src, dst, ns_src, ns_dst, addr_src, addr_dst, meta_dir;
     events ev;
-    auto config = [&](bool dialer) {
+    engine_config config(bool dialer) const {
         engine_config c;
         c.node_name = dialer ? "alpha" : "beta";
         c.device = dialer ? src : dst;
@@ -138,23 +141,28 @@ int engine_bench(const std::string& src, const std::string& dst, const std::stri
         c.peer_timeout = std::chrono::seconds(5);
         c.retry = std::chrono::milliseconds(50);
         return c;
-    };
-    std::unique_ptr<engine> a, b;
-    // Each engine's thread is born in its namespace, so its sockets live there.
-    auto start_in = [&](const std::string& ns, bool dialer) {
+    }
+    std::unique_ptr<engine> start(bool dialer) {
         std::unique_ptr<engine> e;
         std::thread([&] {
-            enter(ns);
+            enter(dialer ? ns_src : ns_dst);
             auto r = engine::open(config(dialer), ev.for_node(dialer ? "alpha" : "beta"));
             if (!r) die("engine: " + r.error().message());
             e = std::move(*r);
             e->start();
         }).join();
         return e;
-    };
+    }
+};
+
+int engine_bench(const std::string& src, const std::string& dst, const std::string& ns_src, const std::string& ns_dst,
+                 const std::string& addr_src, const std::string& addr_dst, const std::string& meta_dir, double seconds) {
+    bench_pair p{src, dst, ns_src, ns_dst, addr_src, addr_dst, meta_dir, {}};
+    auto& ev = p.ev;
+    std::unique_ptr<engine> a, b;
     auto t0 = std::chrono::steady_clock::now();
-    b = start_in(ns_dst, false);
-    a = start_in(ns_src, true);
+    b = p.start(false);
+    a = p.start(true);
     ev.wait("beta replication.sync_done", 1);
     double full_s = since(t0);
     const std::uint64_t size = a->status().volume_size;
@@ -176,7 +184,7 @@ int engine_bench(const std::string& src, const std::string& dst, const std::stri
     for (auto blk : blocks)
         if (!a->write(blk * 4096, block)) die("write");
     auto t1 = std::chrono::steady_clock::now();
-    b = start_in(ns_dst, false);
+    b = p.start(false);
     ev.wait("beta replication.sync_done", 3);
     double delta_s = since(t1);
     auto sent = a->status().resync_bytes_sent - sent0;
@@ -198,6 +206,40 @@ int engine_bench(const std::string& src, const std::string& dst, const std::stri
     return 0;
 }
 
+
+// make bench-store: the same engine pair, the primary's volume exposed through
+// the FUSE front end; `run DEV peer` with the peer connected (protocol C), then
+// `run DEV alone` after the peer is gone.
+int store_bench(const std::string& src, const std::string& dst, const std::string& ns_src, const std::string& ns_dst,
+                const std::string& addr_src, const std::string& addr_dst, const std::string& meta_dir,
+                const std::string& run) {
+    bench_pair p{src, dst, ns_src, ns_dst, addr_src, addr_dst, meta_dir, {}};
+    auto& ev = p.ev;
+    auto b = p.start(false);
+    auto a = p.start(true);
+    ev.wait("beta replication.sync_done", 1);
+    std::string why;
+    if (!a->promote(why)) die("promote: " + why);
+    ev.wait("beta replication.sync_done", 2);
+    frontend_config fc;
+    fc.kind = frontend_kind::fuse;
+    fc.work_dir = meta_dir;
+    auto fe = expose_fuse(*a, fc, why);
+    if (!fe) die("front end: " + why);
+    auto dev = (*fe)->device();
+    auto sh = [&](const char* label) {
+        auto cmd = run + " " + dev + " " + label;
+        if (std::system(cmd.c_str()) != 0) die("failed: " + cmd);
+    };
+    sh("peer");
+    b.reset();
+    ev.wait("alpha replication.disconnected", 1);
+    sh("alone");
+    if (auto r = (*fe)->close(); !r) die("detach: " + r.error().message());
+    a.reset();
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -205,6 +247,7 @@ int main(int argc, char** argv) {
     std::uint32_t rate_mib = 0;
     std::uint64_t bytes = 0;
     bool do_fill = false, engine_mode = false, zero_copy = false;
+    std::string store_run;
     std::string addr_src = "10.88.0.1", meta_dir = "/tmp";
     double seconds = 3;
     for (int i = 1; i < argc; ++i) {
@@ -223,12 +266,14 @@ int main(int argc, char** argv) {
         else if (a == "--addr-source") addr_src = next();
         else if (a == "--meta-dir") meta_dir = next();
         else if (a == "--seconds") seconds = std::stod(next());
+        else if (a == "--store-run") store_run = next();
         else die("unknown argument " + a);
     }
     if (do_fill) {
         fill(src);
         return 0;
     }
+    if (!store_run.empty()) return store_bench(src, dst, ns_src, ns_dst, addr_src, addr, meta_dir, store_run);
     if (engine_mode) return engine_bench(src, dst, ns_src, ns_dst, addr_src, addr, meta_dir, seconds);
     auto sv = volume::open(src);
     auto dv = volume::open(dst);

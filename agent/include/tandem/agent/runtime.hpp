@@ -88,6 +88,9 @@ private:
     config cfg_;
     event_bus bus_;
     ha_machine machine_;
+    // Declared before the sequence: the storage phase's front end calls into the
+    // engine until the sequence is destroyed, so the engine must outlive it.
+    std::unique_ptr<replication::engine> engine_;
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
     std::unique_ptr<control_server> control_;
@@ -114,7 +117,6 @@ private:
     std::shared_ptr<probe_state> probe_inflight_;
 
     // Last: stopped (and its thread joined) before anything it posts to goes away.
-    std::unique_ptr<replication::engine> engine_;
     store_phase* store_ = nullptr;  // owned by the failover sequence
 };
 

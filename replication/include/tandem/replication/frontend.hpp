@@ -13,7 +13,7 @@ namespace tandem::replication {
 
 // How the volume becomes a block device (docs/live-store.md, "Front ends").
 enum class frontend_kind : std::uint8_t {
-    automatic,  // NBD where the kernel has nbd.ko, else FUSE + loop
+    automatic,  // FUSE + loop where /dev/fuse is usable, else NBD where the kernel has nbd.ko
     fuse,       // a one-file FUSE file system; a loop device attaches to the file
     nbd,        // nbd.ko configured through generic netlink, served over a socket pair
 };
@@ -37,6 +37,8 @@ public:
     [[nodiscard]] virtual result<void> close() = 0;
 };
 
+// Whether nbd.ko is loaded, or can be (modprobe).
+[[nodiscard]] bool have_nbd();
 // Which front end `kind` means on this kernel, and why (for the log).
 [[nodiscard]] frontend_kind resolve(frontend_kind kind, std::string& why);
 
