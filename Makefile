@@ -18,11 +18,11 @@ else
 Q := @
 endif
 
-CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iagent/include \
+CPPFLAGS := -Ibase/include -Inetlink/include -Ireplication/include -Iebpf/include -Iagent/include -I$(OUT)/ebpf \
             -DBOOST_ASIO_SEPARATE_COMPILATION -DBOOST_ASIO_NO_DEPRECATED
 # -Wno-mismatched-new-delete: a GCC 12 false positive on Asio's recycled coroutine frames.
 CXXFLAGS := -std=c++20 -Wall -Wextra -Wshadow -Wnon-virtual-dtor -Wno-mismatched-new-delete -g -MMD -MP -pipe
-LDLIBS   := -luring -lxxhash -lfmt -lcrypto -lsystemd -lpthread
+LDLIBS   := -luring -lbpf -lelf -lz -lxxhash -lfmt -lcrypto -lsystemd -lpthread
 PKG_CFLAGS := $(shell pkg-config --cflags libnl-route-3.0 libnl-genl-3.0 fuse3 2>/dev/null)
 PKG_LIBS   := $(shell pkg-config --libs libnl-route-3.0 libnl-genl-3.0 fuse3 2>/dev/null)
 CPPFLAGS += $(PKG_CFLAGS)
@@ -51,10 +51,26 @@ $$($(1)_LIB): $$($(1)_OBJS)
 endef
 
 agent_MAINS := agent/src/tandemd.cpp agent/src/tandemctl.cpp
-COMPONENTS := base netlink replication agent
+COMPONENTS := base netlink replication ebpf agent
 $(foreach c,$(COMPONENTS),$(eval $(call component,$(c))))
 
-LIBS := $(agent_LIB) $(replication_LIB) $(netlink_LIB) $(base_LIB)
+LIBS := $(agent_LIB) $(ebpf_LIB) $(replication_LIB) $(netlink_LIB) $(base_LIB)
+
+# ---- BPF: vmlinux.h from the running kernel's BTF, clang -target bpf, a libbpf
+# skeleton that the C++ loader includes. All three are build outputs.
+BPF_DIR := $(OUT)/ebpf
+$(BPF_DIR)/vmlinux.h:
+	@mkdir -p $(@D)
+	@echo "  BTF     $@"
+	$(Q)bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+$(BPF_DIR)/%.bpf.o: ebpf/src/%.bpf.c ebpf/include/tandem/ebpf/hb_stats.h $(BPF_DIR)/vmlinux.h
+	@echo "  BPF     $<"
+	$(Q)clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -I$(BPF_DIR) -Iebpf/include -c $< -o $@
+$(BPF_DIR)/%.skel.h: $(BPF_DIR)/%.bpf.o
+	@echo "  SKEL    $@"
+	$(Q)bpftool gen skeleton $< name $* > $@.tmp && mv $@.tmp $@
+$(OUT)/obj/ebpf/src/probe.o: $(BPF_DIR)/hb_probe.skel.h
+.SECONDARY: $(BPF_DIR)/hb_probe.bpf.o
 
 $(OUT)/obj/%.o: %.cpp
 	@mkdir -p $(@D)
@@ -136,7 +152,7 @@ format:
 # clang-tidy over the sources with the flags they are built with (.clang-tidy).
 tidy:
 	$(Q)scripts/deps.sh scripts/dev-packages.txt
-	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'replication/src/*.cpp' 'agent/src/*.cpp') -- \
+	clang-tidy -quiet $(shell git ls-files 'base/src/*.cpp' 'netlink/src/*.cpp' 'replication/src/*.cpp' 'ebpf/src/*.cpp' 'agent/src/*.cpp') -- \
 	    $(CPPFLAGS) -std=c++20
 
 # ---- fuzz targets: every decoder of bytes from the network (clang, libFuzzer + ASan/UBSan)

@@ -297,7 +297,7 @@ config validate(const toml::table& root, const std::string& path) {
     c.peer.name = read_name(pe, "peer", "name");
     if (auto v = ip_field(pe, "peer", "address", true, false)) c.peer.address = *v;
 
-    auto* hb = r.section(root, "heartbeat", false, {"interval", "timeout", "port", "links"});
+    auto* hb = r.section(root, "heartbeat", false, {"interval", "timeout", "port", "links", "probe", "latency_alert"});
     using std::chrono::milliseconds;
     if (auto d = r.duration(hb, "heartbeat", "interval", milliseconds(10), milliseconds(600'000)))
         c.heartbeat.interval = *d;
@@ -320,6 +320,13 @@ config validate(const toml::table& root, const std::string& path) {
             c.heartbeat.links.push_back(link);
     }
     if (c.heartbeat.links.empty() && !c.cluster.interface.empty()) c.heartbeat.links.push_back(c.cluster.interface);
+    if (auto p = r.choice<latency_probe>(hb, "heartbeat", "probe",
+                                         {{"bpf", latency_probe::bpf},
+                                          {"timestamping", latency_probe::timestamping},
+                                          {"both", latency_probe::both}}))
+        c.heartbeat.probe = *p;
+    if (auto d = r.duration(hb, "heartbeat", "latency_alert", milliseconds(1), milliseconds(60'000)))
+        c.heartbeat.latency_alert = *d;
 
     auto* co = r.section(root, "connectivity", false, {"targets", "timeout", "interval", "require"});
     for (auto& [t, n] : r.strings(co, "connectivity", "targets")) {
@@ -540,6 +547,9 @@ reload_plan plan_reload(const config& a, const config& b) {
             p.refused.push_back(fmt::format("{}: read when /store is mounted; restart tandemd while it is the standby "
                                             "to use the new value", key));
     applied("store.fsck", a.store.fsck ? "true" : "false", b.store.fsck ? "true" : "false");
+    if (a.heartbeat.probe != b.heartbeat.probe || a.heartbeat.latency_alert != b.heartbeat.latency_alert)
+        p.refused.push_back("heartbeat.probe, heartbeat.latency_alert: set in the kernel probe before it loads; "
+                            "restart tandemd to use the new values");
     if (a.node.state_dir != b.node.state_dir)
         p.refused.push_back("node.state_dir: read once at start-up; restart tandemd to use another one");
     if (a.node.software_version != b.node.software_version)

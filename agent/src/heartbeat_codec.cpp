@@ -65,9 +65,15 @@ void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::
     store_be<std::uint16_t>(b.subspan(68), hb.flags);
     store_be<std::uint16_t>(b.subspan(70), hb.sync_permille);
     b[72] = std::byte{hb.link};
-    put_name(b.subspan(80, name_field), hb.cluster);
-    put_name(b.subspan(112, name_field), hb.node);
-    put_name(b.subspan(144, version_field), hb.version);
+    store_be<std::uint32_t>(b.subspan(76), hb.link_seq);
+    store_be<std::uint64_t>(b.subspan(80), hb.ks_seq);
+    store_be<std::uint64_t>(b.subspan(88), hb.ks_rx_ns);
+    store_be<std::uint64_t>(b.subspan(96), hb.ks_tx_ns);
+    store_be<std::uint64_t>(b.subspan(104), hb.ks_reply_seq);
+    store_be<std::uint32_t>(b.subspan(112), hb.rx_lost);
+    put_name(b.subspan(120, name_field), hb.cluster);
+    put_name(b.subspan(152, name_field), hb.node);
+    put_name(b.subspan(184, version_field), hb.version);
     auto mac = hmac_sha256(key, b.first(heartbeat_mac_offset));
     std::copy(mac.begin(), mac.end(), b.begin() + heartbeat_mac_offset);
 }
@@ -104,7 +110,14 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     hb.flags = load_be<std::uint16_t>(in.subspan(68));
     hb.sync_permille = load_be<std::uint16_t>(in.subspan(70));
     hb.link = std::to_integer<std::uint8_t>(in[72]);
-    bool padding_zero = std::all_of(in.begin() + 73, in.begin() + 80, [](std::byte x) { return x == std::byte{0}; });
+    hb.link_seq = load_be<std::uint32_t>(in.subspan(76));
+    hb.ks_seq = load_be<std::uint64_t>(in.subspan(80));
+    hb.ks_rx_ns = load_be<std::uint64_t>(in.subspan(88));
+    hb.ks_tx_ns = load_be<std::uint64_t>(in.subspan(96));
+    hb.ks_reply_seq = load_be<std::uint64_t>(in.subspan(104));
+    hb.rx_lost = load_be<std::uint32_t>(in.subspan(112));
+    auto zero = [](std::byte x) { return x == std::byte{0}; };
+    bool padding_zero = std::all_of(in.begin() + 73, in.begin() + 76, zero) && std::all_of(in.begin() + 116, in.begin() + 120, zero);
     if (!padding_zero || (hb.role != 1 && hb.role != 2) || !valid_state(state) ||
         state == static_cast<std::uint8_t>(host_state::unknown) || !valid_mode(mode) || !valid_sync(sync) ||
         (hb.flags & ~hb_known_flags) != 0 || hb.sync_permille > 1000 || hb.seq == 0)
@@ -112,8 +125,8 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     hb.state = static_cast<host_state>(state);
     hb.mode = static_cast<host_mode>(mode);
     hb.sync = static_cast<sync_state>(sync);
-    if (!get_name(in.subspan(80, name_field), hb.cluster) || !get_name(in.subspan(112, name_field), hb.node) ||
-        !get_name(in.subspan(144, version_field), hb.version))
+    if (!get_name(in.subspan(120, name_field), hb.cluster) || !get_name(in.subspan(152, name_field), hb.node) ||
+        !get_name(in.subspan(184, version_field), hb.version))
         return fail(drop_reason::bad_field);
     r.ok = true;
     return r;

@@ -2,6 +2,7 @@
 #include "tandem/agent/runtime.hpp"
 
 #include "tandem/agent/connectivity.hpp"
+#include "tandem/agent/latency.hpp"
 #include "tandem/agent/process.hpp"
 #include "tandem/agent/version.hpp"
 #include "tandem/base/clock.hpp"
@@ -47,6 +48,7 @@ struct node_runtime::link_state {
     // The newest heartbeat received on this link, echoed back for the peer's RTT.
     std::uint64_t echo_seq = 0, echo_send_ns = 0, echo_rx_ns = 0;
     std::optional<double> rtt_ms;
+    std::unique_ptr<link_latency> latency;
     std::array<std::byte, 2048> buf{};
 
     link_state(asio::io_context& io, std::string n) : name(std::move(n)), sock(io) {}
@@ -187,6 +189,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
             throw std::runtime_error(
                 fmt::format("heartbeat link {}: cannot bind UDP port {}: {}", name, cfg_.heartbeat.port, ec.message()));
         l->sock.non_blocking(true);
+        l->latency = std::make_unique<link_latency>(cfg_, name, l->sock.native_handle());
         links_.push_back(std::move(l));
     }
     vip_ = std::make_unique<vip_owner>(io, cfg_);
@@ -294,12 +297,14 @@ void node_runtime::send_heartbeats() {
         hb.cluster = cfg_.cluster.name;
         hb.node = cfg_.node.name;
         hb.version = cfg_.node.software_version;
+        l->latency->fill(hb);
         std::array<std::byte, heartbeat_size> buf{};
         encode_heartbeat(hb, cfg_.auth.key, buf);
         boost::system::error_code ec;
         l->sock.send_to(asio::buffer(buf), l->peer, 0, ec);
         if (ec) ++l->tx_errors;  // link down or no route: the receiver's silence tells the story
         else ++l->tx;
+        l->latency->on_sent(hb, ec ? ec.value() : 0);
     }
 }
 
@@ -314,18 +319,28 @@ asio::awaitable<void> node_runtime::send_loop() {
 asio::awaitable<void> node_runtime::receive(link_state& l) {
     asio::steady_timer backoff(io_);
     for (;;) {
-        udp::endpoint from;
-        auto [ec, n] = co_await l.sock.async_receive_from(asio::buffer(l.buf), from, asio::as_tuple(asio::use_awaitable));
+        auto [ec] = co_await l.sock.async_wait(udp::socket::wait_read, asio::as_tuple(asio::use_awaitable));
         if (ec == asio::error::operation_aborted) co_return;
-        if (ec == asio::error::connection_refused) continue;  // an ICMP port unreachable for one datagram
-        if (ec) {
+        // recvmsg rather than Asio's receive: the kernel's receive stamp rides along.
+        bool failed = false;
+        for (;;) {
+            auto r = ebpf::receive_stamped(l.sock.native_handle(), l.buf);
+            if (r) {
+                on_datagram(l, std::span(l.buf).first(std::min(r->size, l.buf.size())), r->rx_mono_ns);
+                continue;
+            }
+            int e = r.error().value();
+            if (e == EAGAIN || e == EWOULDBLOCK) break;
+            if (e == ECONNREFUSED || e == EINTR) continue;  // an ICMP port unreachable for one datagram
             // Anything else may persist: do not spin on it.
-            log::warning("heartbeat.receive_error", "receiving on {}: {}", l.name, ec.message());
+            log::warning("heartbeat.receive_error", "receiving on {}: {}", l.name, r.error().message());
+            failed = true;
+            break;
+        }
+        if (failed) {
             backoff.expires_after(cfg_.heartbeat.interval);
             co_await backoff.async_wait(asio::as_tuple(asio::use_awaitable));
-            continue;
         }
-        on_datagram(l, std::span(l.buf).first(n));
     }
 }
 
@@ -336,7 +351,7 @@ void node_runtime::drop(drop_reason r, const std::string& link) {
                      link, to_string(r));
 }
 
-void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data) {
+void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, std::optional<std::uint64_t> rx_mono_ns) {
     auto d = decode_heartbeat(data, cfg_.auth.key);
     if (!d.ok) return drop(d.reason, l.name);
     const heartbeat& hb = d.hb;
@@ -353,11 +368,16 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data) {
     l.echo_seq = hb.seq;
     l.echo_send_ns = hb.send_mono_ns;
     l.echo_rx_ns = mono;
-    // Both timestamps are ours: no clock synchronisation between the nodes is needed.
-    if (hb.echo_mono_ns && mono > hb.echo_mono_ns + hb.echo_hold_ns) {
+    // The probe's RTT (kernel timestamps at both ends) when it has one; else
+    // this process's own: both timestamps are ours, no clock synchronisation needed.
+    l.latency->on_received(hb, rx_mono_ns);
+    if (auto k = l.latency->rtt_ms()) {
+        l.rtt_ms = k;
+    } else if (hb.echo_mono_ns && mono > hb.echo_mono_ns + hb.echo_hold_ns) {
         double rtt = static_cast<double>(mono - hb.echo_mono_ns - hb.echo_hold_ns) / 1e6;
         if (rtt < 60'000) l.rtt_ms = rtt;
     }
+    for (auto& e : l.latency->take_events()) bus_.publish(e);
     peer_info p;
     p.role = static_cast<node_role>(hb.role);
     p.state = hb.state;
@@ -652,6 +672,12 @@ void node_runtime::maybe_finish_shutdown() {
 
 // ---- control
 
+json node_runtime::latency_section(bool histograms) const {
+    json out = json::array();
+    for (auto& l : links_) out.push_back(l->latency->to_json(histograms));
+    return out;
+}
+
 json node_runtime::status() const {
     auto t = now();
     bool alive = machine_.peer_alive(t);
@@ -667,6 +693,7 @@ json node_runtime::status() const {
                          {"up", up},
                          {"kernel", link_kernel_.contains(l->name) ? link_kernel_[l->name] : json(nullptr)},
                          {"rtt_ms", up && l->rtt_ms ? json(*l->rtt_ms) : json(nullptr)},
+                         {"rtt_source", l->latency->rtt_ms() ? l->latency->source() : "process"},
                          {"tx", l->tx},
                          {"rx", l->rx},
                          {"tx_errors", l->tx_errors},
@@ -712,6 +739,7 @@ json node_runtime::status() const {
                        {"port", cfg_.heartbeat.port},
                        {"links", links},
                        {"dropped", dropped}}},
+        {"latency", latency_section(false)},
         {"replication", replication_status()},
         {"store", store_section()},
         {"last_sequence", last_sequence_},
@@ -827,6 +855,7 @@ json node_runtime::handle(const json& req) {
     std::string cmd = req.value("cmd", "");
     if (cmd == "status") return {{"ok", true}, {"status", status()}};
     if (cmd == "reload") return reload();
+    if (cmd == "latency") return {{"ok", true}, {"latency", latency_section(true)}};
     if (cmd == "sync-rate") return set_sync_rate(req);
     if (cmd == "verify") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};

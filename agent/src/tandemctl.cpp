@@ -34,6 +34,7 @@ constexpr const char* usage =
     "commands:\n"
     "  cstate                    one line: local and remote role, state/mode, heartbeat, RTT\n"
     "  status [--json]           the whole status\n"
+    "  latency [--json]          heartbeat latency per link: percentiles, loss, stalls, histograms, and their source\n"
     "  events [--follow] [--backlog N]   the event stream, one JSON object per line\n"
     "  takeover                  on the standby: become active (the peer must be synchronized)\n"
     "  giveback                  on the active: hand over to the standby\n"
@@ -154,6 +155,52 @@ void print_status(const json& st) {
                                  k["up"].get<bool>() ? "UP  " : "DOWN",
                                  k["rtt_ms"].is_null() ? "-" : fmt::format("{:.3f} ms", k["rtt_ms"].get<double>()),
                                  k["tx"].get<std::uint64_t>(), k["rx"].get<std::uint64_t>());
+    }
+}
+
+std::string micros(const nlohmann::json& v) {
+    if (!v.is_number()) return "-";
+    double us = v.get<double>();
+    return us < 1000 ? fmt::format("{:.1f} us", us) : fmt::format("{:.3f} ms", us / 1000);
+}
+
+// `tandemctl latency`: what the probe of each heartbeat link measured.
+void print_latency(const nlohmann::json& links) {
+    static const std::pair<const char*, const char*> rows[] = {
+        {"rtt", "round trip"},          {"network", "network part"},      {"turnaround_peer", "peer held it"},
+        {"turnaround_local", "we held it"}, {"jitter_out", "jitter out"}, {"jitter_in", "jitter in"}};
+    for (auto& l : links) {
+        std::string src = l["source"].get<std::string>();
+        if (src == "bpf") src += l.value("drops_counted", false) ? " (tcx hooks, drops by kernel reason)" : " (tcx hooks)";
+        else if (l.contains("bpf_unavailable")) src += " (BPF unavailable: " + l["bpf_unavailable"].get<std::string>() + ")";
+        std::cout << fmt::format("link {}  source {}  samples {}  tx {} rx {}\n", l["link"].get<std::string>(), src,
+                                 l.value("samples", 0), l.value("tx", 0), l.value("rx", 0));
+        std::cout << fmt::format("  {:<16}{:>12}{:>12}{:>12}{:>12}\n", "", "p50", "p90", "p99", "max");
+        for (auto [key, label] : rows)
+            std::cout << fmt::format("  {:<16}{:>12}{:>12}{:>12}{:>12}\n", label, micros(l[std::string(key) + "_p50_us"]),
+                                     micros(l[std::string(key) + "_p90_us"]), micros(l[std::string(key) + "_p99_us"]),
+                                     micros(l[std::string(key) + "_max_us"]));
+        std::cout << fmt::format("  lost: {} from the peer (network), {} to the peer (its count); {} reordered\n",
+                                 l.value("lost_in", 0), l.value("lost_out", 0), l.value("reordered_in", 0));
+        std::cout << fmt::format("  host stalls: {} on the peer, {} here; network delays: {}\n",
+                                 l.value("peer_stalls", 0), l.value("local_stalls", 0), l.value("network_delays", 0));
+        if (l.contains("drops") && !l["drops"].empty()) {
+            std::cout << "  the peer's heartbeats dropped in this kernel:";
+            for (auto& [reason, n] : l["drops"].items()) std::cout << fmt::format(" {} {}", reason, n.get<std::uint64_t>());
+            std::cout << "\n";
+        }
+        if (l.contains("timestamping"))
+            std::cout << fmt::format("  cross-check, socket timestamps: network part p50 {}, p99 {}\n",
+                                     micros(l["timestamping"]["network_p50_us"]), micros(l["timestamping"]["network_p99_us"]));
+        if (!l.contains("histograms")) continue;
+        auto& h = l["histograms"]["network"];
+        std::uint64_t peak = 1;
+        for (auto& b : h) peak = std::max(peak, b["count"].get<std::uint64_t>());
+        if (!h.empty()) std::cout << "  network part, from:\n";
+        for (auto& b : h) {
+            auto n = b["count"].get<std::uint64_t>();
+            std::cout << fmt::format("  {:>12} {:<40} {}\n", micros(b["from_us"]), std::string(1 + n * 39 / peak, '#'), n);
+        }
     }
 }
 
@@ -318,6 +365,14 @@ int main(int argc, char** argv) {
             if (cmd == "cstate") std::cout << agent::format_cstate(r["status"]) << "\n";
             else if (flag("--json")) std::cout << r["status"].dump(2) << "\n";
             else print_status(r["status"]);
+            return ok;
+        }
+        if (cmd == "latency") {
+            connection c(sock);
+            auto r = c.request({{"cmd", "latency"}});
+            if (!r.value("ok", false)) return print_reply(r);
+            if (flag("--json")) std::cout << r["latency"].dump(2) << "\n";
+            else print_latency(r["latency"]);
             return ok;
         }
         if (cmd == "events") {

@@ -40,8 +40,8 @@ TEST_CASE("cluster: garbage, forged and oversize datagrams are dropped, counted 
                   static_cast<ssize_t>(payload.size()));
         };
         send("hello");
-        std::string forged(192, '\x5a');
-        forged.replace(0, 8, std::string("TNDH\x01\x01\x00\xc0", 8));
+        std::string forged(232, '\x5a');
+        forged.replace(0, 8, std::string("TNDH\x02\x01\x00\xe8", 8));
         send(forged);
         send(std::string(3000, '\0'));
         ::close(fd);

@@ -27,7 +27,7 @@ std::uint64_t mono_now_ns() {
 }
 
 daemon_process::daemon_process(const netns& ns, const std::string& config, const std::string& log,
-                               const std::vector<std::string>& env) {
+                               const std::vector<std::string>& env, const std::vector<std::string>& wrapper) {
     std::string tandemd = bin_dir() + "/tandemd";
     pid_ = ::fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
@@ -40,6 +40,7 @@ daemon_process::daemon_process(const netns& ns, const std::string& config, const
         // `ip netns exec` and `env` exec in place: our pid is tandemd's pid.
         std::vector<const char*> argv = {"ip", "netns", "exec", ns.name().c_str(), "env"};
         for (auto& e : env) argv.push_back(e.c_str());
+        for (auto& w : wrapper) argv.push_back(w.c_str());
         for (const char* a : {tandemd.c_str(), "-c", config.c_str(), "--debug"}) argv.push_back(a);
         argv.push_back(nullptr);
         ::execvp("ip", const_cast<char* const*>(argv.data()));
@@ -143,6 +144,7 @@ interval = "{}"
 timeout = "{}"
 port = 694
 links = ["eth0"]
+{}
 [connectivity]
 targets = [{}]
 timeout = "200ms"
@@ -153,7 +155,7 @@ socket = "{}"
 )",
                                    addr("vip") + (opt.ipv6 ? "/64" : "/24"), a ? "alpha" : "beta",
                                    a ? "primary" : "secondary", addr(node), dir_.path().string(), a ? "beta" : "alpha",
-                                   addr(a ? "b" : "a"), opt.interval, opt.timeout,
+                                   addr(a ? "b" : "a"), opt.interval, opt.timeout, a ? opt.heartbeat_a : opt.heartbeat_b,
                                    opt.connectivity ? "\"" + addr("client") + "\"" : "",
                                    (dir_.path() / "cluster.key").string(), socket(node));
     std::ofstream(config_path(node)) << text << extra_[node];
@@ -169,9 +171,10 @@ void test_cluster::rewrite_config(const std::string& node, const std::string& ex
     write_config(node);
 }
 
-void test_cluster::start(const std::string& node, const std::vector<std::string>& env) {
-    procs_[node] =
-        std::make_unique<daemon_process>(ns(node), config_path(node), (dir_.path() / (node + ".log")).string(), env);
+void test_cluster::start(const std::string& node, const std::vector<std::string>& env,
+                         const std::vector<std::string>& wrapper) {
+    procs_[node] = std::make_unique<daemon_process>(ns(node), config_path(node),
+                                                    (dir_.path() / (node + ".log")).string(), env, wrapper);
 }
 
 void test_cluster::up() {

@@ -22,9 +22,11 @@ std::string bin_dir();
 // tandemd running inside a namespace; SIGKILLed when destroyed if still running.
 class daemon_process {
 public:
-    // `env` entries ("NOTIFY_SOCKET=/path") are added to tandemd's environment.
+    // `env` entries ("NOTIFY_SOCKET=/path") are added to tandemd's environment;
+    // `wrapper` is a command that runs tandemd with its arguments appended
+    // (capsh dropping capabilities, for instance).
     daemon_process(const netns& ns, const std::string& config, const std::string& log,
-                   const std::vector<std::string>& env = {});
+                   const std::vector<std::string>& env = {}, const std::vector<std::string>& wrapper = {});
     ~daemon_process();
     daemon_process(const daemon_process&) = delete;
     daemon_process& operator=(const daemon_process&) = delete;
@@ -62,6 +64,7 @@ public:
         bool connectivity = true;
         bool ipv6 = false;  // nodes, client and VIP in fd00:77::/64 instead of 10.77.0.0/24
         std::string extra_a, extra_b;  // appended to each node's configuration
+        std::string heartbeat_a, heartbeat_b;  // extra lines in each node's [heartbeat] section
     };
     test_cluster();
     explicit test_cluster(options o);
@@ -78,7 +81,8 @@ public:
     std::string socket(const std::string& node) const;
     std::string log(const std::string& node) const;  // the node's whole log so far
 
-    void start(const std::string& node, const std::vector<std::string>& env = {});
+    void start(const std::string& node, const std::vector<std::string>& env = {},
+               const std::vector<std::string>& wrapper = {});
     // Starts both nodes and requires alpha ACTIVE and beta STANDBY.
     void up();
     void kill9(const std::string& node);

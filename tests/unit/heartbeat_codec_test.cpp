@@ -2,6 +2,7 @@
 #include "tandem/agent/heartbeat_codec.hpp"
 
 #include "tandem/base/bytes.hpp"
+#include "tandem/ebpf/hb_stats.h"
 
 #include <catch2/catch.hpp>
 
@@ -29,6 +30,12 @@ heartbeat sample() {
     hb.flags = hb_handover;
     hb.sync_permille = 1000;
     hb.link = 1;
+    hb.link_seq = 21;
+    hb.ks_seq = 39;
+    hb.ks_rx_ns = 110000000;
+    hb.ks_tx_ns = 110050000;
+    hb.ks_reply_seq = 40;
+    hb.rx_lost = 3;
     hb.cluster = "store-ha";
     hb.node = "alpha";
     hb.version = "0.1.0";
@@ -62,9 +69,33 @@ TEST_CASE("a heartbeat survives encode and decode", "[unit][heartbeat]") {
     CHECK(hb.flags == hb_handover);
     CHECK(hb.sync_permille == 1000);
     CHECK(hb.link == 1);
+    CHECK(hb.link_seq == 21);
+    CHECK(hb.ks_seq == 39);
+    CHECK(hb.ks_rx_ns == s.ks_rx_ns);
+    CHECK(hb.ks_tx_ns == s.ks_tx_ns);
+    CHECK(hb.ks_reply_seq == 40);
+    CHECK(hb.rx_lost == 3);
     CHECK(hb.cluster == "store-ha");
     CHECK(hb.node == "alpha");
     CHECK(hb.version == "0.1.0");
+}
+
+TEST_CASE("the kernel probe reads each field where the encoder writes it", "[unit][heartbeat]") {
+    auto buf = encoded();
+    auto s = sample();
+    std::span<const std::byte> b(buf);
+    CHECK(load_be<std::uint32_t>(b) == HBP_MAGIC);
+    CHECK(std::to_integer<int>(b[4]) == HBP_VERSION);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_BOOT_ID)) == s.boot_id);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_SEQ)) == s.seq);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_ECHO_SEQ)) == s.echo_seq);
+    CHECK(load_be<std::uint32_t>(b.subspan(HBP_OFF_LINK_SEQ)) == s.link_seq);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_KS_SEQ)) == s.ks_seq);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_KS_RX)) == s.ks_rx_ns);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_KS_TX)) == s.ks_tx_ns);
+    CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_KS_REPLY_SEQ)) == s.ks_reply_seq);
+    CHECK(load_be<std::uint32_t>(b.subspan(HBP_OFF_RX_LOST)) == s.rx_lost);
+    CHECK(HBP_HEAD <= 120);  // everything the probe reads lies before the names
 }
 
 TEST_CASE("any flipped bit is rejected", "[unit][heartbeat]") {
@@ -101,7 +132,7 @@ TEST_CASE("truncated, oversize and foreign datagrams are classified", "[unit][he
     wrong[0] = std::byte{'X'};
     CHECK(decode_heartbeat(wrong, key).reason == drop_reason::bad_magic);
     auto ver = buf;
-    ver[4] = std::byte{2};
+    ver[4] = std::byte{1};  // the 192-byte format before the latency probes
     CHECK(decode_heartbeat(ver, key).reason == drop_reason::bad_version);
 }
 

@@ -17,6 +17,9 @@ namespace tandem::agent {
 enum class node_role : std::uint8_t { primary = 1, secondary = 2 };
 enum class backend_kind : std::uint8_t { none, uring, drbd, shared };
 enum class connectivity_rule : std::uint8_t { any, all };
+// Where heartbeat latency figures come from (ebpf/): the kernel probe (falling
+// back to socket timestamps), socket timestamps only, or both side by side.
+enum class latency_probe : std::uint8_t { bpf, timestamping, both };
 
 // Addresses in the form the kernel wants; node and peer addresses carry the full prefix length.
 using ip_address = netlink::vip_address;
@@ -45,6 +48,10 @@ struct config {
         std::chrono::milliseconds timeout{30'000};
         std::uint16_t port = 694;
         std::vector<std::string> links;
+        latency_probe probe = latency_probe::bpf;
+        // A network part of the RTT above this is a network delay; a host that
+        // holds a heartbeat longer than interval + this has stalled.
+        std::chrono::milliseconds latency_alert{20};
     } heartbeat;
     struct {
         std::vector<ip_address> targets;

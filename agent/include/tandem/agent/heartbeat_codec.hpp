@@ -14,17 +14,21 @@ namespace tandem::agent {
 
 // Layout (all integers big-endian; names zero-padded UTF-8):
 //   0  u32 magic 'TNDH'      4  u8 version     5  u8 type (1 = heartbeat)
-//   6  u16 length (192)      8  u64 boot_id    16 u64 seq
+//   6  u16 length (232)      8  u64 boot_id    16 u64 seq
 //   24 u64 send_mono_ns      32 u64 echo_seq   40 u64 echo_mono_ns
 //   48 u64 echo_hold_ns      56 u64 generation
 //   64 u8 role  65 u8 state  66 u8 mode  67 u8 sync  68 u16 flags  70 u16 sync_permille
-//   72 u8 link  73..79 zero
-//   80 cluster[32]  112 node[32]  144 version[16]
-//   160 HMAC-SHA256 over bytes 0..159
+//   72 u8 link  73..75 zero  76 u32 link_seq
+//   80 u64 ks_seq  88 u64 ks_rx_ns  96 u64 ks_tx_ns  104 u64 ks_reply_seq
+//   112 u32 rx_lost  116..119 zero
+//   120 cluster[32]  152 node[32]  184 version[16]
+//   200 HMAC-SHA256 over bytes 0..199
+// The latency probes (ebpf/) read bytes 0..119 in the kernel: keep those offsets
+// in step with ebpf/src/hb_probe.bpf.c.
 inline constexpr std::uint32_t heartbeat_magic = 0x544E4448;  // "TNDH"
-inline constexpr std::uint8_t heartbeat_version = 1;
-inline constexpr std::size_t heartbeat_size = 192;
-inline constexpr std::size_t heartbeat_mac_offset = 160;
+inline constexpr std::uint8_t heartbeat_version = 2;
+inline constexpr std::size_t heartbeat_size = 232;
+inline constexpr std::size_t heartbeat_mac_offset = 200;
 inline constexpr std::size_t name_field = 32;
 inline constexpr std::size_t version_field = 16;
 static_assert(heartbeat_mac_offset + 32 == heartbeat_size);
@@ -53,6 +57,12 @@ struct heartbeat {
     std::uint16_t flags = 0;
     std::uint16_t sync_permille = 0;
     std::uint8_t link = 0;  // index of the link it was sent on
+    std::uint32_t link_seq = 0;  // per link, from 1: gaps are heartbeats lost on this link
+    // Kernel timestamps of the sender's answer to one of our heartbeats (see
+    // ebpf/hb_stats.h): our ks_seq reached its kernel at ks_rx_ns and its
+    // ks_reply_seq, the answer, left at ks_tx_ns (the sender's monotonic clock).
+    std::uint64_t ks_seq = 0, ks_rx_ns = 0, ks_tx_ns = 0, ks_reply_seq = 0;
+    std::uint32_t rx_lost = 0;  // our heartbeats the sender never received on this link
     std::string cluster;
     std::string node;
     std::string version;

@@ -70,7 +70,7 @@ private:
     void send_heartbeats();
     void start_sequence(sequence_kind k);
     void start_connectivity_test();
-    void on_datagram(link_state& l, std::span<const std::byte> data);
+    void on_datagram(link_state& l, std::span<const std::byte> data, std::optional<std::uint64_t> rx_mono_ns);
     void drop(drop_reason r, const std::string& link);
     nlohmann::json handle(const nlohmann::json& req);
     nlohmann::json reload();
@@ -81,6 +81,7 @@ private:
     [[nodiscard]] sync_state replication_sync() const;
     [[nodiscard]] nlohmann::json replication_status() const;
     [[nodiscard]] nlohmann::json store_section() const;
+    [[nodiscard]] nlohmann::json latency_section(bool histograms) const;
     nlohmann::json set_sync_rate(const nlohmann::json& req);
     [[nodiscard]] steady_time now() const { return std::chrono::steady_clock::now(); }
 
