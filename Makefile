@@ -69,6 +69,9 @@ $(BPF_DIR)/%.bpf.o: ebpf/src/%.bpf.c ebpf/include/tandem/ebpf/hb_stats.h $(BPF_D
 $(BPF_DIR)/%.skel.h: $(BPF_DIR)/%.bpf.o
 	@echo "  SKEL    $@"
 	$(Q)bpftool gen skeleton $< name $* > $@.tmp && mv $@.tmp $@
+$(BPF_DIR)/null_probe.bpf.o: tests/bench/null_probe.bpf.c $(BPF_DIR)/vmlinux.h
+	@echo "  BPF     $<"
+	$(Q)clang -g -O2 -Wall -target bpf -D__TARGET_ARCH_x86 -I$(BPF_DIR) -c $< -o $@
 $(OUT)/obj/ebpf/src/probe.o: $(BPF_DIR)/hb_probe.skel.h
 .SECONDARY: $(BPF_DIR)/hb_probe.bpf.o
 
@@ -129,10 +132,10 @@ demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
-.PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store
+.PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store bench-ebpf
 bench-deps:
 	$(Q)scripts/deps.sh scripts/bench-packages.txt
-bench: bench-failover bench-idle bench-replication bench-store
+bench: bench-failover bench-idle bench-replication bench-store bench-ebpf
 bench-failover: all bench-deps
 	$(Q)scripts/bench-failover.sh $(OUT)/bin
 bench-idle: all bench-deps
@@ -141,6 +144,8 @@ bench-replication: all bench-deps $(REPL_BENCH)
 	$(Q)scripts/bench-replication.sh $(OUT)/bin
 bench-store: all bench-deps $(REPL_BENCH)
 	$(Q)scripts/bench-store.sh $(OUT)/bin
+bench-ebpf: all bench-deps $(BPF_DIR)/null_probe.bpf.o
+	$(Q)scripts/bench-ebpf.sh $(OUT)/bin $(BPF_DIR)/null_probe.bpf.o
 
 clean:
 	rm -rf build

@@ -137,6 +137,12 @@ result<int> tcx_program_count(int ifindex, bool ingress) {
     return static_cast<int>(count);
 }
 
+std::uint64_t count(const hbp_hist& h) {
+    std::uint64_t n = 0;
+    for (auto b : h.bucket) n += b;
+    return n;
+}
+
 std::optional<double> percentile(const hbp_hist& h, double q) {
     std::uint64_t total = 0;
     for (auto b : h.bucket) total += b;
@@ -151,7 +157,7 @@ std::optional<double> percentile(const hbp_hist& h, double q) {
             return (lo + hi) / 2;
         }
     }
-    return static_cast<double>(h.max);
+    return std::nullopt;
 }
 
 std::string drop_reason_name(unsigned reason) {
@@ -180,15 +186,17 @@ namespace {
 
 double us(double ns) { return ns / 1000.0; }
 
-void hist_json(nlohmann::json& out, const std::string& name, const hbp_hist& h, bool histograms) {
-    out[name + "_count"] = h.count;
+void hist_json(nlohmann::json& out, const std::string& name, const hbp_link& l, hbp_hist_id id, bool histograms) {
+    const hbp_hist& h = l.hist[id];
+    auto n = count(h);
+    out[name + "_count"] = n;
     for (auto [label, q] : {std::pair{"p50", 0.50}, {"p90", 0.90}, {"p99", 0.99}}) {
         auto v = percentile(h, q);
         out[fmt::format("{}_{}_us", name, label)] = v ? nlohmann::json(us(*v)) : nlohmann::json(nullptr);
     }
-    out[name + "_max_us"] = h.count ? nlohmann::json(us(static_cast<double>(h.max))) : nlohmann::json(nullptr);
+    out[name + "_max_us"] = n ? nlohmann::json(us(static_cast<double>(l.max[id]))) : nlohmann::json(nullptr);
     out[name + "_mean_us"] =
-        h.count ? nlohmann::json(us(static_cast<double>(h.sum) / static_cast<double>(h.count))) : nlohmann::json(nullptr);
+        n ? nlohmann::json(us(static_cast<double>(l.sum[id]) / static_cast<double>(n))) : nlohmann::json(nullptr);
     if (!histograms) return;
     auto& rows = out["histograms"][name] = nlohmann::json::array();
     for (std::uint32_t i = 0; i < HBP_BUCKETS; ++i)
@@ -212,12 +220,12 @@ nlohmann::json figures_json(const hbp_link& l, bool histograms) {
         j["last_network_us"] = us(static_cast<double>(last->network));
         j["last_turnaround_us"] = us(static_cast<double>(last->turnaround));
     }
-    hist_json(j, "rtt", l.rtt, histograms);
-    hist_json(j, "network", l.network, histograms);
-    hist_json(j, "turnaround_peer", l.turnaround_peer, histograms);
-    hist_json(j, "turnaround_local", l.turnaround_local, histograms);
-    hist_json(j, "jitter_out", l.jitter_out, histograms);
-    hist_json(j, "jitter_in", l.jitter_in, histograms);
+    hist_json(j, "rtt", l, HBP_RTT, histograms);
+    hist_json(j, "network", l, HBP_NETWORK, histograms);
+    hist_json(j, "turnaround_peer", l, HBP_TURNAROUND_PEER, histograms);
+    hist_json(j, "turnaround_local", l, HBP_TURNAROUND_LOCAL, histograms);
+    hist_json(j, "jitter_out", l, HBP_JITTER_OUT, histograms);
+    hist_json(j, "jitter_in", l, HBP_JITTER_IN, histograms);
     auto& drops = j["drops"] = nlohmann::json::object();
     for (unsigned r = 0; r < HBP_DROP_REASONS; ++r)
         if (l.drops[r]) drops[drop_reason_name(r)] = l.drops[r];

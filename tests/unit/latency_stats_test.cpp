@@ -65,7 +65,7 @@ TEST_CASE("four kernel stamps split the round trip into network and turnaround",
     CHECK(n.a->last.turnaround == 60 * ms - 30 * us);
     CHECK(n.a->last.rtt == 60 * ms + 50 * us);
     CHECK(r1.seq == n.b->report.reply_seq);
-    CHECK(n.b->turnaround_local.count == 1);
+    CHECK(ebpf::count(n.b->hist[HBP_TURNAROUND_LOCAL]) == 1);
     CHECK(n.a->peer_stalls == 0);
     CHECK(n.a->network_delays == 0);
 }
@@ -85,8 +85,8 @@ TEST_CASE("a long turnaround is a host stall, a long network part a network dela
     CHECK(n.a->network_delays == 1);
     CHECK(n.a->peer_stalls == 1);
     // One-way delays changed by about 30 ms each way between the two samples.
-    CHECK(n.a->jitter_out.max >= 29 * ms);
-    CHECK(n.a->jitter_in.max >= 29 * ms);
+    CHECK(n.a->max[HBP_JITTER_OUT] >= 29 * ms);
+    CHECK(n.a->max[HBP_JITTER_IN] >= 29 * ms);
 }
 
 TEST_CASE("gaps in the link sequence are loss in one direction; a late arrival undoes one", "[unit][latency]") {
@@ -131,10 +131,13 @@ TEST_CASE("histogram buckets are exact below 8 and at most 12.5 % wide above", "
               0.125 * static_cast<double>(hbp_bucket_low(i)) + 1);
     }
     CHECK(hbp_bucket(~0ull) == HBP_BUCKETS - 1);  // clamped, never out of range
-    auto h = std::make_unique<hbp_hist>();
-    for (std::uint64_t v = 1; v <= 1000; ++v) hbp_record(h.get(), v * us);
-    CHECK(*ebpf::percentile(*h, 0.5) == Approx(500 * us).epsilon(0.07));
-    CHECK(*ebpf::percentile(*h, 0.99) == Approx(990 * us).epsilon(0.07));
-    CHECK(h->max == 1000 * us);
+    auto l = std::make_unique<hbp_link>();
+    for (std::uint64_t v = 1; v <= 1000; ++v) hbp_record(l.get(), HBP_RTT, v * us);
+    const auto& h = l->hist[HBP_RTT];
+    CHECK(ebpf::count(h) == 1000);
+    CHECK(*ebpf::percentile(h, 0.5) == Approx(500 * us).epsilon(0.07));
+    CHECK(*ebpf::percentile(h, 0.99) == Approx(990 * us).epsilon(0.07));
+    CHECK(l->max[HBP_RTT] == 1000 * us);
+    CHECK(l->sum[HBP_RTT] == 500'500 * us);
     CHECK_FALSE(ebpf::percentile(hbp_hist{}, 0.5));
 }

@@ -112,6 +112,8 @@ struct received {
 // Non-blocking; would_block when nothing waits.
 result<received> receive_stamped(int fd, std::span<std::byte> buf);
 
+// Values recorded in a histogram.
+std::uint64_t count(const hbp_hist& h);
 // p50 etc. of a histogram, in ns (the middle of the bucket that holds the quantile); nullopt when empty.
 std::optional<double> percentile(const hbp_hist& h, double q);
 // The kernel's name for an skb drop reason ("NETFILTER_DROP"), read from its BTF.
