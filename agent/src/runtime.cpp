@@ -368,12 +368,10 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
     l.echo_seq = hb.seq;
     l.echo_send_ns = hb.send_mono_ns;
     l.echo_rx_ns = mono;
-    // The probe's RTT (kernel timestamps at both ends) when it has one; else
-    // this process's own: both timestamps are ours, no clock synchronisation needed.
     l.latency->on_received(hb, rx_mono_ns);
-    if (auto k = l.latency->rtt_ms()) {
-        l.rtt_ms = k;
-    } else if (hb.echo_mono_ns && mono > hb.echo_mono_ns + hb.echo_hold_ns) {
+    // This process's own RTT, shown when the probe has no sample (status()):
+    // both timestamps are ours, no clock synchronisation needed.
+    if (hb.echo_mono_ns && mono > hb.echo_mono_ns + hb.echo_hold_ns) {
         double rtt = static_cast<double>(mono - hb.echo_mono_ns - hb.echo_hold_ns) / 1e6;
         if (rtt < 60'000) l.rtt_ms = rtt;
     }
@@ -687,13 +685,15 @@ json node_runtime::status() const {
     for (auto& l : links_) {
         bool up = l->last_rx && t - *l->last_rx < cfg_.heartbeat.timeout;
         any_up |= up;
-        if (up && l->rtt_ms && (!rtt || *l->rtt_ms < *rtt)) rtt = l->rtt_ms;
+        auto probe_rtt = l->latency->rtt_ms();  // the newest kernel sample, read now
+        auto link_rtt = probe_rtt ? probe_rtt : l->rtt_ms;
+        if (up && link_rtt && (!rtt || *link_rtt < *rtt)) rtt = link_rtt;
         links.push_back({{"name", l->name},
                          {"peer", l->peer.address().to_string()},
                          {"up", up},
                          {"kernel", link_kernel_.contains(l->name) ? link_kernel_[l->name] : json(nullptr)},
-                         {"rtt_ms", up && l->rtt_ms ? json(*l->rtt_ms) : json(nullptr)},
-                         {"rtt_source", l->latency->rtt_ms() ? l->latency->source() : "process"},
+                         {"rtt_ms", up && link_rtt ? json(*link_rtt) : json(nullptr)},
+                         {"rtt_source", probe_rtt ? l->latency->source() : "process"},
                          {"tx", l->tx},
                          {"rx", l->rx},
                          {"tx_errors", l->tx_errors},

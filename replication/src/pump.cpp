@@ -99,6 +99,13 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
     };
     std::vector<slot> slots(opt.depth);
     std::map<std::uint64_t, std::pair<std::uint64_t, std::uint32_t>> unacked;  // seq -> (offset, len)
+    // Sequence numbers follow read completions, which come in any order: the
+    // oldest frame by seq is not always the lowest offset.
+    auto lowest_unacked = [&] {
+        std::uint64_t low = ~std::uint64_t{0};
+        for (auto& kv : unacked) low = std::min(low, kv.second.first);
+        return low;
+    };
     std::array<std::byte, ack_frame> ack{};
     // The bucket starts empty (no burst beyond the rate at the start) and may
     // hold 50 ms of budget, so a pipeline that stalled for a moment (a busy CPU)
@@ -130,7 +137,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
         res.error = std::move(why);
         drain(r, inflight);
         res.bytes = done;
-        res.resume_at = unacked.empty() ? res.resume_at : std::min(res.resume_at, unacked.begin()->second.first);
+        res.resume_at = std::min(res.resume_at, lowest_unacked());
         res.seconds = since(t0);
         return res;
     };
@@ -306,8 +313,7 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
                     std::uint64_t low = next;
                     for (auto& s : slots)
                         if (s.state != slot::free) low = std::min(low, s.offset);
-                    if (!unacked.empty()) low = std::min(low, unacked.begin()->second.first);
-                    res.resume_at = low;
+                    res.resume_at = std::min(low, lowest_unacked());
                     break;
                 }
                 case op::timeout:
