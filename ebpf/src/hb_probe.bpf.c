@@ -39,30 +39,43 @@ static __always_inline int peer_is(const __u8 *a, const int len) {
     return 1;
 }
 
-/* The heartbeat candidate: the IP header in one read, the UDP header and the
- * heartbeat's first HBP_HEAD bytes in another. `ingress` selects which end of
- * the datagram must be the peer. Returns 0 and fills p for a version 2 heartbeat. */
-static __always_inline int parse_udp(struct __sk_buff *skb, int ingress, struct hbp_packet *p) {
-    __u32 l4;
-    if (family == 4) {
-        __u8 ip[20];
-        if (bpf_skb_load_bytes(skb, ETH_HLEN, ip, sizeof ip)) return -1;
-        if ((ip[0] >> 4) != 4 || ip[9] != IPPROTO_UDP_) return -1;
-        if (((ip[6] << 8 | ip[7]) & 0x3fff)) return -1; /* a fragment */
-        if (!peer_is(ingress ? ip + 12 : ip + 16, 4)) return -1;
-        l4 = ETH_HLEN + (ip[0] & 0xf) * 4;
+/* Finds a version 2 heartbeat in skb; `ingress` selects which end of the
+ * datagram must be the peer. Returns 0 and fills p for one.
+ *
+ * Direct reads of the packet, no helper calls and no copies in the common
+ * case: most packets are turned away on the protocol byte or the port. Only a
+ * candidate whose first HBP_HEAD bytes are not in the linear area (a driver
+ * that leaves the payload in page fragments) is pulled. Heartbeats carry no IP
+ * options or IPv6 extension headers. */
+static __always_inline int parse(struct __sk_buff *skb, int ingress, struct hbp_packet *p) {
+    const __u32 l4 = family == 4 ? ETH_HLEN + 20 : ETH_HLEN + 40;
+    const __u32 need = l4 + 8 + HBP_HEAD;
+    if (skb->protocol != bpf_htons(family == 4 ? ETH_P_IP : ETH_P_IPV6)) return -1;
+    __u8 *d = (__u8 *)(long)skb->data, *end = (__u8 *)(long)skb->data_end;
+    if (d + l4 + 8 <= end) {
+        if (family == 4 && (d[ETH_HLEN] != 0x45 || d[ETH_HLEN + 9] != IPPROTO_UDP_)) return -1;
+        if (family == 6 && d[ETH_HLEN + 6] != IPPROTO_UDP_) return -1;
+        if (*(__u16 *)(d + l4 + 2) != bpf_htons(port)) return -1;
     } else {
-        __u8 ip6[40];
-        if (bpf_skb_load_bytes(skb, ETH_HLEN, ip6, sizeof ip6)) return -1;
-        if (ip6[6] != IPPROTO_UDP_) return -1;
-        if (!peer_is(ingress ? ip6 + 8 : ip6 + 24, 16)) return -1;
-        l4 = ETH_HLEN + 40;
+        /* Headers outside the linear area: rare; look before pulling anything. */
+        __u8 b[2];
+        if (bpf_skb_load_bytes(skb, family == 4 ? ETH_HLEN + 9 : ETH_HLEN + 6, b, 1) || b[0] != IPPROTO_UDP_) return -1;
+        if (bpf_skb_load_bytes(skb, l4 + 2, b, 2) || *(__u16 *)b != bpf_htons(port)) return -1;
     }
-    __u8 u[8 + HBP_HEAD];
-    if (bpf_skb_load_bytes(skb, l4, u, sizeof u)) return -1;
-    __u16 sport = *(__u16 *)u, dport = *(__u16 *)(u + 2);
-    if (dport != bpf_htons(port) || (!ingress && sport != bpf_htons(port))) return -1;
-    const __u8 *h = u + 8;
+    if (d + need > end) {
+        if (skb->len < need || bpf_skb_pull_data(skb, need)) return -1;
+        d = (__u8 *)(long)skb->data;
+        end = (__u8 *)(long)skb->data_end;
+        if (d + need > end) return -1;
+    }
+    if (family == 4) {
+        if (d[ETH_HLEN] != 0x45 || (((d[ETH_HLEN + 6] << 8) | d[ETH_HLEN + 7]) & 0x3fff)) return -1; /* options, fragment */
+        if (!peer_is(d + ETH_HLEN + (ingress ? 12 : 16), 4)) return -1;
+    } else {
+        if (!peer_is(d + ETH_HLEN + (ingress ? 8 : 24), 16)) return -1;
+    }
+    if (!ingress && *(__u16 *)(d + l4) != bpf_htons(port)) return -1; /* ours leave from the port too */
+    const __u8 *h = d + l4 + 8;
     if (be32(h) != HBP_MAGIC || h[4] != HBP_VERSION || h[5] != 1) return -1;
     p->boot_id = be64(h + HBP_OFF_BOOT_ID);
     p->seq = be64(h + HBP_OFF_SEQ);
@@ -74,26 +87,6 @@ static __always_inline int parse_udp(struct __sk_buff *skb, int ingress, struct 
     p->ks_reply_seq = be64(h + HBP_OFF_KS_REPLY_SEQ);
     p->rx_lost = be32(h + HBP_OFF_RX_LOST);
     return 0;
-}
-
-/* Most packets are not heartbeats: turn them away with direct reads of the
- * linear header, no helper calls; the rest go to parse_udp. */
-static __always_inline int parse(struct __sk_buff *skb, int ingress, struct hbp_packet *p) {
-    __u8 *d = (__u8 *)(long)skb->data, *end = (__u8 *)(long)skb->data_end;
-    if (family == 4) {
-        if (skb->protocol != bpf_htons(ETH_P_IP)) return -1;
-        if (d + ETH_HLEN + 24 <= end) {
-            if (d[ETH_HLEN + 9] != IPPROTO_UDP_) return -1;
-            if ((d[ETH_HLEN] & 0xf) == 5 && *(__u16 *)(d + ETH_HLEN + 22) != bpf_htons(port)) return -1;
-        }
-    } else {
-        if (skb->protocol != bpf_htons(ETH_P_IPV6)) return -1;
-        if (d + ETH_HLEN + 44 <= end) {
-            if (d[ETH_HLEN + 6] != IPPROTO_UDP_) return -1;
-            if (*(__u16 *)(d + ETH_HLEN + 42) != bpf_htons(port)) return -1;
-        }
-    }
-    return parse_udp(skb, ingress, p);
 }
 
 /* Read through volatile: the loader sets them after compilation, so the
