@@ -25,6 +25,12 @@ bool get_name(std::span<const std::byte> in, std::string& out) {
     return true;
 }
 
+struct layout {
+    std::size_t size, mac, names;
+};
+constexpr layout v2{heartbeat_size, heartbeat_mac_offset, 120};
+constexpr layout v1{heartbeat_size_v1, heartbeat_mac_offset_v1, 80};
+
 }  // namespace
 
 std::string_view to_string(drop_reason r) noexcept {
@@ -44,13 +50,16 @@ std::string_view to_string(drop_reason r) noexcept {
     return "unknown";
 }
 
-void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::span<std::byte, heartbeat_size> out) {
-    std::span<std::byte> b(out);
-    std::fill(b.begin(), b.end(), std::byte{0});
+std::size_t encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key,
+                             std::span<std::byte, heartbeat_size> out) {
+    const bool old = hb.wire_version == heartbeat_version_v1;
+    const layout& L = old ? v1 : v2;
+    std::span<std::byte> b = std::span<std::byte>(out).first(L.size);
+    std::fill(out.begin(), out.end(), std::byte{0});
     store_be<std::uint32_t>(b.subspan(0), heartbeat_magic);
-    b[4] = std::byte{heartbeat_version};
+    b[4] = std::byte{old ? heartbeat_version_v1 : heartbeat_version};
     b[5] = std::byte{1};
-    store_be<std::uint16_t>(b.subspan(6), heartbeat_size);
+    store_be<std::uint16_t>(b.subspan(6), static_cast<std::uint16_t>(L.size));
     store_be<std::uint64_t>(b.subspan(8), hb.boot_id);
     store_be<std::uint64_t>(b.subspan(16), hb.seq);
     store_be<std::uint64_t>(b.subspan(24), hb.send_mono_ns);
@@ -65,17 +74,20 @@ void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::
     store_be<std::uint16_t>(b.subspan(68), hb.flags);
     store_be<std::uint16_t>(b.subspan(70), hb.sync_permille);
     b[72] = std::byte{hb.link};
-    store_be<std::uint32_t>(b.subspan(76), hb.link_seq);
-    store_be<std::uint64_t>(b.subspan(80), hb.ks_seq);
-    store_be<std::uint64_t>(b.subspan(88), hb.ks_rx_ns);
-    store_be<std::uint64_t>(b.subspan(96), hb.ks_tx_ns);
-    store_be<std::uint64_t>(b.subspan(104), hb.ks_reply_seq);
-    store_be<std::uint32_t>(b.subspan(112), hb.rx_lost);
-    put_name(b.subspan(120, name_field), hb.cluster);
-    put_name(b.subspan(152, name_field), hb.node);
-    put_name(b.subspan(184, version_field), hb.version);
-    auto mac = hmac_sha256(key, b.first(heartbeat_mac_offset));
-    std::copy(mac.begin(), mac.end(), b.begin() + heartbeat_mac_offset);
+    if (!old) {
+        store_be<std::uint32_t>(b.subspan(76), hb.link_seq);
+        store_be<std::uint64_t>(b.subspan(80), hb.ks_seq);
+        store_be<std::uint64_t>(b.subspan(88), hb.ks_rx_ns);
+        store_be<std::uint64_t>(b.subspan(96), hb.ks_tx_ns);
+        store_be<std::uint64_t>(b.subspan(104), hb.ks_reply_seq);
+        store_be<std::uint32_t>(b.subspan(112), hb.rx_lost);
+    }
+    put_name(b.subspan(L.names, name_field), hb.cluster);
+    put_name(b.subspan(L.names + name_field, name_field), hb.node);
+    put_name(b.subspan(L.names + 2 * name_field, version_field), hb.version);
+    auto mac = hmac_sha256(key, b.first(L.mac));
+    std::copy(mac.begin(), mac.end(), b.begin() + static_cast<std::ptrdiff_t>(L.mac));
+    return L.size;
 }
 
 decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const std::byte> key) {
@@ -85,15 +97,20 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
         r.reason = why;
         return r;
     };
-    if (in.size() < heartbeat_size) return fail(drop_reason::truncated);
-    if (in.size() > heartbeat_size) return fail(drop_reason::oversize);
+    if (in.size() < heartbeat_size_v1) return fail(drop_reason::truncated);
+    if (in.size() > heartbeat_size) return fail(drop_reason::oversize);  // larger than any version
     if (load_be<std::uint32_t>(in) != heartbeat_magic) return fail(drop_reason::bad_magic);
-    if (std::to_integer<std::uint8_t>(in[4]) != heartbeat_version) return fail(drop_reason::bad_version);
-    if (std::to_integer<std::uint8_t>(in[5]) != 1 || load_be<std::uint16_t>(in.subspan(6)) != heartbeat_size)
+    auto version = std::to_integer<std::uint8_t>(in[4]);
+    if (version != heartbeat_version && version != heartbeat_version_v1) return fail(drop_reason::bad_version);
+    const bool old = version == heartbeat_version_v1;
+    const layout& L = old ? v1 : v2;
+    if (in.size() < L.size) return fail(drop_reason::truncated);
+    if (in.size() > L.size) return fail(drop_reason::oversize);
+    if (std::to_integer<std::uint8_t>(in[5]) != 1 || load_be<std::uint16_t>(in.subspan(6)) != L.size)
         return fail(drop_reason::bad_length);
     // Nothing below the MAC is trusted until it verifies.
-    auto mac = hmac_sha256(key, in.first(heartbeat_mac_offset));
-    if (!equal_constant_time(mac, in.subspan(heartbeat_mac_offset, 32))) return fail(drop_reason::bad_mac);
+    auto mac = hmac_sha256(key, in.first(L.mac));
+    if (!equal_constant_time(mac, in.subspan(L.mac, 32))) return fail(drop_reason::bad_mac);
 
     heartbeat& hb = r.hb;
     hb.boot_id = load_be<std::uint64_t>(in.subspan(8));
@@ -110,14 +127,20 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     hb.flags = load_be<std::uint16_t>(in.subspan(68));
     hb.sync_permille = load_be<std::uint16_t>(in.subspan(70));
     hb.link = std::to_integer<std::uint8_t>(in[72]);
-    hb.link_seq = load_be<std::uint32_t>(in.subspan(76));
-    hb.ks_seq = load_be<std::uint64_t>(in.subspan(80));
-    hb.ks_rx_ns = load_be<std::uint64_t>(in.subspan(88));
-    hb.ks_tx_ns = load_be<std::uint64_t>(in.subspan(96));
-    hb.ks_reply_seq = load_be<std::uint64_t>(in.subspan(104));
-    hb.rx_lost = load_be<std::uint32_t>(in.subspan(112));
+    hb.wire_version = version;
     auto zero = [](std::byte x) { return x == std::byte{0}; };
-    bool padding_zero = std::all_of(in.begin() + 73, in.begin() + 76, zero) && std::all_of(in.begin() + 116, in.begin() + 120, zero);
+    bool padding_zero;
+    if (old) {
+        padding_zero = std::all_of(in.begin() + 73, in.begin() + 80, zero);
+    } else {
+        hb.link_seq = load_be<std::uint32_t>(in.subspan(76));
+        hb.ks_seq = load_be<std::uint64_t>(in.subspan(80));
+        hb.ks_rx_ns = load_be<std::uint64_t>(in.subspan(88));
+        hb.ks_tx_ns = load_be<std::uint64_t>(in.subspan(96));
+        hb.ks_reply_seq = load_be<std::uint64_t>(in.subspan(104));
+        hb.rx_lost = load_be<std::uint32_t>(in.subspan(112));
+        padding_zero = std::all_of(in.begin() + 73, in.begin() + 76, zero) && std::all_of(in.begin() + 116, in.begin() + 120, zero);
+    }
     if (!padding_zero || (hb.role != 1 && hb.role != 2) || !valid_state(state) ||
         state == static_cast<std::uint8_t>(host_state::unknown) || !valid_mode(mode) || !valid_sync(sync) ||
         (hb.flags & ~hb_known_flags) != 0 || hb.sync_permille > 1000 || hb.seq == 0)
@@ -125,8 +148,9 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     hb.state = static_cast<host_state>(state);
     hb.mode = static_cast<host_mode>(mode);
     hb.sync = static_cast<sync_state>(sync);
-    if (!get_name(in.subspan(120, name_field), hb.cluster) || !get_name(in.subspan(152, name_field), hb.node) ||
-        !get_name(in.subspan(184, version_field), hb.version))
+    if (!get_name(in.subspan(L.names, name_field), hb.cluster) ||
+        !get_name(in.subspan(L.names + name_field, name_field), hb.node) ||
+        !get_name(in.subspan(L.names + 2 * name_field, version_field), hb.version))
         return fail(drop_reason::bad_field);
     r.ok = true;
     return r;

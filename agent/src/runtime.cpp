@@ -298,10 +298,11 @@ void node_runtime::send_heartbeats() {
         hb.node = cfg_.node.name;
         hb.version = cfg_.node.software_version;
         l->latency->fill(hb);
+        hb.wire_version = peer_wire_version_;  // a peer not yet upgraded is answered in its format
         std::array<std::byte, heartbeat_size> buf{};
-        encode_heartbeat(hb, cfg_.auth.key, buf);
+        auto n = encode_heartbeat(hb, cfg_.auth.key, buf);
         boost::system::error_code ec;
-        l->sock.send_to(asio::buffer(buf), l->peer, 0, ec);
+        l->sock.send_to(asio::buffer(buf.data(), n), l->peer, 0, ec);
         if (ec) ++l->tx_errors;  // link down or no route: the receiver's silence tells the story
         else ++l->tx;
         l->latency->on_sent(hb, ec ? ec.value() : 0);
@@ -363,6 +364,22 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
     if (peer_boot_ && *peer_boot_ != hb.boot_id)
         bus_.publish({"peer.restarted", "the peer's tandemd restarted", {}});
     peer_boot_ = hb.boot_id;
+    // Answer in the peer's format: version 1 only to a peer that has never sent
+    // version 2 in its current run. A stale version 1 from an upgraded peer that
+    // was still answering an old one does not pull this node back.
+    std::uint8_t wire = peer_wire_version_;
+    if (hb.wire_version == heartbeat_version) {
+        peer_v2_boot_ = hb.boot_id;
+        wire = heartbeat_version;
+    } else if (hb.boot_id != peer_v2_boot_) {
+        wire = hb.wire_version;
+    }
+    if (wire != peer_wire_version_) {
+        log::warning("heartbeat.wire_version", "the peer speaks heartbeat version {}: sending version {}{}",
+                     hb.wire_version, wire,
+                     wire < heartbeat_version ? " (no latency samples until it is upgraded)" : "");
+        peer_wire_version_ = wire;
+    }
     ++l.rx;
     l.last_rx = now();
     l.echo_seq = hb.seq;

@@ -17,16 +17,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     // The same bytes as a body signed with the key: what a peer holding the key
     // could send. Whatever decodes must re-encode to the same datagram.
-    if (size >= heartbeat_mac_offset) {
+    // The version byte picks the format (1: 192 bytes, else 232).
+    const bool v1 = size > 4 && data[4] == heartbeat_version_v1;
+    const std::size_t body = v1 ? heartbeat_mac_offset_v1 : heartbeat_mac_offset;
+    const std::size_t total = v1 ? heartbeat_size_v1 : heartbeat_size;
+    if (size >= body) {
         std::array<std::byte, heartbeat_size> signed_dgram{};
-        std::copy_n(in.begin(), heartbeat_mac_offset, signed_dgram.begin());
-        auto mac = hmac_sha256(key, std::span(signed_dgram).first(heartbeat_mac_offset));
-        std::copy(mac.begin(), mac.end(), signed_dgram.begin() + heartbeat_mac_offset);
-        auto r = decode_heartbeat(signed_dgram, key);
+        std::copy_n(in.begin(), body, signed_dgram.begin());
+        auto mac = hmac_sha256(key, std::span(signed_dgram).first(body));
+        std::copy(mac.begin(), mac.end(), signed_dgram.begin() + static_cast<std::ptrdiff_t>(body));
+        auto r = decode_heartbeat(std::span(signed_dgram).first(total), key);
         if (r.ok) {
             std::array<std::byte, heartbeat_size> again{};
-            encode_heartbeat(r.hb, key, again);
-            if (again != signed_dgram) __builtin_trap();
+            if (encode_heartbeat(r.hb, key, again) != total || again != signed_dgram) __builtin_trap();
         }
     }
 

@@ -10,6 +10,7 @@
 
 #include <net/if.h>
 #include <signal.h>
+#include <unistd.h>
 
 using namespace tandem::test;
 using namespace std::chrono_literals;
@@ -45,6 +46,12 @@ void check_plausible(const json& l, double interval_us) {
     CHECK(counter(l, "lost_out") == 0);
 }
 
+// The kernel probe needs the kernel's BTF (CO-RE) and tcx (Linux 6.6).
+#define REQUIRE_KERNEL_PROBE()                                                             \
+    do {                                                                                   \
+        if (::access("/sys/kernel/btf/vmlinux", R_OK) != 0) TANDEM_SKIP("no /sys/kernel/btf/vmlinux"); \
+    } while (0)
+
 int tcx_count(const test_cluster& c, const std::string& node, bool ingress) {
     scoped_netns_enter in(c.ns(node));
     auto r = tandem::ebpf::tcx_program_count(static_cast<int>(::if_nametoindex("eth0")), ingress);
@@ -55,6 +62,7 @@ int tcx_count(const test_cluster& c, const std::string& node, bool ingress) {
 
 TEST_CASE("latency: the kernel probe fills its histograms with plausible figures", "[scenario][latency]") {
     TANDEM_REQUIRE_NAMESPACES();
+    REQUIRE_KERNEL_PROBE();
     test_cluster c;
     c.up();
     REQUIRE(wait_until([&] { return has_samples(c, "a", 20) && has_samples(c, "b", 20); }, soon));
@@ -80,6 +88,7 @@ TEST_CASE("latency: the kernel probe fills its histograms with plausible figures
 
 TEST_CASE("latency: loss injected with nftables is counted in its direction", "[scenario][latency]") {
     TANDEM_REQUIRE_NAMESPACES();
+    REQUIRE_KERNEL_PROBE();
     test_cluster::options o;
     o.timeout = "1s";  // every third heartbeat lost must not look like a dead peer
     test_cluster c(o);
@@ -109,6 +118,7 @@ TEST_CASE("latency: loss injected with nftables is counted in its direction", "[
 
 TEST_CASE("latency: a responder stopped with SIGSTOP is a host stall, not a network delay", "[scenario][latency]") {
     TANDEM_REQUIRE_NAMESPACES();
+    REQUIRE_KERNEL_PROBE();
     test_cluster::options o;
     o.timeout = "3s";  // the stall is the subject here, not a failover
     test_cluster c(o);
@@ -135,6 +145,7 @@ TEST_CASE("latency: a responder stopped with SIGSTOP is a host stall, not a netw
 
 TEST_CASE("latency: the probe detaches when tandemd is SIGKILLed", "[scenario][latency]") {
     TANDEM_REQUIRE_NAMESPACES();
+    REQUIRE_KERNEL_PROBE();
     test_cluster c;
     REQUIRE(tcx_count(c, "a", true) == 0);
     c.up();

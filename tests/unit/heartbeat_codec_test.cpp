@@ -98,6 +98,32 @@ TEST_CASE("the kernel probe reads each field where the encoder writes it", "[uni
     CHECK(HBP_HEAD <= 120);  // everything the probe reads lies before the names
 }
 
+TEST_CASE("a version 1 heartbeat, from a peer not yet upgraded, is still understood", "[unit][heartbeat]") {
+    auto hb = sample();
+    hb.wire_version = heartbeat_version_v1;
+    std::array<std::byte, heartbeat_size> buf{};
+    REQUIRE(encode_heartbeat(hb, key, buf) == heartbeat_size_v1);
+    auto b = std::span<const std::byte>(buf).first(heartbeat_size_v1);
+    CHECK(std::to_integer<int>(b[4]) == 1);
+    CHECK(load_be<std::uint16_t>(b.subspan(6)) == 192);
+    CHECK(std::string(reinterpret_cast<const char*>(b.data()) + 80) == "store-ha");  // names where v1 had them
+    auto r = decode_heartbeat(b, key);
+    REQUIRE(r.ok);
+    CHECK(r.hb.wire_version == 1);
+    CHECK(r.hb.seq == 42);
+    CHECK(r.hb.echo_seq == 41);
+    CHECK(r.hb.state == host_state::active);
+    CHECK(r.hb.node == "alpha");
+    CHECK(r.hb.version == "0.1.0");
+    CHECK(r.hb.link_seq == 0);  // fields version 1 does not have
+    CHECK(r.hb.ks_seq == 0);
+    CHECK(decode_heartbeat(b.first(191), key).reason == drop_reason::truncated);
+    auto flipped = buf;
+    flipped[100] ^= std::byte{1};
+    CHECK(decode_heartbeat(std::span<const std::byte>(flipped).first(heartbeat_size_v1), key).reason ==
+          drop_reason::bad_mac);
+}
+
 TEST_CASE("any flipped bit is rejected", "[unit][heartbeat]") {
     auto good = encoded();
     for (std::size_t i = 0; i < heartbeat_size; ++i) {
@@ -132,8 +158,11 @@ TEST_CASE("truncated, oversize and foreign datagrams are classified", "[unit][he
     wrong[0] = std::byte{'X'};
     CHECK(decode_heartbeat(wrong, key).reason == drop_reason::bad_magic);
     auto ver = buf;
-    ver[4] = std::byte{1};  // the 192-byte format before the latency probes
+    ver[4] = std::byte{3};
     CHECK(decode_heartbeat(ver, key).reason == drop_reason::bad_version);
+    auto v1_sized = buf;
+    v1_sized[4] = std::byte{1};  // version 1 is 192 bytes long
+    CHECK(decode_heartbeat(v1_sized, key).reason == drop_reason::oversize);
 }
 
 TEST_CASE("authentic but invalid fields are bad_field", "[unit][heartbeat]") {

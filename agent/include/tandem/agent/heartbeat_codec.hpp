@@ -29,6 +29,13 @@ inline constexpr std::uint32_t heartbeat_magic = 0x544E4448;  // "TNDH"
 inline constexpr std::uint8_t heartbeat_version = 2;
 inline constexpr std::size_t heartbeat_size = 232;
 inline constexpr std::size_t heartbeat_mac_offset = 200;
+// Version 1, the format before the latency probes: bytes 0..72 as above, 73..79
+// zero, cluster[32] at 80, node[32] at 112, version[16] at 144, MAC at 160.
+// Still decoded, and spoken to a peer that speaks it, so that a cluster being
+// upgraded one node at a time keeps hearing itself.
+inline constexpr std::uint8_t heartbeat_version_v1 = 1;
+inline constexpr std::size_t heartbeat_size_v1 = 192;
+inline constexpr std::size_t heartbeat_mac_offset_v1 = 160;
 inline constexpr std::size_t name_field = 32;
 inline constexpr std::size_t version_field = 16;
 static_assert(heartbeat_mac_offset + 32 == heartbeat_size);
@@ -63,6 +70,7 @@ struct heartbeat {
     // ks_reply_seq, the answer, left at ks_tx_ns (the sender's monotonic clock).
     std::uint64_t ks_seq = 0, ks_rx_ns = 0, ks_tx_ns = 0, ks_reply_seq = 0;
     std::uint32_t rx_lost = 0;  // our heartbeats the sender never received on this link
+    std::uint8_t wire_version = heartbeat_version;  // 1: the fields above link_seq are absent
     std::string cluster;
     std::string node;
     std::string version;
@@ -83,10 +91,12 @@ enum class drop_reason : std::uint8_t {
 };
 [[nodiscard]] std::string_view to_string(drop_reason r) noexcept;
 
-// Writes exactly heartbeat_size bytes into `out` (which must be that large) and
-// signs them. Names longer than their field are refused by the configuration
-// (config.cpp checks against name_field and version_field).
-void encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key, std::span<std::byte, heartbeat_size> out);
+// Writes the datagram in hb.wire_version's format and signs it; returns its
+// length (heartbeat_size, or heartbeat_size_v1). Names longer than their field
+// are refused by the configuration (config.cpp checks against name_field and
+// version_field).
+std::size_t encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key,
+                             std::span<std::byte, heartbeat_size> out);
 
 struct decode_result {
     bool ok = false;

@@ -3,10 +3,12 @@
  * sources of timestamps: the same figures whichever measured them.
  *
  * Written in the subset of C that both clang -target bpf and g++ accept: no
- * loops, no division, array indices masked. Every field has one writer (the
- * ingress or the egress hook of one link), and one flow's packets pass a hook
- * on one CPU at a time, so plain adds suffice; only the sequence counts that
- * guard multi-word values for readers use atomics. The hot fields sit together
+ * loops, no division, array indices masked. Every field but pending_seq has
+ * one writer (the ingress or the egress hook of one link; the ingress hook sets
+ * pending_seq, the egress hook clears it, a race costing at most one sample),
+ * and one flow's packets pass a hook on one CPU at a time, so plain adds
+ * suffice; only the sequence counts that guard multi-word values for readers
+ * use atomics. The hot fields sit together
  * at the front: a heartbeat touches few cache lines.
  *
  * Four kernel timestamps per sample, no clock synchronisation:
