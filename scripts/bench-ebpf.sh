@@ -2,12 +2,13 @@
 # make bench-ebpf: what the heartbeat probe costs and how well it agrees with the
 # kernel's socket timestamps — in one run, on one veth pair between two namespaces.
 #  1. probe = "timestamping" on both nodes: heartbeat RTT (network part) without BPF;
-#  2. probe = "both": the same with the tcx programs attached, the BPF figures next
-#     to the socket-timestamp figures of the same heartbeats, and the programs'
-#     cost per heartbeat from the kernel's BPF statistics (run_time_ns / run_cnt);
+#  2. probe = "both": the same with the tcx programs attached, and the BPF figures
+#     next to the socket-timestamp figures of the same heartbeats;
 #  3. a yardstick program that only counts (tests/bench/null_probe.bpf.c) joins the
-#     hooks through tc: what any program costs per run here, mostly cold caches
-#     between heartbeats and the statistics themselves;
+#     hooks through tc, and the kernel's BPF statistics (run_time_ns / run_cnt) give
+#     the cost per heartbeat of the probe and of the yardstick over the same window:
+#     what any program costs per run here is mostly cold caches between heartbeats
+#     and the statistics themselves;
 #  4. iperf3 through the same link: the cost per packet that is not a heartbeat,
 #     for the probe and for the yardstick.
 set -euo pipefail
@@ -68,11 +69,8 @@ ts_only=$(latency alpha | jq '.[0].network_p50_us')
 stop_pair
 
 # 2. With the probe, and the socket stamps beside it.
-sysctl -qw kernel.bpf_stats_enabled=1
 start_pair both
-read -r c0 t0 < <(prog_stats); h0=$(heartbeat_runs)
 sleep "$window"
-read -r c1 t1 < <(prog_stats); h1=$(heartbeat_runs)
 l=$(latency alpha)
 bpf_net=$(jq '.[0].network_p50_us' <<< "$l"); ts_net=$(jq '.[0].timestamping.network_p50_us' <<< "$l")
 bpf_p99=$(jq '.[0].network_p99_us' <<< "$l"); ts_p99=$(jq '.[0].timestamping.network_p99_us' <<< "$l")
@@ -83,9 +81,12 @@ for ns in "$a" "$b"; do
     ip netns exec "$ns" tc qdisc add dev eth0 clsact
     for dir in ingress egress; do ip netns exec "$ns" tc filter add dev eth0 "$dir" bpf da obj "$null_obj" sec tc; done
 done
-read -r n0 u0 < <(prog_stats null)
+# Both measured over the same window and the same packets: the machine's noise
+# (a VM's neighbours, cache pressure) hits both alike.
+sysctl -qw kernel.bpf_stats_enabled=1
+read -r c0 t0 < <(prog_stats); h0=$(heartbeat_runs); read -r n0 u0 < <(prog_stats null)
 sleep "$window"
-read -r n1 u1 < <(prog_stats null)
+read -r c1 t1 < <(prog_stats); h1=$(heartbeat_runs); read -r n1 u1 < <(prog_stats null)
 
 # 4. Other traffic through the same hooks.
 ip netns exec "$b" iperf3 -s -1 -D -I "$work/iperf.pid" > /dev/null
