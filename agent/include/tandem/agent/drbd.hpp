@@ -1,0 +1,84 @@
+// agent: the DRBD backend's pure parts — the resource file rendered from
+// Tandem's configuration, the drbdadm command lines, and the kernel's state
+// (drbdsetup events2 for DRBD 9, /proc/drbd for 8.4) mapped to Tandem's.
+#pragma once
+
+#include "tandem/agent/config.hpp"
+#include "tandem/agent/state.hpp"
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tandem::agent::drbd {
+
+// DRBD's own ceiling for c-max-rate: 4 GiB/s, the seeds' 4096 MB/s.
+inline constexpr std::uint64_t max_rate_kib = 4'194'304;
+
+struct host {
+    std::string name;
+    ip_address address;  // where DRBD listens: the crossover address when one is configured
+};
+
+struct resource {
+    std::string name = "store";
+    unsigned minor = 0;
+    std::string disk;  // the backing device ([replication] device)
+    // The primary first, then the secondary, on both nodes alike: DRBD 9 numbers
+    // its nodes by their order in the file.
+    host first, second;
+    std::uint16_t port = 7789;
+    std::uint64_t rate_kib = 100 * 1024;
+    std::string secret;  // derived from the cluster key (derive_secret)
+};
+
+// The resource of this node's configuration.
+resource from_config(const config& c);
+// The peer-authentication secret: HMAC-SHA256 of the cluster key over a fixed
+// label, 40 hex digits (DRBD allows 63 characters). Both nodes derive the same.
+std::string derive_secret(std::span<const std::byte> cluster_key);
+// What DRBD would refuse or misread, each naming the value and what is allowed;
+// empty when the resource can be rendered.
+std::vector<std::string> validate(const resource& r);
+// The resource file, in the subset of drbd.conf that both the 8.4 and the 9
+// parsers of drbd-utils accept. Split brain is never resolved automatically.
+std::string render(const resource& r);
+
+// drbdadm's verbs as Tandem uses them.
+enum class action { create_md, up, down, primary, secondary, connect, disconnect, invalidate, verify, adjust };
+[[nodiscard]] std::string_view to_string(action a) noexcept;
+// argv of `drbdadm -c CONF VERB RESOURCE` (create-md is forced: Tandem runs it only on a new disk).
+std::vector<std::string> command(action a, const std::string& conf, const std::string& resource_name,
+                                 const std::string& drbdadm = "drbdadm");
+
+// The kernel's view of one DRBD device and its one peer.
+struct kernel_state {
+    std::string role;         // Primary, Secondary, Unknown
+    std::string peer_role;
+    std::string disk;         // UpToDate, Inconsistent, Outdated, Diskless, ...
+    std::string peer_disk;
+    std::string connection;   // Connected, Connecting, StandAlone, ... (8.4: the cs: field)
+    std::string replication;  // Established, SyncSource, SyncTarget, ... (9; 8.4 folds it into cs:)
+    std::optional<double> done_percent;  // of a running resync
+    std::optional<std::uint64_t> eta_s;
+    bool split_brain = false;  // a split-brain helper ran, or StandAlone followed it
+};
+
+// /proc/drbd of DRBD 8.4 for one minor; nullopt if the minor is not there.
+std::optional<kernel_state> parse_proc_drbd(std::string_view text, unsigned minor);
+// One line of `drbdsetup events2 --statistics` (DRBD 9) folded into `s`; lines
+// for other resources or volumes are ignored. Returns whether anything changed.
+bool apply_events2(kernel_state& s, std::string_view line, const std::string& resource_name, unsigned volume = 0);
+
+// What Tandem makes of it: the sync state, and for Synchronizing the progress in permille.
+struct mapped {
+    sync_state sync = sync_state::inconsistent;
+    std::uint16_t permille = 0;
+    std::string detail;  // for the status and the operator: what DRBD says, and the way out if any
+};
+mapped map_state(const kernel_state& s);
+
+}  // namespace tandem::agent::drbd
