@@ -3,6 +3,7 @@
 #include "tandem/agent/drbd.hpp"
 
 #include "tandem/base/hmac.hpp"
+#include "tandem/base/log.hpp"
 #include "tandem/netlink/vip.hpp"
 
 #include <fmt/format.h>
@@ -10,6 +11,15 @@
 #include <algorithm>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace tandem::agent::drbd {
 
@@ -72,7 +82,9 @@ resource from_config(const config& c) {
     r.disk = c.replication.device;
     r.port = c.replication.port;
     r.rate_kib = std::uint64_t{c.replication.rate_mib} * 1024;
+    r.protocol_a = c.replication.protocol_a;
     r.secret = derive_secret(c.auth.key);
+    r.split_brain_flag = c.node.state_dir + "/drbd/split-brain";
     bool xo = c.crossover.address && c.crossover.peer_address;
     host self{c.node.name, xo ? *c.crossover.address : c.node.address};
     host peer{c.peer.name, xo ? *c.crossover.peer_address : c.peer.address};
@@ -104,6 +116,9 @@ std::vector<std::string> validate(const resource& r) {
     if (r.rate_kib < 1024 || r.rate_kib > max_rate_kib)
         out.push_back(fmt::format("replication.rate = {} MiB/s: DRBD allows 1 to 4096 MiB/s (c-max-rate up to {} KiB/s)",
                                   r.rate_kib / 1024, max_rate_kib));
+    if (!r.split_brain_flag.empty() && !path_ok(r.split_brain_flag))
+        out.push_back(fmt::format("node.state_dir: \"{}\" cannot be written into drbd.conf (blanks, quotes or ; {{ }} #)",
+                                  r.split_brain_flag));
     if (r.secret.empty() || r.secret.size() > 63 || !word_ok(r.secret))
         out.push_back("the shared secret must be 1 to 63 letters or digits (derive_secret makes 40)");
     return out;
@@ -113,7 +128,7 @@ std::string render(const resource& r) {
     std::string s = fmt::format(
         "# Written by tandemd from its configuration; edits here are overwritten.\n"
         "resource {} {{\n"
-        "    protocol C;\n"
+        "    protocol {};\n"
         "    net {{\n"
         "        cram-hmac-alg sha256;\n"
         "        shared-secret \"{}\";\n"
@@ -127,7 +142,13 @@ std::string render(const resource& r) {
         "        c-max-rate {}k;\n"
         "        resync-rate {}k;\n"
         "    }}\n",
-        r.name, r.secret, r.rate_kib, r.rate_kib);
+        r.name, r.protocol_a ? 'A' : 'C', r.secret, r.rate_kib, r.rate_kib);
+    if (!r.split_brain_flag.empty())
+        s += fmt::format(
+            "    handlers {{\n"
+            "        split-brain \"/usr/bin/touch {}\";\n"
+            "    }}\n",
+            r.split_brain_flag);
     for (const host* h : {&r.first, &r.second})
         s += fmt::format(
             "    on {} {{\n"
@@ -144,6 +165,8 @@ std::string render(const resource& r) {
 std::string_view to_string(action a) noexcept {
     switch (a) {
         case action::create_md: return "create-md";
+        case action::dump_md: return "dump-md";
+        case action::discard_my_data: return "connect";
         case action::up: return "up";
         case action::down: return "down";
         case action::primary: return "primary";
@@ -162,6 +185,7 @@ std::vector<std::string> command(action a, const std::string& conf, const std::s
     std::vector<std::string> argv = {drbdadm, "-c", conf};
     if (a == action::create_md) argv.push_back("--force");  // no questions: only ever run on a new disk
     argv.emplace_back(to_string(a));
+    if (a == action::discard_my_data) argv.push_back("--discard-my-data");
     argv.push_back(resource_name);
     return argv;
 }
@@ -315,6 +339,84 @@ mapped map_state(const kernel_state& s) {
                                  "with the operator guide's forced promotion)"
                                : "");
     return m;
+}
+
+namespace {
+
+bool in_path(const std::string& tool) {
+    const char* path = std::getenv("PATH");
+    std::string_view dirs = path ? path : "/usr/sbin:/usr/bin:/sbin:/bin";
+    while (!dirs.empty()) {
+        auto colon = dirs.find(':');
+        auto dir = dirs.substr(0, colon);
+        if (!dir.empty() && ::access((std::string(dir) + "/" + tool).c_str(), X_OK) == 0) return true;
+        if (colon == std::string_view::npos) break;
+        dirs.remove_prefix(colon + 1);
+    }
+    return false;
+}
+
+// `modprobe drbd`, quietly; true when it succeeded.
+bool modprobe_drbd() {
+    pid_t pid = 0;
+    const char* argv[] = {"modprobe", "-q", "drbd", nullptr};
+    if (posix_spawnp(&pid, "modprobe", nullptr, nullptr, const_cast<char* const*>(argv), environ) != 0) return false;
+    int st = 0;
+    return ::waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+}  // namespace
+
+int kernel_version() {
+    std::ifstream in("/proc/drbd");
+    std::string word, v;
+    if (!(in >> word >> v) || word != "version:") return 0;
+    return v.rfind("9.", 0) == 0 ? 9 : v.rfind("8.", 0) == 0 ? 8 : 0;
+}
+
+std::string check_host(const config& c, bool load_module) {
+    auto problems = validate(from_config(c));
+    if (!problems.empty()) return "replication.backend = \"drbd\": " + fmt::format("{}", fmt::join(problems, "; "));
+    if (!in_path("drbdadm") || !in_path("drbdsetup"))
+        return "replication.backend = \"drbd\" needs drbdadm and drbdsetup, which are not in PATH: install the "
+               "drbd-utils package";
+    if (kernel_version() == 0 && !(load_module && modprobe_drbd() && kernel_version() != 0))
+        return "replication.backend = \"drbd\" needs the drbd kernel module, which is not loaded" +
+               std::string(load_module ? " and modprobe drbd could not load" : "") +
+               ": run `modprobe drbd` (Debian's own kernel ships drbd.ko 8.4), or use backend \"uring\" on a "
+               "kernel without it";
+    utsname u{};
+    if (::uname(&u) == 0 && c.node.name != u.nodename)
+        return fmt::format("replication.backend = \"drbd\": DRBD finds this node's section by host name, and "
+                           "uname -n is \"{}\" while node.name is \"{}\": give the host the node's name",
+                           u.nodename, c.node.name);
+    return "";
+}
+
+backend::backend(const config& c) : res_(from_config(c)) {
+    if (auto v = validate(res_); !v.empty())
+        throw std::runtime_error(fmt::format("replication.backend = \"drbd\": {}", fmt::join(v, "; ")));
+    auto dir = c.node.state_dir + "/drbd";
+    std::filesystem::create_directories(dir);
+    conf_ = dir + "/" + res_.name + ".res";
+    // Written whole and renamed: drbdadm never reads half a file.
+    auto tmp = conf_ + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+    auto text = render(res_);
+    bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+    ::close(fd);
+    if (!ok || ::rename(tmp.c_str(), conf_.c_str()) != 0)
+        throw std::runtime_error(fmt::format("cannot write {}: {}", conf_, std::strerror(errno)));
+}
+
+std::string backend::device() const { return fmt::format("/dev/drbd{}", res_.minor); }
+
+boost::asio::awaitable<process_result> backend::run(action a) const {
+    std::string line;
+    for (auto& w : command(a, conf_, res_.name)) line += (line.empty() ? "" : " ") + w;
+    log::info("drbd.command", "{}", line);
+    co_return co_await run_command(line, {}, std::chrono::minutes(2));
 }
 
 }  // namespace tandem::agent::drbd

@@ -10,6 +10,8 @@
 #include "tandem/base/log.hpp"
 
 #include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -23,12 +25,16 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fmt/format.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <cstring>
 #include <thread>
 
@@ -224,6 +230,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
                                                  e.error().message()));
         engine_ = std::move(*e);
     }
+    if (cfg_.replication.backend == backend_kind::drbd) drbd_ = std::make_unique<drbd::backend>(cfg_);
 }
 
 node_runtime::~node_runtime() = default;
@@ -232,7 +239,7 @@ void node_runtime::install_sequence(failover_sequence seq) { sequence_.emplace(s
 
 std::unique_ptr<failover_phase> node_runtime::make_storage_phase() {
     if (cfg_.replication.backend == backend_kind::none) return make_local_storage_phase();
-    auto p = std::make_unique<store_phase>(cfg_, engine_.get());
+    auto p = std::make_unique<store_phase>(cfg_, engine_.get(), drbd_.get());
     store_ = p.get();
     return p;
 }
@@ -258,6 +265,10 @@ void node_runtime::start() {
     if (engine_) {
         engine_->start();
         apply(machine_.on_local_sync(now(), replication_sync()));
+    }
+    if (drbd_) {
+        apply(machine_.on_local_sync(now(), replication_sync()));  // unknown until DRBD reports: not promotable
+        asio::co_spawn(io_, drbd_loop(), asio::detached);
     }
     for (auto& l : links_) asio::co_spawn(io_, receive(*l), asio::detached);
     asio::co_spawn(io_, netlink_loop(), asio::detached);
@@ -293,6 +304,7 @@ void node_runtime::send_heartbeats() {
         hb.flags = machine_.outgoing_flags();
         hb.sync_permille = promotable(machine_.local_sync()) ? 1000 : 0;
         if (engine_ && machine_.local_sync() == sync_state::synchronizing) hb.sync_permille = engine_->sync_permille();
+        if (drbd_ && machine_.local_sync() == sync_state::synchronizing) hb.sync_permille = drbd::map_state(drbd_state_).permille;
         hb.link = l->index;
         hb.cluster = cfg_.cluster.name;
         hb.node = cfg_.node.name;
@@ -765,7 +777,105 @@ json node_runtime::status() const {
 
 // ---- replication
 
+// ---- backend "drbd": bring the resource up, then follow the kernel's state
+
+asio::awaitable<void> node_runtime::drbd_loop() {
+    auto& d = *drbd_;
+    // Metadata only where there is none, and only once per disk: a disk whose
+    // metadata vanished after Tandem created it is an operator's case, not ours.
+    auto configured = co_await run_command("drbdsetup status " + d.res().name + " >/dev/null 2>&1", {},
+                                           std::chrono::seconds(30));
+    if (!configured.ok()) {
+        auto md = co_await d.run(drbd::action::dump_md);
+        auto marker = cfg_.node.state_dir + "/drbd/md-created";
+        if (!md.ok() && std::filesystem::exists(marker)) {
+            bus_.publish({"replication.error",
+                          fmt::format("DRBD finds no metadata on {}, but Tandem created it before ({}): not "
+                                      "creating it again; restore the disk or remove the marker",
+                                      d.res().disk, marker),
+                          {}});
+            co_return;
+        }
+        if (!md.ok()) {
+            auto r = co_await d.run(drbd::action::create_md);
+            if (!r.ok()) {
+                bus_.publish({"replication.error", "drbdadm create-md " + r.describe(), {}});
+                co_return;
+            }
+            std::ofstream(marker) << d.res().disk << "\n";
+        }
+    }
+    auto up = co_await d.run(drbd::action::adjust);
+    if (!up.ok()) bus_.publish({"replication.error", "drbdadm adjust " + up.describe(), {}});
+    if (drbd::kernel_version() == 9) co_await drbd_watch_events2();
+    else co_await drbd_watch_proc();
+}
+
+void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
+    auto before = drbd::map_state(drbd_state_);
+    drbd_state_ = s;
+    auto after = drbd::map_state(drbd_state_);
+    if (after.sync != before.sync)  // progress shows in the status, not as one event a second
+        bus_.publish({after.sync == sync_state::diverged ? "replication.split_brain" : "replication.state", after.detail,
+                      {{"sync", std::string(to_string(after.sync))}}});
+    apply(machine_.on_local_sync(now(), after.sync));
+}
+
+// DRBD 9: `drbdsetup events2 --statistics` is a stream of state changes.
+asio::awaitable<void> node_runtime::drbd_watch_events2() {
+    asio::steady_timer retry(io_);
+    for (;;) {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) co_return;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
+        const std::string name = drbd_->res().name;
+        const char* argv[] = {"drbdsetup", "events2", "--statistics", name.c_str(), nullptr};
+        pid_t pid = 0;
+        int rc = posix_spawnp(&pid, "drbdsetup", &fa, nullptr, const_cast<char* const*>(argv), environ);
+        posix_spawn_file_actions_destroy(&fa);
+        ::close(fds[1]);
+        if (rc == 0) {
+            asio::posix::stream_descriptor in(io_, fds[0]);
+            asio::streambuf buf;
+            drbd::kernel_state s = drbd_state_;
+            for (;;) {
+                auto [ec, n] = co_await asio::async_read_until(in, buf, '\n', asio::as_tuple(asio::use_awaitable));
+                if (ec) break;
+                std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<std::ptrdiff_t>(n) - 1);
+                buf.consume(n);
+                if (drbd::apply_events2(s, line, name)) on_drbd_state(s);
+            }
+            ::kill(pid, SIGTERM);
+            ::waitpid(pid, nullptr, 0);
+        } else {
+            ::close(fds[0]);
+        }
+        if (stopping_) co_return;
+        log::warning("drbd.events", "drbdsetup events2 ended; restarting it in 1 s");
+        retry.expires_after(std::chrono::seconds(1));
+        co_await retry.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+// DRBD 8.4: /proc/drbd, read every second; the split-brain handler leaves a flag file.
+asio::awaitable<void> node_runtime::drbd_watch_proc() {
+    asio::steady_timer tick(io_);
+    for (;;) {
+        std::ifstream in("/proc/drbd");
+        std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        auto s = drbd::parse_proc_drbd(text, drbd_->res().minor).value_or(drbd::kernel_state{});
+        s.split_brain = std::filesystem::exists(drbd_->res().split_brain_flag);
+        on_drbd_state(s);
+        if (stopping_) co_return;
+        tick.expires_after(std::chrono::seconds(1));
+        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
 sync_state node_runtime::replication_sync() const {
+    if (drbd_) return drbd::map_state(drbd_state_).sync;
     if (!engine_) return sync_state::none;
     auto s = engine_->status();
     if (s.split_brain) return sync_state::diverged;
@@ -785,6 +895,25 @@ json node_runtime::replication_status() const {
     json j = {{"backend", to_string(cfg_.replication.backend)},
               {"port", cfg_.replication.port},
               {"rate_mib", cfg_.replication.rate_mib}};
+    if (drbd_) {
+        auto m = drbd::map_state(drbd_state_);
+        j["device"] = cfg_.replication.device;
+        j["drbd"] = {{"resource", drbd_->res().name},
+                     {"device", drbd_->device()},
+                     {"config", drbd_->conf()},
+                     {"kernel_version", drbd::kernel_version()},
+                     {"role", drbd_state_.role},
+                     {"peer_role", drbd_state_.peer_role},
+                     {"disk", drbd_state_.disk},
+                     {"peer_disk", drbd_state_.peer_disk},
+                     {"connection", drbd_state_.connection},
+                     {"replication", drbd_state_.replication},
+                     {"done_percent", drbd_state_.done_percent ? json(*drbd_state_.done_percent) : json(nullptr)},
+                     {"eta_s", drbd_state_.eta_s ? json(*drbd_state_.eta_s) : json(nullptr)},
+                     {"split_brain", drbd_state_.split_brain},
+                     {"detail", m.detail}};
+        return j;
+    }
     if (!engine_) return j;
     auto s = engine_->status();
     j["device"] = cfg_.replication.device;
@@ -874,6 +1003,25 @@ json node_runtime::handle(const json& req) {
     if (cmd == "reload") return reload();
     if (cmd == "latency") return {{"ok", true}, {"latency", latency_section(true)}};
     if (cmd == "sync-rate") return set_sync_rate(req);
+    if (drbd_ && (cmd == "verify" || cmd == "discard-local")) {
+        bool discard = cmd == "discard-local";
+        if (discard && !drbd_state_.split_brain)
+            return {{"ok", false}, {"error", "DRBD reports no split brain: nothing to discard"}};
+        asio::co_spawn(io_, [this, discard]() -> asio::awaitable<void> {
+            if (discard) {
+                // This node's changes since the split go; a resync from the peer follows.
+                co_await drbd_->run(drbd::action::disconnect);
+                std::filesystem::remove(drbd_->res().split_brain_flag);
+                drbd_state_.split_brain = false;
+            }
+            auto r = co_await drbd_->run(discard ? drbd::action::discard_my_data : drbd::action::verify);
+            bus_.publish({discard ? "replication.discard" : "replication.verify",
+                          fmt::format("drbdadm {} {}", discard ? "connect --discard-my-data" : "verify", r.describe()),
+                          {{"ok", r.ok() ? "true" : "false"}}});
+        }, asio::detached);
+        return {{"ok", true}, {"message", discard ? "discarding this node's data: DRBD reconnects and resyncs from the peer"
+                                                  : "DRBD online verify started; out-of-sync blocks show in the kernel log"}};
+    }
     if (cmd == "verify") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
         std::string why;

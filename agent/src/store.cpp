@@ -123,7 +123,7 @@ std::string describe(const std::vector<store_holder>& hs) {
     return s;
 }
 
-store_phase::store_phase(const config& c, replication::engine* e) : c_(c), e_(e) {}
+store_phase::store_phase(const config& c, replication::engine* e, const drbd::backend* d) : c_(c), e_(e), d_(d) {}
 store_phase::~store_phase() = default;
 
 bool store_phase::mounted() const {
@@ -144,7 +144,7 @@ store_status store_phase::status() const {
     s.fstype = c_.store.fstype;
     s.mounted = mounted();
     s.device = device_;
-    s.frontend = fe_ ? std::string(fe_->kind()) : (!e_ && !device_.empty() ? "shared" : "");
+    s.frontend = fe_ ? std::string(fe_->kind()) : d_ && !device_.empty() ? "drbd" : (!e_ && !device_.empty() ? "shared" : "");
     s.last_error = last_error_;
     return s;
 }
@@ -216,6 +216,11 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
             co_return phase_outcome::failed(last_error_ = "cannot promote the replicated volume: " + why);
         auto s = e_->status();
         what = fmt::format("volume primary, generation {:016x}; peer {}", s.gen.current, to_string(s.link));
+    } else if (d_) {
+        // DRBD refuses to promote data that is not UpToDate; Tandem never forces it.
+        auto r = co_await d_->run(drbd::action::primary);
+        if (!r.ok()) co_return phase_outcome::failed(last_error_ = "drbdadm primary " + d_->res().name + " " + r.describe());
+        what = "DRBD " + d_->res().name + " primary";
     }
     if (c_.store.mount.empty()) co_return phase_outcome::done(what + "; not mounted ([store] mount is empty)");
     if (mounted()) co_return phase_outcome::nothing(what + "; " + c_.store.mount + " is already mounted");
@@ -232,6 +237,8 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
             fe_ = std::move(*fe);
         }
         device_ = fe_->device();
+    } else if (d_) {
+        device_ = d_->device();
     } else {
         device_ = c_.replication.device;
     }
@@ -249,7 +256,7 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
     if (!r.ok()) co_return phase_outcome::failed(last_error_ = fmt::format("mount {} on {} {}", device_, c_.store.mount, r.describe()));
     last_error_.clear();
     co_return phase_outcome::done(fmt::format("{}{}{} mounted on {} ({}{})", what, what.empty() ? "" : "; ", device_,
-                                              c_.store.mount, fe_ ? fe_->kind() : "shared",
+                                              c_.store.mount, fe_ ? fe_->kind() : d_ ? "drbd" : "shared",
                                               fs.detail.empty() ? "" : ", " + fs.detail));
 }
 
@@ -273,6 +280,12 @@ asio::awaitable<phase_outcome> store_phase::release() {
         fe_.reset();
     }
     device_.clear();
+    if (d_) {
+        auto r = co_await d_->run(drbd::action::secondary);
+        if (!r.ok())
+            co_return phase_outcome::failed(last_error_ = "drbdadm secondary " + d_->res().name + " " + r.describe());
+        co_return phase_outcome::done(c_.store.mount.empty() ? "DRBD secondary" : c_.store.mount + " unmounted; DRBD secondary");
+    }
     if (e_) {
         if (auto r = e_->demote(); !r)
             co_return phase_outcome::failed(last_error_ = "demoting the replicated volume: " + r.error().message());

@@ -1,5 +1,6 @@
 // agent: tandemd's main — reads the configuration and wires the components together.
 #include "tandem/agent/config.hpp"
+#include "tandem/agent/drbd.hpp"
 #include "tandem/agent/failover.hpp"
 #include "tandem/agent/runtime.hpp"
 #include "tandem/agent/version.hpp"
@@ -33,12 +34,14 @@ constexpr const char* usage =
     "      --debug            log debug messages too\n";
 
 // Features checked once at start-up, each failure naming what is missing.
-void check_features(const config& c) {
-    if (c.replication.backend == backend_kind::drbd || c.replication.backend == backend_kind::shared)
-        throw std::runtime_error(fmt::format(
-            "replication.backend = \"{}\" is not available in this build yet; use \"uring\" (Tandem's own engine) "
-            "or \"none\" (the drbd and shared-storage backends are being built)",
-            to_string(c.replication.backend)));
+// `starting`: tandemd is about to run (a missing drbd.ko is loaded), not only checking.
+void check_features(const config& c, bool starting) {
+    if (c.replication.backend == backend_kind::shared)
+        throw std::runtime_error(
+            "replication.backend = \"shared\" is not available in this build yet; use \"uring\" (Tandem's own "
+            "engine), \"drbd\" or \"none\"");
+    if (c.replication.backend == backend_kind::drbd)
+        if (auto why = drbd::check_host(c, starting); !why.empty()) throw std::runtime_error(why);
     bool fuse_ok = ::access("/dev/fuse", R_OK | W_OK) == 0;
     bool nbd_ok = ::access("/sys/module/nbd", F_OK) == 0;
     bool usable = c.store.frontend == "fuse" ? fuse_ok : c.store.frontend == "nbd" ? nbd_ok : fuse_ok || nbd_ok;
@@ -97,7 +100,7 @@ int main(int argc, char** argv) {
     }
     if (check_only) {
         try {
-            check_features(cfg);
+            check_features(cfg, false);
         } catch (const std::exception& e) {
             std::cerr << path << ": valid TOML, but this build cannot run it: " << e.what() << "\n";
             return 1;
@@ -111,7 +114,7 @@ int main(int argc, char** argv) {
     log::set_tag(cfg.node.name);
     ::signal(SIGPIPE, SIG_IGN);
     try {
-        check_features(cfg);
+        check_features(cfg, true);
         boost::asio::io_context io(1);
         node_runtime rt(io, cfg);
         const config& live = rt.current_config();  // updated in place by reloads

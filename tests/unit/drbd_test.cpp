@@ -4,6 +4,7 @@
 #include "tandem/agent/config.hpp"
 #include "tandem/agent/drbd.hpp"
 
+#include "support/cluster.hpp"
 #include "support/netns.hpp"
 #include "support/skip.hpp"
 #include "support/tempdir.hpp"
@@ -280,6 +281,7 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
     TANDEM_REQUIRE_NAMESPACES();
     if (!have("/usr/sbin/drbdadm") || !have("/usr/lib/drbd/drbdadm-84")) TANDEM_SKIP("drbd-utils is not installed");
     auto r = sample();
+    r.split_brain_flag = "/var/lib/tandem/drbd/split-brain";  // the handlers section too
     drbdadm_host h(drbd::render(r));
     for (auto node : {"alpha", "beta"}) {
         INFO(node);
@@ -313,9 +315,56 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
         CHECK(up84.out.find("drbdsetup-84 connect store ipv4:" + self + ":7789 ipv4:" + peer + ":7789 --protocol=C") !=
               std::string::npos);
         CHECK(up84.out.find("--c-max-rate=102400k") != std::string::npos);
+        for (std::string tool : {"/usr/sbin/drbdadm", "/usr/lib/drbd/drbdadm-84"}) {
+            auto discard = h.drbdadm(tool, node, "-d connect --discard-my-data store");
+            INFO(discard.out);
+            CHECK(discard.status == 0);
+            CHECK(discard.out.find("--discard-my-data") != std::string::npos);
+        }
         auto adjust = h.drbdadm("/usr/lib/drbd/drbdadm-84", node, "-d adjust store");
         INFO(adjust.out);
         CHECK(adjust.status == 0);
         CHECK(adjust.out.find("attach 0 /dev/vdb4") != std::string::npos);
     }
+}
+
+TEST_CASE("drbd: tandemd names what is missing: drbd-utils, or the kernel module", "[kernel][drbd]") {
+    temp_dir dir;
+    auto key = (dir.path() / "key").string();
+    { std::ofstream(key) << std::string(64, 'k'); }
+    ::chmod(key.c_str(), 0600);
+    auto conf = (dir.path() / "tandem.toml").string();
+    std::ofstream(conf) << fmt::format(R"([cluster]
+name = "c"
+vip = "10.77.0.100/24"
+interface = "eth0"
+[node]
+name = "alpha"
+role = "primary"
+address = "10.77.0.1"
+state_dir = "{}"
+[peer]
+name = "beta"
+address = "10.77.0.2"
+[auth]
+key_file = "{}"
+[replication]
+backend = "drbd"
+device = "/dev/vdb4"
+[store]
+mount = ""
+)",
+                                       dir.path().string(), key);
+    auto tandemd = bin_dir() + "/tandemd";
+    // Without drbd-utils in PATH (drbdadm lives in /usr/sbin).
+    auto r = run("env PATH=/usr/bin:/bin " + tandemd + " --check-config " + conf);
+    INFO(r.out);
+    CHECK(r.status == 1);
+    CHECK(r.out.find("install the drbd-utils package") != std::string::npos);
+    if (::access("/proc/drbd", F_OK) == 0) TANDEM_SKIP("drbd.ko is loaded here: its absence cannot be shown");
+    r = run(tandemd + " --check-config " + conf);
+    INFO(r.out);
+    CHECK(r.status == 1);
+    CHECK(r.out.find("needs the drbd kernel module") != std::string::npos);
+    CHECK(r.out.find("modprobe drbd") != std::string::npos);
 }

@@ -4,7 +4,10 @@
 #pragma once
 
 #include "tandem/agent/config.hpp"
+#include "tandem/agent/process.hpp"
 #include "tandem/agent/state.hpp"
+
+#include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
 #include <optional>
@@ -32,7 +35,11 @@ struct resource {
     host first, second;
     std::uint16_t port = 7789;
     std::uint64_t rate_kib = 100 * 1024;
+    bool protocol_a = false;  // [replication] protocol = "A"; C by default
     std::string secret;  // derived from the cluster key (derive_secret)
+    // DRBD's split-brain handler touches this file: 8.4 shows no more than
+    // StandAlone in /proc/drbd, so this is how Tandem learns of it. "" = no handler.
+    std::string split_brain_flag;
 };
 
 // The resource of this node's configuration.
@@ -48,9 +55,13 @@ std::vector<std::string> validate(const resource& r);
 std::string render(const resource& r);
 
 // drbdadm's verbs as Tandem uses them.
-enum class action { create_md, up, down, primary, secondary, connect, disconnect, invalidate, verify, adjust };
+enum class action {
+    create_md, dump_md, up, down, primary, secondary, connect, disconnect, invalidate, verify, adjust,
+    discard_my_data,  // connect, throwing away this node's changes after a split brain
+};
 [[nodiscard]] std::string_view to_string(action a) noexcept;
-// argv of `drbdadm -c CONF VERB RESOURCE` (create-md is forced: Tandem runs it only on a new disk).
+// argv of `drbdadm -c CONF VERB RESOURCE` (create-md is forced: Tandem runs it
+// only where dump-md finds no metadata).
 std::vector<std::string> command(action a, const std::string& conf, const std::string& resource_name,
                                  const std::string& drbdadm = "drbdadm");
 
@@ -80,5 +91,27 @@ struct mapped {
     std::string detail;  // for the status and the operator: what DRBD says, and the way out if any
 };
 mapped map_state(const kernel_state& s);
+
+// What this machine lacks for backend "drbd", naming what to install or load;
+// "" when nothing. With `load_module`, a missing drbd.ko is loaded first.
+std::string check_host(const config& c, bool load_module);
+// The DRBD major version the kernel runs (8 or 9, from /proc/drbd), 0 if none.
+int kernel_version();
+
+// The DRBD resource of this node, as tandemd drives it. The resource file is
+// written at construction (mode 0600: it holds the peer secret).
+class backend {
+public:
+    explicit backend(const config& c);
+    [[nodiscard]] const resource& res() const noexcept { return res_; }
+    [[nodiscard]] const std::string& conf() const noexcept { return conf_; }
+    [[nodiscard]] std::string device() const;
+    // `drbdadm ACTION store` in a child; its output goes to the journal.
+    boost::asio::awaitable<process_result> run(action a) const;
+
+private:
+    resource res_;
+    std::string conf_;
+};
 
 }  // namespace tandem::agent::drbd

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "tandem/agent/config.hpp"
+#include "tandem/agent/drbd.hpp"
 #include "tandem/agent/control.hpp"
 #include "tandem/agent/event_bus.hpp"
 #include "tandem/agent/failover.hpp"
@@ -59,6 +60,10 @@ private:
     boost::asio::awaitable<void> signal_loop();
     boost::asio::awaitable<void> netlink_loop();
     boost::asio::awaitable<void> refresh_loop();
+    boost::asio::awaitable<void> drbd_loop();
+    boost::asio::awaitable<void> drbd_watch_events2();
+    boost::asio::awaitable<void> drbd_watch_proc();
+    void on_drbd_state(const drbd::kernel_state& s);
     void on_netlink(const netlink::event& ev);
     void check_link();  // re-reads the management link and folds it into health
     void set_link_usable(bool ok, const std::string& detail);
@@ -92,6 +97,8 @@ private:
     // Declared before the sequence: the storage phase's front end calls into the
     // engine until the sequence is destroyed, so the engine must outlive it.
     std::unique_ptr<replication::engine> engine_;
+    std::unique_ptr<drbd::backend> drbd_;  // backend "drbd"
+    drbd::kernel_state drbd_state_;
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
     std::unique_ptr<control_server> control_;

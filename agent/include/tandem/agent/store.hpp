@@ -2,6 +2,7 @@
 #pragma once
 
 #include "tandem/agent/config.hpp"
+#include "tandem/agent/drbd.hpp"
 #include "tandem/agent/failover.hpp"
 #include "tandem/replication/engine.hpp"
 #include "tandem/replication/frontend.hpp"
@@ -32,15 +33,16 @@ struct store_status {
     std::string last_error;
 };
 
-// Phase 1 of the failover sequence for backends "uring" and "shared"
-// (docs/live-store.md). Acquire: promote the engine (a new generation),
+// Phase 1 of the failover sequence for backends "uring", "drbd" and "shared"
+// (docs/live-store.md, docs/drbd.md). Acquire: promote the engine (a new generation),
 // expose its volume, create the file system on a brand-new cluster's primary
 // only, check it, mount it. Release: refuse while processes hold /store (named),
 // unmount, detach, demote.
 class store_phase final : public failover_phase {
 public:
-    // `e` is null for backend "shared": the device is mounted as it is.
-    store_phase(const config& c, replication::engine* e);
+    // `e` is null for backends "drbd" (then `d` is set: drbdadm primary and
+    // secondary, /dev/drbdN) and "shared" (the device is mounted as it is).
+    store_phase(const config& c, replication::engine* e, const drbd::backend* d = nullptr);
     ~store_phase() override;
     std::string_view name() const override { return "storage"; }
     boost::asio::awaitable<phase_outcome> acquire() override;
@@ -57,6 +59,7 @@ private:
     boost::asio::awaitable<phase_outcome> prepare_file_system(const std::string& dev);
     const config& c_;
     replication::engine* e_;
+    const drbd::backend* d_;
     std::unique_ptr<replication::frontend> fe_;
     std::string device_;
     std::string last_error_;
