@@ -166,6 +166,8 @@ std::string_view to_string(action a) noexcept {
     switch (a) {
         case action::create_md: return "create-md";
         case action::dump_md: return "dump-md";
+        case action::apply_al: return "apply-al";
+        case action::force_primary: return "primary";
         case action::discard_my_data: return "connect";
         case action::up: return "up";
         case action::down: return "down";
@@ -186,6 +188,7 @@ std::vector<std::string> command(action a, const std::string& conf, const std::s
     if (a == action::create_md) argv.push_back("--force");  // no questions: only ever run on a new disk
     argv.emplace_back(to_string(a));
     if (a == action::discard_my_data) argv.push_back("--discard-my-data");
+    if (a == action::force_primary) argv.push_back("--force");
     argv.push_back(resource_name);
     return argv;
 }
@@ -234,6 +237,8 @@ std::optional<kernel_state> parse_proc_drbd(std::string_view text, unsigned mino
         }
         // The lines that follow, up to the next minor.
         if (std::isdigit(static_cast<unsigned char>(body[0])) && body.find(": cs:") != std::string_view::npos) break;
+        if (auto oos = field(body, "oos"); !oos.empty())
+            if (auto v = number(oos)) out->out_of_sync_kib = static_cast<std::uint64_t>(*v);
         if (auto p = body.find("sync'ed:"); p != std::string_view::npos) {
             auto v = body.substr(p + 8);
             v.remove_prefix(std::min(v.find_first_not_of(' '), v.size()));
@@ -285,6 +290,7 @@ bool apply_events2(kernel_state& s, std::string_view line, const std::string& re
             set(s.replication, "replication");
             set(s.peer_disk, "peer-disk");
             if (auto d = number(field(rest, "done"))) s.done_percent = d;
+            if (auto o = number(field(rest, "out-of-sync"))) s.out_of_sync_kib = static_cast<std::uint64_t>(*o);
         }
     }
     if (!starts_with(s.replication, "Sync") && !starts_with(s.replication, "PausedSync")) {
@@ -335,8 +341,8 @@ mapped map_state(const kernel_state& s) {
     m.sync = sync_state::inconsistent;
     m.detail = fmt::format("DRBD: local disk {}{}: not promotable", s.disk.empty() ? "unknown" : s.disk,
                            s.disk == "Outdated" || s.disk == "Consistent"
-                               ? " (the peer may hold newer data; connect it, or after a loss of the peer decide "
-                                 "with the operator guide's forced promotion)"
+                               ? " (the peer may hold newer data: connect it; see docs/drbd.md before forcing "
+                                 "anything)"
                                : "");
     return m;
 }
@@ -399,6 +405,15 @@ backend::backend(const config& c) : res_(from_config(c)) {
     auto dir = c.node.state_dir + "/drbd";
     std::filesystem::create_directories(dir);
     conf_ = dir + "/" + res_.name + ".res";
+    write();
+}
+
+void backend::set_rate(std::uint64_t kib) {
+    res_.rate_kib = kib;
+    write();
+}
+
+void backend::write() const {
     // Written whole and renamed: drbdadm never reads half a file.
     auto tmp = conf_ + ".tmp";
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);

@@ -786,12 +786,15 @@ asio::awaitable<void> node_runtime::drbd_loop() {
     auto configured = co_await run_command("drbdsetup status " + d.res().name + " >/dev/null 2>&1", {},
                                            std::chrono::seconds(30));
     if (!configured.ok()) {
+        // A node that crashed as Primary leaves "unclean" metadata, which dump-md
+        // refuses: replay the activity log first (a no-op on clean metadata).
+        (void)co_await d.run(drbd::action::apply_al);
         auto md = co_await d.run(drbd::action::dump_md);
         auto marker = cfg_.node.state_dir + "/drbd/md-created";
         if (!md.ok() && std::filesystem::exists(marker)) {
             bus_.publish({"replication.error",
                           fmt::format("DRBD finds no metadata on {}, but Tandem created it before ({}): not "
-                                      "creating it again; restore the disk or remove the marker",
+                                      "creating it again over what may be real data; see docs/drbd.md",
                                       d.res().disk, marker),
                           {}});
             co_return;
@@ -803,6 +806,7 @@ asio::awaitable<void> node_runtime::drbd_loop() {
                 co_return;
             }
             std::ofstream(marker) << d.res().disk << "\n";
+            drbd_new_disk_ = true;  // a new cluster's first sync may start here (on_drbd_state)
         }
     }
     auto up = co_await d.run(drbd::action::adjust);
@@ -811,10 +815,49 @@ asio::awaitable<void> node_runtime::drbd_loop() {
     else co_await drbd_watch_proc();
 }
 
+// The configured rate into DRBD: the resource file, then `drbdadm adjust`.
+void node_runtime::apply_drbd_rate() {
+    drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024);
+    asio::co_spawn(io_, [this]() -> asio::awaitable<void> {
+        auto r = co_await drbd_->run(drbd::action::adjust);
+        if (!r.ok()) bus_.publish({"replication.error", "drbdadm adjust (new rate) " + r.describe(), {}});
+    }, asio::detached);
+}
+
 void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
     auto before = drbd::map_state(drbd_state_);
+    bool was_verifying = drbd_state_.replication.rfind("Verify", 0) == 0;
     drbd_state_ = s;
+    // Connected again: whatever split brain there was has been resolved.
+    if (s.replication == "Established" || s.replication.rfind("Sync", 0) == 0) {
+        std::error_code ec;
+        if (std::filesystem::remove(drbd_->res().split_brain_flag, ec)) drbd_state_.split_brain = false;
+    }
     auto after = drbd::map_state(drbd_state_);
+    if (was_verifying && s.replication.rfind("Verify", 0) != 0) {
+        auto oos = s.out_of_sync_kib.value_or(0);
+        bus_.publish({"replication.verify_done",
+                      oos == 0 ? std::string("DRBD online verify finished: no difference")
+                               : fmt::format("DRBD online verify finished: {} KiB differ and are marked out of sync; "
+                                             "`drbdadm disconnect store` then `drbdadm connect store` resynchronizes them",
+                                             oos),
+                      {{"out_of_sync_kib", std::to_string(oos)}}});
+    }
+    // A new cluster: both disks brand new and connected. The primary's data
+    // becomes the source of the first full sync; never on a disk that already
+    // had metadata, so a replaced disk here never overwrites the peer's data.
+    if (drbd_new_disk_ && cfg_.node.role == node_role::primary && s.replication == "Established" &&
+        s.disk == "Inconsistent" && s.peer_disk == "Inconsistent") {
+        drbd_new_disk_ = false;
+        asio::co_spawn(io_, [this]() -> asio::awaitable<void> {
+            auto r = co_await drbd_->run(drbd::action::force_primary);
+            if (r.ok()) r = co_await drbd_->run(drbd::action::secondary);  // phase 1 promotes when it is time
+            bus_.publish({r.ok() ? "replication.initial_sync" : "replication.error",
+                          r.ok() ? std::string("new cluster: the first full sync starts from this node (the primary)")
+                                 : "starting the first full sync: " + r.describe(),
+                          {}});
+        }, asio::detached);
+    }
     if (after.sync != before.sync)  // progress shows in the status, not as one event a second
         bus_.publish({after.sync == sync_state::diverged ? "replication.split_brain" : "replication.state", after.detail,
                       {{"sync", std::string(to_string(after.sync))}}});
@@ -845,7 +888,13 @@ asio::awaitable<void> node_runtime::drbd_watch_events2() {
                 if (ec) break;
                 std::string line(asio::buffers_begin(buf.data()), asio::buffers_begin(buf.data()) + static_cast<std::ptrdiff_t>(n) - 1);
                 buf.consume(n);
-                if (drbd::apply_events2(s, line, name)) on_drbd_state(s);
+                bool changed = drbd::apply_events2(s, line, name);
+                // The handler's flag too: it survives a restart of tandemd, the helper call does not.
+                if (!s.split_brain && std::filesystem::exists(drbd_->res().split_brain_flag)) {
+                    s.split_brain = true;
+                    changed = true;
+                }
+                if (changed) on_drbd_state(s);
             }
             ::kill(pid, SIGTERM);
             ::waitpid(pid, nullptr, 0);
@@ -866,7 +915,7 @@ asio::awaitable<void> node_runtime::drbd_watch_proc() {
         std::ifstream in("/proc/drbd");
         std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
         auto s = drbd::parse_proc_drbd(text, drbd_->res().minor).value_or(drbd::kernel_state{});
-        s.split_brain = std::filesystem::exists(drbd_->res().split_brain_flag);
+        s.split_brain = std::filesystem::exists(drbd_->res().split_brain_flag);  // the handler's flag
         on_drbd_state(s);
         if (stopping_) co_return;
         tick.expires_after(std::chrono::seconds(1));
@@ -957,14 +1006,15 @@ json node_runtime::store_section() const {
 }
 
 json node_runtime::set_sync_rate(const json& req) {
-    if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
+    if (!engine_ && !drbd_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
     auto v = req.value("mib", std::int64_t{0});
     if (v < 1 || v > 4096)
         return {{"ok", false},
                 {"error", fmt::format("sync-rate {}: must be a whole number from 1 to 4096 MB/s (MiB/s)", v)}};
     auto old = cfg_.replication.rate_mib;
     cfg_.replication.rate_mib = static_cast<std::uint32_t>(v);
-    engine_->set_rate(static_cast<std::uint64_t>(v) << 20);
+    if (engine_) engine_->set_rate(static_cast<std::uint64_t>(v) << 20);
+    if (drbd_) apply_drbd_rate();
     bus_.publish({"replication.rate", fmt::format("disk synchronization rate {} -> {} MB/s", old, v),
                   {{"mib", std::to_string(v)}}});
     return {{"ok", true},
@@ -989,6 +1039,7 @@ json node_runtime::reload() {
     cfg_ = std::move(fresh);
     machine_.set_params(params_of(cfg_));
     if (engine_) engine_->set_rate(std::uint64_t{cfg_.replication.rate_mib} << 20);
+    if (drbd_ && drbd_->res().rate_kib != std::uint64_t{cfg_.replication.rate_mib} * 1024) apply_drbd_rate();
     std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));
     bus_.publish({"config.reloaded", what, {}});
     apply({});  // timers: the interval and the deadlines may have changed
@@ -1007,6 +1058,10 @@ json node_runtime::handle(const json& req) {
         bool discard = cmd == "discard-local";
         if (discard && !drbd_state_.split_brain)
             return {{"ok", false}, {"error", "DRBD reports no split brain: nothing to discard"}};
+        if (discard && machine_.state() == host_state::active)
+            return {{"ok", false},
+                    {"error", "this node is ACTIVE and serves /store: discard the other node's data instead (run "
+                              "discard-local there), or hand over first"}};
         asio::co_spawn(io_, [this, discard]() -> asio::awaitable<void> {
             if (discard) {
                 // This node's changes since the split go; a resync from the peer follows.
@@ -1015,12 +1070,14 @@ json node_runtime::handle(const json& req) {
                 drbd_state_.split_brain = false;
             }
             auto r = co_await drbd_->run(discard ? drbd::action::discard_my_data : drbd::action::verify);
-            bus_.publish({discard ? "replication.discard" : "replication.verify",
-                          fmt::format("drbdadm {} {}", discard ? "connect --discard-my-data" : "verify", r.describe()),
-                          {{"ok", r.ok() ? "true" : "false"}}});
+            // A verify ends when DRBD leaves VerifyS/VerifyT (on_drbd_state); one that did not start ends here.
+            if (discard || !r.ok())
+                bus_.publish({discard ? "replication.discard" : "replication.verify_done",
+                              fmt::format("drbdadm {} {}", discard ? "connect --discard-my-data" : "verify", r.describe()),
+                              {{"ok", r.ok() ? "true" : "false"}}});
         }, asio::detached);
         return {{"ok", true}, {"message", discard ? "discarding this node's data: DRBD reconnects and resyncs from the peer"
-                                                  : "DRBD online verify started; out-of-sync blocks show in the kernel log"}};
+                                                  : "DRBD online verify started"}};
     }
     if (cmd == "verify") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};

@@ -162,6 +162,9 @@ TEST_CASE("drbd: drbdadm command lines", "[unit][drbd]") {
           V{"drbdadm", "-c", "/run/tandem/drbd.res", "up", "store"});
     CHECK(drbd::command(drbd::action::create_md, "/c", "store") == V{"drbdadm", "-c", "/c", "--force", "create-md", "store"});
     CHECK(drbd::command(drbd::action::primary, "/c", "store")[3] == "primary");
+    CHECK(drbd::command(drbd::action::force_primary, "/c", "store") == V{"drbdadm", "-c", "/c", "primary", "--force", "store"});
+    CHECK(drbd::command(drbd::action::discard_my_data, "/c", "store") ==
+          V{"drbdadm", "-c", "/c", "connect", "--discard-my-data", "store"});
     CHECK(drbd::command(drbd::action::invalidate, "/c", "store", "/usr/lib/drbd/drbdadm-84")[0] ==
           "/usr/lib/drbd/drbdadm-84");
 }
@@ -189,6 +192,7 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     CHECK(s->replication == "SyncTarget");
     CHECK(*s->done_percent == Approx(13.9));
     CHECK(*s->eta_s == 109);
+    CHECK(*s->out_of_sync_kib == 8994816);
     m = drbd::map_state(*s);
     CHECK(m.sync == sync_state::synchronizing);
     CHECK(m.permille == 139);
@@ -233,7 +237,8 @@ TEST_CASE("drbd: drbdsetup events2 of DRBD 9 folds into one state", "[unit][drbd
     auto m = drbd::map_state(s);
     CHECK(m.sync == sync_state::synchronizing);
     CHECK(m.permille == 125);
-    CHECK(feed("change peer-device name:store peer-node-id:0 conn-name:alpha volume:0 done:87.25"));
+    CHECK(feed("change peer-device name:store peer-node-id:0 conn-name:alpha volume:0 done:87.25 out-of-sync:1024"));
+    CHECK(*s.out_of_sync_kib == 1024);
     CHECK(drbd::map_state(s).permille == 872);
     CHECK(feed("change peer-device name:store peer-node-id:0 conn-name:alpha volume:0 replication:Established"));
     CHECK(feed("change device name:store volume:0 minor:0 disk:UpToDate"));
@@ -320,11 +325,15 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
             INFO(discard.out);
             CHECK(discard.status == 0);
             CHECK(discard.out.find("--discard-my-data") != std::string::npos);
+            auto force = h.drbdadm(tool, node, "-d primary --force store");
+            INFO(force.out);
+            CHECK(force.status == 0);
+            CHECK(force.out.find(" --force") != std::string::npos);
+            auto adjust = h.drbdadm(tool, node, "-d adjust store");
+            INFO(adjust.out);
+            CHECK(adjust.status == 0);
+            CHECK(adjust.out.find("attach 0 /dev/vdb4") != std::string::npos);
         }
-        auto adjust = h.drbdadm("/usr/lib/drbd/drbdadm-84", node, "-d adjust store");
-        INFO(adjust.out);
-        CHECK(adjust.status == 0);
-        CHECK(adjust.out.find("attach 0 /dev/vdb4") != std::string::npos);
     }
 }
 

@@ -56,8 +56,9 @@ std::string render(const resource& r);
 
 // drbdadm's verbs as Tandem uses them.
 enum class action {
-    create_md, dump_md, up, down, primary, secondary, connect, disconnect, invalidate, verify, adjust,
+    create_md, dump_md, apply_al, up, down, primary, secondary, connect, disconnect, invalidate, verify, adjust,
     discard_my_data,  // connect, throwing away this node's changes after a split brain
+    force_primary,    // primary --force: a new cluster's first full sync starts from this node
 };
 [[nodiscard]] std::string_view to_string(action a) noexcept;
 // argv of `drbdadm -c CONF VERB RESOURCE` (create-md is forced: Tandem runs it
@@ -75,6 +76,7 @@ struct kernel_state {
     std::string replication;  // Established, SyncSource, SyncTarget, ... (9; 8.4 folds it into cs:)
     std::optional<double> done_percent;  // of a running resync
     std::optional<std::uint64_t> eta_s;
+    std::optional<std::uint64_t> out_of_sync_kib;  // 8.4 oos:, 9 out-of-sync: (with --statistics)
     bool split_brain = false;  // a split-brain helper ran, or StandAlone followed it
 };
 
@@ -108,8 +110,11 @@ public:
     [[nodiscard]] std::string device() const;
     // `drbdadm ACTION store` in a child; its output goes to the journal.
     boost::asio::awaitable<process_result> run(action a) const;
+    // A new rate in the file; `drbdadm adjust` applies it to the running resource.
+    void set_rate(std::uint64_t kib);
 
 private:
+    void write() const;
     resource res_;
     std::string conf_;
 };

@@ -64,6 +64,7 @@ private:
     boost::asio::awaitable<void> drbd_watch_events2();
     boost::asio::awaitable<void> drbd_watch_proc();
     void on_drbd_state(const drbd::kernel_state& s);
+    void apply_drbd_rate();
     void on_netlink(const netlink::event& ev);
     void check_link();  // re-reads the management link and folds it into health
     void set_link_usable(bool ok, const std::string& detail);
@@ -99,6 +100,7 @@ private:
     std::unique_ptr<replication::engine> engine_;
     std::unique_ptr<drbd::backend> drbd_;  // backend "drbd"
     drbd::kernel_state drbd_state_;
+    bool drbd_new_disk_ = false;  // this run created the metadata
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
     std::unique_ptr<control_server> control_;
