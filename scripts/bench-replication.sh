@@ -15,6 +15,7 @@ size_mib=${SIZE_MIB:-4096}
 [[ $EUID -eq 0 ]] || { echo "bench-replication: needs root (namespaces, loop devices)"; exit 1; }
 command -v iperf3 > /dev/null || { echo "bench-replication: iperf3 is missing (make bench-deps)"; exit 1; }
 prefix="tbr$$"; a="$prefix-a"; b="$prefix-b"
+scratch=$(mktemp -d /tmp/tandem-bench-repl-XXXXXX)  # per-run figures: never in the work tree
 src_file=/dev/shm/$prefix-src; dst_file=/dev/shm/$prefix-dst
 src_dev=""; dst_dev=""
 cleanup() {
@@ -22,6 +23,7 @@ cleanup() {
     [[ -n $src_dev ]] && losetup -d "$src_dev" 2>/dev/null || true
     [[ -n $dst_dev ]] && losetup -d "$dst_dev" 2>/dev/null || true
     rm -f "$src_file" "$dst_file"
+    rm -rf "$scratch"
 }
 trap cleanup EXIT
 for ns in "$a" "$b"; do ip netns add "$ns"; ip -n "$ns" link set lo up; done
@@ -42,27 +44,27 @@ field() { sed -n "s/.*\"$1\":\\([0-9.]*\\).*/\\1/p"; }
 pump() { "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" "$@"; }
 
 echo; echo "(a) full sync vs iperf3, single TCP stream on the same veth, 3 runs each"
-: > "$prefix.pump"; : > "$prefix.iperf"; : > "$prefix.cpu"; : > "$prefix.zc"
+: > "$scratch/pump"; : > "$scratch/iperf"; : > "$scratch/cpu"; : > "$scratch/zc"
 for i in 1 2 3; do
     out=$(pump)
-    echo "$out" | field mib_per_s >> "$prefix.pump"
-    echo "$out" | field cpu_s_per_gb >> "$prefix.cpu"
-    pump --zero-copy | field mib_per_s >> "$prefix.zc"
+    echo "$out" | field mib_per_s >> "$scratch/pump"
+    echo "$out" | field cpu_s_per_gb >> "$scratch/cpu"
+    pump --zero-copy | field mib_per_s >> "$scratch/zc"
     ip netns exec "$b" iperf3 -s -1 -B 10.88.0.2 > /dev/null 2>&1 &
     for _ in $(seq 50); do ip netns exec "$b" ss -ltn | grep -q ':5201' && break; sleep 0.05; done
-    ip netns exec "$a" iperf3 -c 10.88.0.2 -t 4 -J > "$prefix.json"
+    ip netns exec "$a" iperf3 -c 10.88.0.2 -t 4 -J > "$scratch/json"
     wait
     # iperf3 reports bits per second (decimal); convert to MiB/s to compare.
-    awk '/"sum_received"/ {f=1} f && /"bits_per_second"/ {gsub(/[^0-9.e+]/, "", $2); printf "%.1f\n", $2 / 8 / 1048576; exit}' "$prefix.json" >> "$prefix.iperf"
-    printf '  run %d: pump %s MiB/s (zero-copy send %s), iperf3 %s MiB/s\n' "$i" "$(tail -1 "$prefix.pump")" \
-        "$(tail -1 "$prefix.zc")" "$(tail -1 "$prefix.iperf")"
+    awk '/"sum_received"/ {f=1} f && /"bits_per_second"/ {gsub(/[^0-9.e+]/, "", $2); printf "%.1f\n", $2 / 8 / 1048576; exit}' "$scratch/json" >> "$scratch/iperf"
+    printf '  run %d: pump %s MiB/s (zero-copy send %s), iperf3 %s MiB/s\n' "$i" "$(tail -1 "$scratch/pump")" \
+        "$(tail -1 "$scratch/zc")" "$(tail -1 "$scratch/iperf")"
 done
 if cmp -s <(head -c 64M "$src_dev") <(head -c 64M "$dst_dev") && cmp -s "$src_dev" "$dst_dev"; then
     echo "  target identical to source: yes"
 else
     echo "  target identical to source: NO"; exit 1
 fi
-p=$(median < "$prefix.pump"); q=$(median < "$prefix.iperf"); c=$(median < "$prefix.cpu"); z=$(median < "$prefix.zc")
+p=$(median < "$scratch/pump"); q=$(median < "$scratch/iperf"); c=$(median < "$scratch/cpu"); z=$(median < "$scratch/zc")
 awk -v p="$p" -v q="$q" 'BEGIN { printf "  median: pump %.1f MiB/s, iperf3 %.1f MiB/s, ratio %.2f (goal >= 0.95)\n", p, q, p / q }'
 awk -v z="$z" -v p="$p" -v q="$q" 'BEGIN { printf "  zero-copy send: median %.1f MiB/s, %.2f x the copying pump, ratio to iperf3 %.2f\n", z, z / p, z / q }'
 echo "  (e) CPU, both ends: $c s per GB"
@@ -86,4 +88,3 @@ awk -v p="$(v seq_mib_s_peer)" -v a="$(v seq_mib_s_alone)" \
     'BEGIN { printf "  (d) 1 MiB sequential: %.1f MiB/s with the peer (protocol C), %.1f MiB/s alone: ratio %.2f\n", p, a, p/a }'
 awk -v p="$(v rnd_iops_peer)" -v a="$(v rnd_iops_alone)" -v lp="$(v rnd_us_peer)" -v la="$(v rnd_us_alone)" \
     'BEGIN { printf "      4 KiB random QD1: %.0f IOPS (%.1f us) with the peer, %.0f IOPS (%.1f us) alone: ratio %.2f\n", p, lp, a, la, p/a }'
-rm -f "$prefix".*
