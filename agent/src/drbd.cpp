@@ -299,7 +299,8 @@ bool apply_events2(kernel_state& s, std::string_view line, const std::string& re
     }
     return s.role != before.role || s.peer_role != before.peer_role || s.disk != before.disk ||
            s.peer_disk != before.peer_disk || s.connection != before.connection || s.replication != before.replication ||
-           s.done_percent != before.done_percent || s.split_brain != before.split_brain;
+           s.done_percent != before.done_percent || s.split_brain != before.split_brain ||
+           s.out_of_sync_kib != before.out_of_sync_kib;
 }
 
 mapped map_state(const kernel_state& s) {

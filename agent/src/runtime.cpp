@@ -806,7 +806,9 @@ asio::awaitable<void> node_runtime::drbd_loop() {
                 co_return;
             }
             std::ofstream(marker) << d.res().disk << "\n";
-            drbd_new_disk_ = true;  // a new cluster's first sync may start here (on_drbd_state)
+            // A new cluster's first sync may start here (on_drbd_state); the
+            // marker outlives a restart of tandemd before the peer connects.
+            std::ofstream(first_sync_marker()) << d.res().disk << "\n";
         }
     }
     auto up = co_await d.run(drbd::action::adjust);
@@ -817,7 +819,12 @@ asio::awaitable<void> node_runtime::drbd_loop() {
 
 // The configured rate into DRBD: the resource file, then `drbdadm adjust`.
 void node_runtime::apply_drbd_rate() {
-    drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024);
+    try {
+        drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024);
+    } catch (const std::exception& e) {
+        bus_.publish({"replication.error", std::string("the new rate did not reach DRBD: ") + e.what(), {}});
+        return;
+    }
     asio::co_spawn(io_, [this]() -> asio::awaitable<void> {
         auto r = co_await drbd_->run(drbd::action::adjust);
         if (!r.ok()) bus_.publish({"replication.error", "drbdadm adjust (new rate) " + r.describe(), {}});
@@ -831,13 +838,16 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
     // Connected again: whatever split brain there was has been resolved.
     if (s.replication == "Established" || s.replication.rfind("Sync", 0) == 0) {
         std::error_code ec;
-        if (std::filesystem::remove(drbd_->res().split_brain_flag, ec)) drbd_state_.split_brain = false;
+        std::filesystem::remove(drbd_->res().split_brain_flag, ec);
+        drbd_state_.split_brain = false;
     }
     auto after = drbd::map_state(drbd_state_);
     if (was_verifying && s.replication.rfind("Verify", 0) != 0) {
         auto oos = s.out_of_sync_kib.value_or(0);
+        bool cut = s.replication != "Established";
         bus_.publish({"replication.verify_done",
-                      oos == 0 ? std::string("DRBD online verify finished: no difference")
+                      cut ? fmt::format("DRBD online verify interrupted ({}): run it again once connected", s.connection)
+                      : oos == 0 ? std::string("DRBD online verify finished: no difference")
                                : fmt::format("DRBD online verify finished: {} KiB differ and are marked out of sync; "
                                              "`drbdadm disconnect store` then `drbdadm connect store` resynchronizes them",
                                              oos),
@@ -846,16 +856,20 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
     // A new cluster: both disks brand new and connected. The primary's data
     // becomes the source of the first full sync; never on a disk that already
     // had metadata, so a replaced disk here never overwrites the peer's data.
-    if (drbd_new_disk_ && cfg_.node.role == node_role::primary && s.replication == "Established" &&
-        s.disk == "Inconsistent" && s.peer_disk == "Inconsistent") {
-        drbd_new_disk_ = false;
+    if (!drbd_forcing_ && cfg_.node.role == node_role::primary && s.replication == "Established" &&
+        s.disk == "Inconsistent" && s.peer_disk == "Inconsistent" && std::filesystem::exists(first_sync_marker())) {
+        // Not promotable meanwhile (replication_sync): phase 1 must not race the secondary below.
+        drbd_forcing_ = true;
         asio::co_spawn(io_, [this]() -> asio::awaitable<void> {
             auto r = co_await drbd_->run(drbd::action::force_primary);
             if (r.ok()) r = co_await drbd_->run(drbd::action::secondary);  // phase 1 promotes when it is time
+            if (r.ok()) std::filesystem::remove(first_sync_marker());
+            drbd_forcing_ = false;
             bus_.publish({r.ok() ? "replication.initial_sync" : "replication.error",
                           r.ok() ? std::string("new cluster: the first full sync starts from this node (the primary)")
                                  : "starting the first full sync: " + r.describe(),
                           {}});
+            apply(machine_.on_local_sync(now(), replication_sync()));
         }, asio::detached);
     }
     if (after.sync != before.sync)  // progress shows in the status, not as one event a second
@@ -894,7 +908,10 @@ asio::awaitable<void> node_runtime::drbd_watch_events2() {
                     s.split_brain = true;
                     changed = true;
                 }
-                if (changed) on_drbd_state(s);
+                if (changed) {
+                    on_drbd_state(s);
+                    s.split_brain = drbd_state_.split_brain;  // cleared there once connected again
+                }
             }
             ::kill(pid, SIGTERM);
             ::waitpid(pid, nullptr, 0);
@@ -923,8 +940,10 @@ asio::awaitable<void> node_runtime::drbd_watch_proc() {
     }
 }
 
+std::string node_runtime::first_sync_marker() const { return cfg_.node.state_dir + "/drbd/first-sync-pending"; }
+
 sync_state node_runtime::replication_sync() const {
-    if (drbd_) return drbd::map_state(drbd_state_).sync;
+    if (drbd_) return drbd_forcing_ ? sync_state::inconsistent : drbd::map_state(drbd_state_).sync;
     if (!engine_) return sync_state::none;
     auto s = engine_->status();
     if (s.split_brain) return sync_state::diverged;
@@ -959,6 +978,7 @@ json node_runtime::replication_status() const {
                      {"replication", drbd_state_.replication},
                      {"done_percent", drbd_state_.done_percent ? json(*drbd_state_.done_percent) : json(nullptr)},
                      {"eta_s", drbd_state_.eta_s ? json(*drbd_state_.eta_s) : json(nullptr)},
+                     {"out_of_sync_kib", drbd_state_.out_of_sync_kib ? json(*drbd_state_.out_of_sync_kib) : json(nullptr)},
                      {"split_brain", drbd_state_.split_brain},
                      {"detail", m.detail}};
         return j;

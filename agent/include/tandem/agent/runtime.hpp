@@ -100,7 +100,8 @@ private:
     std::unique_ptr<replication::engine> engine_;
     std::unique_ptr<drbd::backend> drbd_;  // backend "drbd"
     drbd::kernel_state drbd_state_;
-    bool drbd_new_disk_ = false;  // this run created the metadata
+    bool drbd_forcing_ = false;  // the first full sync of a new cluster is being started
+    [[nodiscard]] std::string first_sync_marker() const;
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
     std::unique_ptr<control_server> control_;
