@@ -806,9 +806,9 @@ asio::awaitable<void> node_runtime::drbd_loop() {
                 co_return;
             }
             std::ofstream(marker) << d.res().disk << "\n";
-            // A new cluster's first sync may start here (on_drbd_state); the
-            // marker outlives a restart of tandemd before the peer connects.
-            std::ofstream(first_sync_marker()) << d.res().disk << "\n";
+            // A new cluster's first sync starts from the primary (on_drbd_state);
+            // the marker outlives a restart of tandemd before the peer connects.
+            if (cfg_.node.role == node_role::primary) std::ofstream(first_sync_marker()) << d.res().disk << "\n";
         }
     }
     auto up = co_await d.run(drbd::action::adjust);
@@ -818,17 +818,18 @@ asio::awaitable<void> node_runtime::drbd_loop() {
 }
 
 // The configured rate into DRBD: the resource file, then `drbdadm adjust`.
-void node_runtime::apply_drbd_rate() {
+bool node_runtime::apply_drbd_rate() {
     try {
         drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024);
     } catch (const std::exception& e) {
         bus_.publish({"replication.error", std::string("the new rate did not reach DRBD: ") + e.what(), {}});
-        return;
+        return false;
     }
     asio::co_spawn(io_, [this]() -> asio::awaitable<void> {
         auto r = co_await drbd_->run(drbd::action::adjust);
         if (!r.ok()) bus_.publish({"replication.error", "drbdadm adjust (new rate) " + r.describe(), {}});
     }, asio::detached);
+    return true;
 }
 
 void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
@@ -856,7 +857,7 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
     // A new cluster: both disks brand new and connected. The primary's data
     // becomes the source of the first full sync; never on a disk that already
     // had metadata, so a replaced disk here never overwrites the peer's data.
-    if (!drbd_forcing_ && cfg_.node.role == node_role::primary && s.replication == "Established" &&
+    if (!drbd_forcing_ && !drbd_force_failed_ && cfg_.node.role == node_role::primary && s.replication == "Established" &&
         s.disk == "Inconsistent" && s.peer_disk == "Inconsistent" && std::filesystem::exists(first_sync_marker())) {
         // Not promotable meanwhile (replication_sync): phase 1 must not race the secondary below.
         drbd_forcing_ = true;
@@ -864,6 +865,7 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
             auto r = co_await drbd_->run(drbd::action::force_primary);
             if (r.ok()) r = co_await drbd_->run(drbd::action::secondary);  // phase 1 promotes when it is time
             if (r.ok()) std::filesystem::remove(first_sync_marker());
+            else drbd_force_failed_ = true;  // once per run: the operator reads the error
             drbd_forcing_ = false;
             bus_.publish({r.ok() ? "replication.initial_sync" : "replication.error",
                           r.ok() ? std::string("new cluster: the first full sync starts from this node (the primary)")
@@ -875,7 +877,7 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
     if (after.sync != before.sync)  // progress shows in the status, not as one event a second
         bus_.publish({after.sync == sync_state::diverged ? "replication.split_brain" : "replication.state", after.detail,
                       {{"sync", std::string(to_string(after.sync))}}});
-    apply(machine_.on_local_sync(now(), after.sync));
+    apply(machine_.on_local_sync(now(), replication_sync()));  // INCONSISTENT while the first sync is being forced
 }
 
 // DRBD 9: `drbdsetup events2 --statistics` is a stream of state changes.
@@ -1034,7 +1036,10 @@ json node_runtime::set_sync_rate(const json& req) {
     auto old = cfg_.replication.rate_mib;
     cfg_.replication.rate_mib = static_cast<std::uint32_t>(v);
     if (engine_) engine_->set_rate(static_cast<std::uint64_t>(v) << 20);
-    if (drbd_) apply_drbd_rate();
+    if (drbd_ && !apply_drbd_rate()) {
+        cfg_.replication.rate_mib = old;
+        return {{"ok", false}, {"error", "the new rate could not be written into DRBD's resource file; nothing changed"}};
+    }
     bus_.publish({"replication.rate", fmt::format("disk synchronization rate {} -> {} MB/s", old, v),
                   {{"mib", std::to_string(v)}}});
     return {{"ok", true},

@@ -64,7 +64,7 @@ private:
     boost::asio::awaitable<void> drbd_watch_events2();
     boost::asio::awaitable<void> drbd_watch_proc();
     void on_drbd_state(const drbd::kernel_state& s);
-    void apply_drbd_rate();
+    bool apply_drbd_rate();  // false: the resource file could not be written (an event says why)
     void on_netlink(const netlink::event& ev);
     void check_link();  // re-reads the management link and folds it into health
     void set_link_usable(bool ok, const std::string& detail);
@@ -101,6 +101,7 @@ private:
     std::unique_ptr<drbd::backend> drbd_;  // backend "drbd"
     drbd::kernel_state drbd_state_;
     bool drbd_forcing_ = false;  // the first full sync of a new cluster is being started
+    bool drbd_force_failed_ = false;  // and failed in this run: not retried
     [[nodiscard]] std::string first_sync_marker() const;
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
