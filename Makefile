@@ -108,7 +108,7 @@ $(TESTS_BIN): $(TEST_OBJS) $(LIBS)
 	@echo "  LD      $@"
 	$(Q)$(CXX) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(LDLIBS)
 
-.PHONY: all deps test test-unit test-kernel test-scenario demo clean format tidy
+.PHONY: all deps test test-unit test-kernel test-scenario test-image demo clean format tidy
 all: deps
 	$(Q)$(MAKE) --no-print-directory -j$(shell nproc) build-only
 
@@ -119,17 +119,29 @@ deps:
 	$(Q)scripts/deps.sh
 
 # Test tiers are Catch2 tags; tests/run prints the final tally line.
-test: all
-	$(Q)tests/run $(TESTS_BIN) "[unit],[kernel],[scenario]"
+test: all image-deps
+	$(Q)tests/run $(TESTS_BIN) "[unit],[kernel],[scenario],[image]"
 test-unit: all
 	$(Q)tests/run $(TESTS_BIN) "[unit]"
 test-kernel: all
 	$(Q)tests/run $(TESTS_BIN) "[kernel]"
 test-scenario: all
 	$(Q)tests/run $(TESTS_BIN) "[scenario]"
+test-image: all image-deps
+	$(Q)tests/run $(TESTS_BIN) "[image]"
 
 demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
+
+# The appliance image (image/): Debian 12 with Tandem, GPT by label, booted in qemu.
+.PHONY: image image-test image-deps
+IMAGE_OUT := build/image
+image-deps:
+	$(Q)scripts/deps.sh scripts/image-packages.txt
+image: all image-deps
+	$(Q)image/build.sh $(OUT)/bin $(IMAGE_OUT)
+image-test: image
+	$(Q)image/test.sh $(IMAGE_OUT)
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
 .PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store bench-ebpf

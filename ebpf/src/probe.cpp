@@ -39,7 +39,9 @@ int libbpf_print(libbpf_print_level level, const char* fmt, va_list ap) {
 
 std::string explain(int err, std::string_view step) {
     std::string hint;
-    if (err == EPERM || err == EACCES) hint = " (tandemd needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root)";
+    if (err == EPERM) hint = " (tandemd needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN, or root)";
+    else if (err == EACCES && step == "load")
+        hint = " (the kernel's verifier refused the programs; tandemd --debug shows its log)";
     else if (err == ENOENT && step == "load") hint = " (no kernel BTF at /sys/kernel/btf/vmlinux?)";
     else if (err == EINVAL && step != "load") hint = " (a kernel older than 6.6 has no tcx)";
     return fmt::format("{}: {}{}", step, std::strerror(err), hint);
