@@ -3,6 +3,7 @@
 #include "tandem/agent/drbd.hpp"
 
 #include "tandem/base/hmac.hpp"
+#include "tandem/base/kmod.hpp"
 #include "tandem/base/log.hpp"
 #include "tandem/netlink/vip.hpp"
 
@@ -15,10 +16,8 @@
 #include <fstream>
 
 #include <fcntl.h>
-#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace tandem::agent::drbd {
@@ -363,14 +362,6 @@ bool in_path(const std::string& tool) {
     return false;
 }
 
-// `modprobe drbd`, quietly; true when it succeeded.
-bool modprobe_drbd() {
-    pid_t pid = 0;
-    const char* argv[] = {"modprobe", "-q", "drbd", nullptr};
-    if (posix_spawnp(&pid, "modprobe", nullptr, nullptr, const_cast<char* const*>(argv), environ) != 0) return false;
-    int st = 0;
-    return ::waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-}
 
 }  // namespace
 
@@ -387,7 +378,7 @@ std::string check_host(const config& c, bool load_module) {
     if (!in_path("drbdadm") || !in_path("drbdsetup"))
         return "replication.backend = \"drbd\" needs drbdadm and drbdsetup, which are not in PATH: install the "
                "drbd-utils package";
-    if (kernel_version() == 0 && !(load_module && modprobe_drbd() && kernel_version() != 0))
+    if (kernel_version() == 0 && !(load_module && load_kernel_module("drbd") && kernel_version() != 0))
         return "replication.backend = \"drbd\" needs the drbd kernel module, which is not loaded" +
                std::string(load_module ? " and modprobe drbd could not load" : "") +
                ": run `modprobe drbd` (Debian's own kernel ships drbd.ko 8.4), or use backend \"uring\" on a "

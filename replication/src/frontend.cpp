@@ -1,6 +1,8 @@
 // replication: choosing the front end this kernel offers.
 #include "tandem/replication/frontend.hpp"
 
+#include "tandem/base/kmod.hpp"
+
 #include "tandem/base/log.hpp"
 
 #include <sys/stat.h>
@@ -21,9 +23,7 @@ bool exists(const char* path) {
 // nbd.ko loaded, or loadable: modprobe quietly, as systemd-modules-load would.
 bool have_nbd() {
     if (exists("/sys/module/nbd")) return true;
-    if (!exists("/sbin/modprobe") && !exists("/usr/sbin/modprobe")) return false;
-    int rc = std::system("modprobe -q nbd nbds_max=4 2>/dev/null");
-    return rc == 0 && exists("/sys/module/nbd");
+    return load_kernel_module("nbd", {"nbds_max=4"}) && exists("/sys/module/nbd");
 }
 
 frontend_kind resolve(frontend_kind kind, std::string& why) {
