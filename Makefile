@@ -134,7 +134,7 @@ demo: all
 	$(Q)scripts/demo.sh $(OUT)/bin
 
 # The appliance image (image/): Debian 12 with Tandem, GPT by label, booted in qemu.
-.PHONY: image image-test image-deps
+.PHONY: image image-test image-test-ha image-deps
 IMAGE_OUT := build/image
 image-deps:
 	$(Q)scripts/deps.sh scripts/image-packages.txt
@@ -142,6 +142,10 @@ image: all image-deps
 	$(Q)image/build.sh $(OUT)/bin $(IMAGE_OUT)
 image-test: image
 	$(Q)image/test.sh $(IMAGE_OUT)
+# Two guests: failover with /store, for the io_uring engine and kernel DRBD.
+image-test-ha: image
+	$(Q)image/test-ha.sh $(IMAGE_OUT) uring
+	$(Q)image/test-ha.sh $(IMAGE_OUT) drbd
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
 .PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store bench-ebpf

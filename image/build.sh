@@ -32,32 +32,38 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/root" "$stage/config"
 tar -xf "$rootfs" -C "$stage/root"
 
-# Tandem itself, its unit, and the appliance's settings.
+# Tandem itself, its units, and the appliance's settings.
 install -m 0755 "$bin/tandemd" "$bin/tandemctl" "$stage/root/usr/sbin/"
-install -m 0644 "$here/systemd/tandemd.service" "$stage/root/etc/systemd/system/"
-install -m 0644 "$here/systemd/tandem-selftest.service" "$stage/root/etc/systemd/system/"
-ln -sf /etc/systemd/system/tandemd.service "$stage/root/etc/systemd/system/multi-user.target.wants/tandemd.service"
-ln -sf /etc/systemd/system/tandem-selftest.service \
-    "$stage/root/etc/systemd/system/multi-user.target.wants/tandem-selftest.service"
-ln -sf /lib/systemd/system/systemd-networkd.service \
-    "$stage/root/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+install -D -m 0755 "$here/hatest.sh" "$stage/root/usr/lib/tandem/hatest"
+wants=$stage/root/etc/systemd/system/multi-user.target.wants
+for unit in tandemd tandem-selftest tandem-hatest; do
+    install -m 0644 "$here/systemd/$unit.service" "$stage/root/etc/systemd/system/"
+    ln -sf "/etc/systemd/system/$unit.service" "$wants/$unit.service"
+done
+ln -sf /lib/systemd/system/systemd-networkd.service "$wants/systemd-networkd.service"
 echo appliance > "$stage/root/etc/hostname"
 cat > "$stage/root/etc/fstab" <<'EOF'
-# Partitions by label. /store is not here: Tandem mounts it on the active node only.
-PARTLABEL=root_a  /            ext4  errors=remount-ro  0 1
+# Partitions by label. / is the slot the kernel command line names (root=PARTLABEL=root_a
+# or root_b, rw). /store is not here: Tandem mounts it on the active node only.
 PARTLABEL=config  /etc/tandem  ext4  defaults,nofail    0 2
 EOF
 mkdir -p "$stage/root/etc/tandem" "$stage/root/store" "$stage/root/var/lib/tandem"
 printf 'root:tandem\n' | chroot "$stage/root" chpasswd
-# The management link: eth0 (net.ifnames=0 on the kernel command line). Its
-# address is on the root file system: systemd-networkd starts before the config
-# partition is mounted.
-install -m 0644 "$here/config/eth0.network" "$stage/root/etc/systemd/network/10-eth0.network"
+# Interface names pinned by PCI slot: eth0 management, eth1 crossover. The
+# links' addresses are node settings, on the config partition: networkd waits
+# for it and reads them through links.
+install -m 0644 "$here/systemd/mgmt.link" "$stage/root/etc/systemd/network/10-mgmt.link"
+install -m 0644 "$here/systemd/crossover.link" "$stage/root/etc/systemd/network/10-crossover.link"
+install -D -m 0644 "$here/systemd/networkd-config.conf" \
+    "$stage/root/etc/systemd/system/systemd-networkd.service.d/tandem-config.conf"
+for link in eth0 eth1; do
+    ln -sf "/etc/tandem/network/$link.network" "$stage/root/etc/systemd/network/20-$link.network"
+done
 
 # The config partition: a sample cluster for the self-test (replaced on a real appliance).
 head -c 64 /dev/urandom > "$stage/config/cluster.key"
 chmod 600 "$stage/config/cluster.key"
-cp "$here/config/tandem.toml" "$stage/config/"
+cp -r "$here/config/." "$stage/config/"
 
 # Kernel and initramfs for qemu's direct boot.
 cp "$(ls "$stage"/root/boot/vmlinuz-* | head -1)" "$out/vmlinuz"
@@ -68,7 +74,7 @@ mkfs.ext4 -q -F -E root_owner=0:0 -L root_a -d "$stage/root" "$out/root_a.img" 1
 mkfs.ext4 -q -F -E root_owner=0:0 -L root_b "$out/root_b.img" 1400M
 mkfs.ext4 -q -F -E root_owner=0:0 -L config -d "$stage/config" "$out/config.img" 64M
 rm -f "$out/disk.img"
-truncate -s 3600M "$out/disk.img"
+truncate -s 3200M "$out/disk.img"
 sfdisk -q "$out/disk.img" <<'EOF'
 label: gpt
 size=1400MiB, name=root_a

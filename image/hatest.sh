@@ -1,0 +1,65 @@
+#!/bin/sh
+# image: the guest's half of the two-guest test (image/test-ha.sh). Runs only
+# with tandem.hatest=STEP on the kernel command line (tandem-hatest.service) and
+# reports on the serial console, one "TANDEM-HATEST <node> <what>" line a step:
+#   primary  wait ACTIVE, wait until /store is in sync with the peer, write
+#            /store/hatest/before durably, report READY; then the host cuts power
+#   standby  wait STANDBY, report; wait ACTIVE (the takeover), check /store,
+#            report TOOK-OVER; write /store/hatest/after, report WROTE; follow
+#            the resync to the returning old primary, report RESYNCED
+#   rejoin   the old primary back: wait STANDBY (no automatic failback), follow
+#            the delta resync, report REJOINED with the bytes it received
+ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
+step=$(sed -n 's/.*tandem\.hatest=\([a-z]*\).*/\1/p' /proc/cmdline)
+node=$(uname -n)
+say() { echo "TANDEM-HATEST $node $*" > /dev/ttyS0; }
+fail() {
+    say "FAIL $*"
+    journalctl -b --no-pager -n 80 -u tandemd > /dev/ttyS0 2>&1
+    $ctl events --backlog 40 > /dev/ttyS0 2>&1
+    exit 1
+}
+vip() { ip -4 -o addr show dev eth0 label eth0:0 | awk '{print $4}'; }
+sum() { sha256sum "$1" 2>/dev/null | cut -c1-16; }
+store() { if mountpoint -q /store; then echo mounted; else echo unmounted; fi; }
+progress() { $ctl sync --timeout 900s 2>&1 | while read -r l; do say "sync: $l"; done; }
+# ACTIVE is the state from the claim on; the acquire sequence (mount /store,
+# the VIP, services, announce) ends with the event failover.complete.
+acquired() { $ctl wait event=failover.complete --since 0 --timeout 120s > /dev/null || fail "acquire did not complete"; }
+
+case $step in
+primary)
+    $ctl wait state=ACTIVE --timeout 300s > /dev/null || fail "not ACTIVE: $($ctl cstate 2>&1)"
+    acquired
+    progress
+    $ctl sync --timeout 10s > /dev/null || fail "not in sync with the peer"
+    [ "$(store)" = mounted ] || fail "/store is not mounted on the active node"
+    mkdir -p /store/hatest
+    head -c 16M /dev/urandom > /store/hatest/before && sync /store/hatest/before || fail "writing /store"
+    say "READY vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
+    ;;
+standby)
+    $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
+    say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
+    $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "no takeover: $($ctl cstate 2>&1)"
+    acquired
+    say "TOOK-OVER vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
+    head -c 8M /dev/urandom > /store/hatest/after && sync /store/hatest/after || fail "writing /store"
+    say "WROTE after=$(sum /store/hatest/after)"
+    $ctl wait state=ACTIVE --timeout 1s > /dev/null || fail "no longer ACTIVE"
+    progress
+    $ctl sync --timeout 900s > /dev/null || fail "not in sync with the returning peer"
+    say "RESYNCED vip=$(vip) store=$(store) $($ctl cstate)"
+    ;;
+rejoin)
+    $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
+    say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
+    progress
+    $ctl sync --timeout 900s > /dev/null || fail "not in sync after rejoining"
+    got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
+    say "REJOINED vip=$(vip) store=$(store) $($ctl cstate) $got"
+    ;;
+*)
+    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin)"
+    ;;
+esac

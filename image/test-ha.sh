@@ -1,0 +1,184 @@
+#!/usr/bin/env bash
+# make image-test-ha: two guests of the image, alpha (primary) and beta
+# (secondary), joined by two bridges in a network namespace of their own:
+# management (eth0, with an observer at 10.99.0.254) and crossover (eth1).
+#   image/test-ha.sh OUT_DIR [uring|drbd] [TIMEOUT_S]
+# 1. both boot; alpha becomes ACTIVE with the VIP, /store syncs to beta, alpha
+#    writes a file on /store durably and reports READY;
+# 2. alpha's power is cut (qemu SIGKILLed): beta takes over, the VIP moves
+#    (the observer's ARP entry follows the gratuitous ARP), /store is mounted
+#    on beta and holds alpha's file; beta writes a second file;
+# 3. alpha boots again: it stays STANDBY (no automatic failback) and receives
+#    only the delta.
+# The guests' half is image/hatest.sh. Each node's identity goes on its config
+# partition with tandem-recovery provision. Copies of the disk are booted.
+set -euo pipefail
+out=$(readlink -f "${1:?OUT_DIR}")
+backend=${2:-uring}
+limit=${3:-1500}
+here=$(dirname "$(readlink -f "$0")")
+[[ $backend == uring || $backend == drbd ]] || { echo "image-test-ha: backend \"$backend\": allowed uring, drbd"; exit 2; }
+(cd "$out" && sha256sum --quiet -c SHA256SUMS) || { echo "image-test-ha: checksums do not match SHA256SUMS"; exit 1; }
+
+work=$(mktemp -d /tmp/tandem-ha-XXXXXX)
+ns=tandem-ha-$$
+declare -A pid=()
+cleanup() {
+    for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    ip netns del "$ns" 2>/dev/null || true
+    for n in alpha beta; do cp "$work/$n.log" "$out/ha-$backend-$n.log" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+t0=$(date +%s.%N)
+since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
+say() { echo "image-test-ha ($backend, $(since "$t0") s): $*"; }
+die() {  # to stderr: await runs in a command substitution
+    {
+        say "FAILED: $*"
+        for n in alpha beta; do echo "--- $n's console, last lines:"; tail -40 "$work/$n.log" 2>/dev/null || true; done
+    } >&2
+    exit 1
+}
+
+# Each node's settings, on its own copy of the disk.
+head -c 64 /dev/urandom > "$work/cluster.key"
+declare -A me=([alpha]=1 [beta]=2) peer=([alpha]=beta [beta]=alpha) role=([alpha]=primary [beta]=secondary)
+for n in alpha beta; do
+    c=$work/config-$n
+    mkdir -p "$c/network"
+    install -m 0600 "$work/cluster.key" "$c/cluster.key"
+    printf '[Match]\nName=eth0\n\n[Network]\nAddress=10.99.0.%s/24\n' "${me[$n]}" > "$c/network/eth0.network"
+    printf '[Match]\nName=eth1\n\n[Network]\nAddress=10.98.0.%s/24\n' "${me[$n]}" > "$c/network/eth1.network"
+    cat > "$c/tandem.toml" <<EOF
+# image-test-ha: node $n of a two-guest cluster.
+[cluster]
+name = "appliance"
+vip = "10.99.0.100/24"
+interface = "eth0"
+[node]
+name = "$n"
+role = "${role[$n]}"
+address = "10.99.0.${me[$n]}"
+[peer]
+name = "${peer[$n]}"
+address = "10.99.0.${me[${peer[$n]}]}"
+[heartbeat]
+interval = "1s"
+timeout = "5s"
+links = ["eth0", "eth1"]
+[crossover]
+interface = "eth1"
+address = "10.98.0.${me[$n]}"
+peer_address = "10.98.0.${me[${peer[$n]}]}"
+[auth]
+key_file = "/etc/tandem/cluster.key"
+[replication]
+backend = "$backend"
+device = "/dev/disk/by-partlabel/store"
+rate = 1000
+[store]
+mount = "/store"
+EOF
+    cp --sparse=always "$out/disk.img" "$work/$n.img"
+    "$here/recovery/tandem-recovery" provision --target "$work/$n.img" --config "$c" > "$work/provision-$n.log" 2>&1 ||
+        { cat "$work/provision-$n.log"; die "provisioning $n's config partition"; }
+done
+
+# The wires: two bridges in a namespace, a tap per guest and link; the observer
+# (this script) is 10.99.0.254 on the management bridge.
+ip netns add "$ns"
+nsx() { ip netns exec "$ns" "$@"; }
+nsx ip link set lo up
+for br in mgmt xo; do nsx ip link add "$br" type bridge; nsx ip link set "$br" up; done
+nsx ip addr add 10.99.0.254/24 dev mgmt
+for n in alpha beta; do
+    for l in 0 1; do
+        nsx ip tuntap add "t-$n-$l" mode tap
+        nsx ip link set "t-$n-$l" master "$( ((l == 0)) && echo mgmt || echo xo)" up
+    done
+done
+mac() { printf '52:54:00:99:%02x:%02x' "${me[$1]}" "$2"; }
+boot() {  # node step
+    local n=$1
+    echo "=== boot: tandem.hatest=$2" >> "$work/$n.log"
+    # nsenter execs qemu itself (ip netns exec forks): $! is qemu, so a kill is a power cut.
+    nsenter --net="/run/netns/$ns" qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 1 -m 768 -nographic -no-reboot \
+        -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
+        -append "root=PARTLABEL=root_a rw console=ttyS0 net.ifnames=0 systemd.hostname=$n tandem.hatest=$2" \
+        -drive "file=$work/$n.img,format=raw,if=virtio" \
+        -netdev "tap,id=mgmt,ifname=t-$n-0,script=no,downscript=no" -device "virtio-net-pci,netdev=mgmt,addr=03,mac=$(mac "$n" 0)" \
+        -netdev "tap,id=xo,ifname=t-$n-1,script=no,downscript=no" -device "virtio-net-pci,netdev=xo,addr=04,mac=$(mac "$n" 1)" \
+        >> "$work/$n.log" 2>&1 &
+    pid[$n]=$!
+}
+# Waits for "TANDEM-HATEST <node> <what>" on a node's console; fails at once on
+# its FAIL line, when its qemu is gone, or at the overall time limit.
+await() {  # node what -> the line
+    local n=$1 what=$2 line
+    while :; do
+        line=$(grep -a "TANDEM-HATEST $n $what" "$work/$n.log" | tail -1 || true)
+        [[ -n $line ]] && { echo "${line%$'\r'}"; return 0; }
+        grep -a -q "TANDEM-HATEST $n FAIL" "$work/$n.log" && die "$n: $(grep -a -m1 "TANDEM-HATEST $n FAIL" "$work/$n.log")"
+        kill -0 "${pid[$n]}" 2>/dev/null || die "$n's qemu ended before \"$what\""
+        (($(date +%s) - ${t0%.*} < limit)) || die "no \"$what\" from $n within ${limit} s"
+        sleep 0.2  # paces the polling of the console file only
+    done
+}
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< "$2"; }
+vip_mac() { nsx ip neigh show 10.99.0.100 dev mgmt | awk '{print $3}'; }
+
+boot alpha primary
+boot beta standby
+t=$(date +%s.%N)
+standby=$(await beta STANDBY)
+say "beta: $standby"
+ready=$(await alpha READY)
+say "alpha: $ready"
+boot_to_ready=$(since "$t")
+[[ $(field vip "$ready") == 10.99.0.100/24 ]] || die "alpha is ACTIVE without the VIP on eth0:0"
+[[ $(field store "$ready") == mounted ]] || die "/store is not mounted on alpha"
+before=$(field before "$ready")
+nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "the observer cannot reach the VIP on alpha"
+[[ $(vip_mac) == "$(mac alpha 0)" ]] || die "the VIP answers from $(vip_mac), not alpha's eth0 ($(mac alpha 0))"
+say "the observer reaches the VIP at alpha's $(mac alpha 0)"
+
+# Power cut on the active node.
+kill -9 "${pid[alpha]}"
+wait "${pid[alpha]}" 2>/dev/null || true
+unset 'pid[alpha]'
+t=$(date +%s.%N)
+took=$(await beta TOOK-OVER)
+failover=$(since "$t")
+say "beta: $took"
+[[ $(field vip "$took") == 10.99.0.100/24 ]] || die "beta took over without the VIP"
+[[ $(field store "$took") == mounted ]] || die "/store is not mounted on beta after the takeover"
+[[ $(field before "$took") == "$before" ]] || die "alpha's acknowledged file differs on beta: $(field before "$took") != $before"
+[[ $(vip_mac) == "$(mac beta 0)" ]] || die "the observer's ARP entry for the VIP is $(vip_mac), not beta's $(mac beta 0)"
+nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "the observer cannot reach the VIP on beta"
+say "the VIP moved to beta's $(mac beta 0) (gratuitous ARP), /store holds alpha's file ($before)"
+wrote=$(await beta WROTE)
+
+# The old primary comes back: standby, delta only.
+boot alpha rejoin
+t=$(date +%s.%N)
+back=$(await alpha STANDBY)
+say "alpha: $back"
+[[ -z $(field vip "$back") ]] || die "the returning alpha holds the VIP"
+[[ $(field store "$back") == unmounted ]] || die "the returning alpha mounted /store"
+rejoined=$(await alpha REJOINED)
+resync=$(since "$t")
+say "alpha: $rejoined"
+resynced=$(await beta RESYNCED)
+say "beta: $resynced"
+[[ $resynced =~ Local:\ R:[A-Z]+\ S:ACTIVE ]] || die "beta is no longer ACTIVE after alpha's return (failback?)"
+[[ $back =~ Local:\ R:[A-Z]+\ S:STANDBY ]] || die "the returning alpha is not STANDBY"
+delta=$(sed -n 's/.*received \([0-9]*\) bytes.*/\1/p' <<< "$rejoined")
+if [[ $backend == uring ]]; then
+    [[ -n $delta ]] || die "no replication.sync_done with the bytes alpha received"
+    ((delta < 64 << 20)) || die "alpha received $delta bytes: more than the delta (beta wrote 8 MiB)"
+    say "alpha received $delta bytes (the delta), not the whole store"
+fi
+echo "image-test-ha ($backend) passed: boot to in-sync and READY ${boot_to_ready} s, failover ${failover} s (power cut" \
+    "to /store mounted on beta), rejoin and delta resync ${resync} s (${delta:-?} bytes), total $(since "$t0") s"
