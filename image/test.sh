@@ -4,13 +4,33 @@
 # the guest powers itself off. KVM only when a probe boot works; else software
 # emulation (TCG). A copy of the disk is booted: the built image stays pristine.
 #   image/test.sh OUT_DIR [TIMEOUT_S]
+# Another disk and OS slot (the recovery tests boot what tandem-recovery wrote):
+#   DISK=/path/disk.img ROOT=root_b image/test.sh OUT_DIR [TIMEOUT_S]
+# DISK is booted in place (it is the caller's copy) and its console is saved
+# beside it as serial.log; the kernel and initramfs still come from OUT_DIR.
 set -euo pipefail
 out=$(readlink -f "${1:?OUT_DIR}")
 limit=${2:-600}
-(cd "$out" && sha256sum --quiet -c SHA256SUMS) || { echo "image-test: checksums do not match SHA256SUMS"; exit 1; }
+root=${ROOT:-root_a}
+[[ $root =~ ^[A-Za-z0-9_-]+$ ]] || { echo "image-test: ROOT=$root is not a partition name (root_a, root_b)"; exit 2; }
+disk=${DISK:+$(readlink -f "$DISK")}
+[[ $disk == "$out/disk.img" ]] && disk=
+if [[ -n $disk ]]; then
+    [[ -f $disk ]] || { echo "image-test: DISK=$DISK is not a file"; exit 2; }
+    # Only the kernel and the initramfs come from OUT_DIR: check those.
+    (cd "$out" && grep -v ' disk\.img$' SHA256SUMS | sha256sum --quiet -c) ||
+        { echo "image-test: vmlinuz or initrd.img do not match SHA256SUMS"; exit 1; }
+    log=$(dirname "$disk")/serial.log
+else
+    (cd "$out" && sha256sum --quiet -c SHA256SUMS) || { echo "image-test: checksums do not match SHA256SUMS"; exit 1; }
+    log=$out/serial.log
+fi
 work=$(mktemp -d /tmp/tandem-image-test-XXXXXX)
-trap 'cp "$work/serial.log" "$out/serial.log" 2>/dev/null; rm -rf "$work"' EXIT
-cp --sparse=always "$out/disk.img" "$work/disk.img"
+trap 'cp "$work/serial.log" "$log" 2>/dev/null; rm -rf "$work"' EXIT
+if [[ -z $disk ]]; then
+    disk=$work/disk.img
+    cp --sparse=always "$out/disk.img" "$disk"
+fi
 accel=tcg
 if [[ -w /dev/kvm ]] && timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -m 64 -nographic -no-reboot \
         -kernel /dev/null > /dev/null 2>&1; then accel=kvm; fi
@@ -18,13 +38,13 @@ if [[ -w /dev/kvm ]] && timeout 20 qemu-system-x86_64 -accel kvm -machine q35 -m
 start=$(date +%s)
 timeout "$limit" qemu-system-x86_64 -accel "$accel" -machine q35 -cpu max -smp 2 -m 1024 -nographic -no-reboot \
     -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
-    -append "root=PARTLABEL=root_a rw console=ttyS0 net.ifnames=0 tandem.selftest" \
-    -drive "file=$work/disk.img,format=raw,if=virtio" -nic user,model=virtio-net-pci \
+    -append "root=PARTLABEL=$root rw console=ttyS0 net.ifnames=0 tandem.selftest" \
+    -drive "file=$disk,format=raw,if=virtio" -nic user,model=virtio-net-pci \
     > "$work/serial.log" 2>&1 || true
 secs=$(( $(date +%s) - start ))
 line=$(grep -a -m1 'TANDEM-SELFTEST' "$work/serial.log" || true)
 if [[ $line == *"TANDEM-SELFTEST PASS"* ]]; then
-    echo "image-test: passed in ${secs} s ($accel): ${line#*: }"
+    echo "image-test: passed in ${secs} s ($accel, root=PARTLABEL=$root): ${line#*: }"
     exit 0
 fi
 echo "image-test: FAILED after ${secs} s ($accel); the console's last lines:"
