@@ -35,6 +35,9 @@ tar -xf "$rootfs" -C "$stage/root"
 # Tandem itself, its units, and the appliance's settings.
 install -m 0755 "$bin/tandemd" "$bin/tandemctl" "$stage/root/usr/sbin/"
 install -D -m 0755 "$here/hatest.sh" "$stage/root/usr/lib/tandem/hatest"
+# The recovery tool beside its recovery.py wrapper (which loads it from its own directory).
+install -m 0755 "$here/recovery/tandem-recovery" "$here/recovery/recovery.py" "$stage/root/usr/lib/tandem/"
+ln -sf /usr/lib/tandem/tandem-recovery "$stage/root/usr/sbin/tandem-recovery"
 wants=$stage/root/etc/systemd/system/multi-user.target.wants
 for unit in tandemd tandem-selftest tandem-hatest; do
     install -m 0644 "$here/systemd/$unit.service" "$stage/root/etc/systemd/system/"

@@ -307,6 +307,7 @@ mapped map_state(const kernel_state& s) {
     auto permille = [&] {
         return static_cast<std::uint16_t>(std::clamp(s.done_percent.value_or(0) * 10, 0.0, 1000.0));
     };
+    m.connected = s.connection == "Connected" || s.replication == "Established" || s.replication.rfind("Sync", 0) == 0;
     if (s.split_brain) {
         m.sync = sync_state::diverged;
         m.detail = "DRBD detected a split brain and disconnected: both nodes wrote while apart. On the node whose "
@@ -317,6 +318,8 @@ mapped map_state(const kernel_state& s) {
                   s.replication == "StartingSyncT" || s.replication == "WFBitMapT" || s.replication == "WFSyncUUID";
     bool source = starts_with(s.replication, "SyncSource") || s.replication == "PausedSyncS" ||
                   s.replication == "StartingSyncS" || s.replication == "WFBitMapS";
+    m.running = target || source;
+    m.to_peer = source;
     if (target) {
         m.sync = sync_state::synchronizing;
         m.permille = permille();

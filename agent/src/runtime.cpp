@@ -32,7 +32,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <cstring>
@@ -843,6 +845,22 @@ void node_runtime::on_drbd_state(const drbd::kernel_state& s) {
         drbd_state_.split_brain = false;
     }
     auto after = drbd::map_state(drbd_state_);
+    if (after.running) {
+        if (!before.running) {
+            drbd_sync_started_ = now();
+            drbd_sync_total_kib_ = 0;
+        }
+        drbd_sync_total_kib_ = std::max(drbd_sync_total_kib_, s.out_of_sync_kib.value_or(0));
+    } else if (before.running) {
+        if (s.disk == "UpToDate" && s.peer_disk == "UpToDate") {
+            auto bytes = drbd_sync_total_kib_ * 1024;
+            bus_.publish({"replication.sync_done",
+                          before.to_peer ? fmt::format("{} is in sync: sent {} bytes", cfg_.peer.name, bytes)
+                                         : fmt::format("in sync with {}: received {} bytes", cfg_.peer.name, bytes),
+                          {}});
+        }
+        drbd_sync_total_kib_ = 0;
+    }
     if (was_verifying && s.replication.rfind("Verify", 0) != 0) {
         auto oos = s.out_of_sync_kib.value_or(0);
         bool cut = s.replication != "Established";
@@ -983,6 +1001,27 @@ json node_runtime::replication_status() const {
                      {"out_of_sync_kib", drbd_state_.out_of_sync_kib ? json(*drbd_state_.out_of_sync_kib) : json(nullptr)},
                      {"split_brain", drbd_state_.split_brain},
                      {"detail", m.detail}};
+        // The engine's fields too, so `tandemctl sync` follows either backend.
+        // consistent: this disk UpToDate, and the peer's too while connected.
+        const auto& d = drbd_state_;
+        std::string link = d.connection;
+        std::transform(link.begin(), link.end(), link.begin(), [](unsigned char c) { return std::tolower(c); });
+        j["link"] = m.connected ? "connected" : link.empty() ? "down" : link;
+        j["consistent"] = d.disk == "UpToDate" && (!m.connected || d.peer_disk == "UpToDate");
+        j["split_brain"] = d.split_brain;
+        j["peer"] = cfg_.peer.name;
+        j["generation"] = "";
+        j["last_error"] = m.detail;
+        const std::uint64_t total = m.running ? drbd_sync_total_kib_ * 1024 : 0;
+        const std::uint64_t left = std::min(total, d.out_of_sync_kib.value_or(0) * 1024);
+        const double secs = std::chrono::duration<double>(now() - drbd_sync_started_).count();
+        const double rate = m.running && secs > 0 ? static_cast<double>(total - left) / secs : 0.0;
+        j["sync"] = {{"running", m.running},
+                     {"direction", m.to_peer ? "to peer" : "from peer"},
+                     {"done_bytes", total - left},
+                     {"total_bytes", total},
+                     {"rate_bps", rate},
+                     {"eta_s", d.eta_s ? static_cast<double>(*d.eta_s) : rate > 0 ? static_cast<double>(left) / rate : 0.0}};
         return j;
     }
     if (!engine_) return j;

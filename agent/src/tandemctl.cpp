@@ -291,8 +291,9 @@ int follow_sync(const std::string& sock, std::chrono::milliseconds timeout) {
         }
         if (link == "connected" && st["consistent"].get<bool>() && !sy["running"].get<bool>()) {
             if (drew) std::cout << "\n";
-            std::cout << fmt::format("in sync with {} (generation {})\n", st["peer"].get<std::string>(),
-                                     st["generation"].get<std::string>());
+            auto gen = st["generation"].get<std::string>();  // "" with DRBD: its UUIDs stay inside DRBD
+            std::cout << fmt::format("in sync with {}{}\n", st["peer"].get<std::string>(),
+                                     gen.empty() ? "" : " (generation " + gen + ")");
             return ok;
         }
         if (sy["running"].get<bool>()) {

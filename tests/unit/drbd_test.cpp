@@ -182,6 +182,8 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     auto m = drbd::map_state(*s);
     CHECK(m.sync == sync_state::up_to_date);
     CHECK(m.permille == 1000);
+    CHECK(m.connected);
+    CHECK_FALSE(m.running);
 
     s = parse(" 0: cs:SyncTarget ro:Secondary/Primary ds:Inconsistent/UpToDate C r-----\n"
               "    ns:0 nr:1441792 dw:1441792 dr:0 al:0 bm:0 lo:0 pe:2 ua:0 ap:0 ep:1 wo:f oos:8994816\n"
@@ -197,6 +199,9 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     CHECK(m.sync == sync_state::synchronizing);
     CHECK(m.permille == 139);
     CHECK(m.detail.find("109 s left") != std::string::npos);
+    CHECK(m.connected);
+    CHECK(m.running);
+    CHECK_FALSE(m.to_peer);
 
     s = parse(" 0: cs:SyncSource ro:Primary/Secondary ds:UpToDate/Inconsistent C r-----\n"
               "\t[====>...............] sync'ed: 25.0% (7680/10192)M\n");
@@ -204,10 +209,15 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     m = drbd::map_state(*s);
     CHECK(m.sync == sync_state::up_to_date);  // the source's data is whole: it stays promotable
     CHECK(m.detail.find("catching up") != std::string::npos);
+    CHECK(m.running);
+    CHECK(m.to_peer);
 
     s = parse(" 0: cs:WFConnection ro:Primary/Unknown ds:UpToDate/DUnknown C r-----\n");
     REQUIRE(s);
-    CHECK(drbd::map_state(*s).sync == sync_state::up_to_date);
+    m = drbd::map_state(*s);
+    CHECK(m.sync == sync_state::up_to_date);
+    CHECK_FALSE(m.connected);
+    CHECK_FALSE(m.running);
     s = parse(" 0: cs:StandAlone ro:Secondary/Unknown ds:Outdated/DUnknown   r-----\n");
     REQUIRE(s);
     CHECK(s->connection == "StandAlone");

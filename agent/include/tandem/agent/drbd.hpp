@@ -91,6 +91,10 @@ struct mapped {
     sync_state sync = sync_state::inconsistent;
     std::uint16_t permille = 0;
     std::string detail;  // for the status and the operator: what DRBD says, and the way out if any
+    // In the replication engine's terms, for `tandemctl sync` and `status --json`.
+    bool connected = false;  // the replication link is up (Established or a resync)
+    bool running = false;    // a resync runs (SyncSource/SyncTarget and their preludes)
+    bool to_peer = false;    // ... with this node as its source
 };
 mapped map_state(const kernel_state& s);
 

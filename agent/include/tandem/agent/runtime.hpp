@@ -102,6 +102,10 @@ private:
     drbd::kernel_state drbd_state_;
     bool drbd_forcing_ = false;  // the first full sync of a new cluster is being started
     bool drbd_force_failed_ = false;  // and failed in this run: not retried
+    // A running DRBD resync as the status shows it: its size (the most out of
+    // sync seen since it started) and its start, for the rate.
+    std::uint64_t drbd_sync_total_kib_ = 0;
+    steady_time drbd_sync_started_{};
     [[nodiscard]] std::string first_sync_marker() const;
     std::optional<failover_sequence> sequence_;
     std::vector<std::unique_ptr<link_state>> links_;
