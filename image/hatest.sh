@@ -9,6 +9,8 @@
 #            the resync to the returning old primary, report RESYNCED
 #   rejoin   the old primary back: wait STANDBY (no automatic failback), follow
 #            the delta resync, report REJOINED with the bytes it received
+#   repair   the same on a flattened and re-provisioned node ("Restore System"),
+#            then a manual takeover: report TOOK-BACK with /store's files
 ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
 step=$(sed -n 's/.*tandem\.hatest=\([a-z]*\).*/\1/p' /proc/cmdline)
 node=$(uname -n)
@@ -21,7 +23,7 @@ fail() {
 }
 vip() { ip -4 -o addr show dev eth0 label eth0:0 | awk '{print $4}'; }
 sum() { sha256sum "$1" 2>/dev/null | cut -c1-16; }
-store() { if mountpoint -q /store; then echo mounted; else echo unmounted; fi; }
+store() { if mountpoint -q /store; then echo "mounted dev=$(findmnt -no SOURCE /store)"; else echo unmounted; fi; }
 progress() { $ctl sync --timeout 900s 2>&1 | while read -r l; do say "sync: $l"; done; }
 # ACTIVE is the state from the claim on; the acquire sequence (mount /store,
 # the VIP, services, announce) ends with the event failover.complete.
@@ -51,15 +53,20 @@ standby)
     $ctl sync --timeout 900s > /dev/null || fail "not in sync with the returning peer"
     say "RESYNCED vip=$(vip) store=$(store) $($ctl cstate)"
     ;;
-rejoin)
+rejoin | repair)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
     say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
     progress
     $ctl sync --timeout 900s > /dev/null || fail "not in sync after rejoining"
     got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
     say "REJOINED vip=$(vip) store=$(store) $($ctl cstate) $got"
+    [ "$step" = repair ] || exit 0
+    $ctl takeover > /dev/null 2>&1 || fail "takeover refused: $($ctl takeover 2>&1)"
+    $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "not ACTIVE after the takeover: $($ctl cstate 2>&1)"
+    acquired
+    say "TOOK-BACK vip=$(vip) store=$(store) before=$(sum /store/hatest/before) after=$(sum /store/hatest/after) $($ctl cstate)"
     ;;
 *)
-    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin)"
+    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair)"
     ;;
 esac

@@ -9,7 +9,12 @@
 #    (the observer's ARP entry follows the gratuitous ARP), /store is mounted
 #    on beta and holds alpha's file; beta writes a second file;
 # 3. alpha boots again: it stays STANDBY (no automatic failback) and receives
-#    only the delta.
+#    only the delta;
+# 4. (uring) alpha's disk is flattened with tandem-recovery and provisioned
+#    again: it re-pairs as standby, receives a full resync from beta, and a
+#    manual takeover shows both files on its /store ("Restore System").
+# With uring the active node exposes /store through the NBD front end (nbd.ko is
+# in the image's kernel, not on the build machine, whose tests cover FUSE).
 # The guests' half is image/hatest.sh. Each node's identity goes on its config
 # partition with tandem-recovery provision. Copies of the disk are booted.
 set -euo pipefail
@@ -22,7 +27,7 @@ here=$(dirname "$(readlink -f "$0")")
 
 work=$(mktemp -d /tmp/tandem-ha-XXXXXX)
 ns=tandem-ha-$$
-declare -A pid=()
+declare -A pid=() from=()
 cleanup() {
     for p in "${pid[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -80,6 +85,7 @@ device = "/dev/disk/by-partlabel/store"
 rate = 1000
 [store]
 mount = "/store"
+$([[ $backend == uring ]] && echo 'frontend = "nbd"')
 EOF
     cp --sparse=always "$out/disk.img" "$work/$n.img"
     "$here/recovery/tandem-recovery" provision --target "$work/$n.img" --config "$c" > "$work/provision-$n.log" 2>&1 ||
@@ -103,6 +109,7 @@ mac() { printf '52:54:00:99:%02x:%02x' "${me[$1]}" "$2"; }
 boot() {  # node step
     local n=$1
     echo "=== boot: tandem.hatest=$2" >> "$work/$n.log"
+    from[$n]=$(wc -l < "$work/$n.log")  # await reads this boot's lines only
     # nsenter execs qemu itself (ip netns exec forks): $! is qemu, so a kill is a power cut.
     nsenter --net="/run/netns/$ns" qemu-system-x86_64 -accel tcg -machine q35 -cpu max -smp 1 -m 768 -nographic -no-reboot \
         -kernel "$out/vmlinuz" -initrd "$out/initrd.img" \
@@ -118,9 +125,10 @@ boot() {  # node step
 await() {  # node what -> the line
     local n=$1 what=$2 line
     while :; do
-        line=$(grep -a "TANDEM-HATEST $n $what" "$work/$n.log" | tail -1 || true)
+        line=$(tail -n +"${from[$n]}" "$work/$n.log" | grep -a "TANDEM-HATEST $n $what" | tail -1 || true)
         [[ -n $line ]] && { echo "${line%$'\r'}"; return 0; }
-        grep -a -q "TANDEM-HATEST $n FAIL" "$work/$n.log" && die "$n: $(grep -a -m1 "TANDEM-HATEST $n FAIL" "$work/$n.log")"
+        line=$(tail -n +"${from[$n]}" "$work/$n.log" | grep -a -m1 "TANDEM-HATEST $n FAIL" || true)
+        [[ -z $line ]] || die "$n: $line"
         kill -0 "${pid[$n]}" 2>/dev/null || die "$n's qemu ended before \"$what\""
         (($(date +%s) - ${t0%.*} < limit)) || die "no \"$what\" from $n within ${limit} s"
         sleep 0.2  # paces the polling of the console file only
@@ -129,6 +137,7 @@ await() {  # node what -> the line
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< "$2"; }
 vip_mac() { nsx ip neigh show 10.99.0.100 dev mgmt | awk '{print $3}'; }
 
+want_dev=$([[ $backend == uring ]] && echo /dev/nbd || echo /dev/drbd)
 boot alpha primary
 boot beta standby
 t=$(date +%s.%N)
@@ -154,10 +163,12 @@ failover=$(since "$t")
 say "beta: $took"
 [[ $(field vip "$took") == 10.99.0.100/24 ]] || die "beta took over without the VIP"
 [[ $(field store "$took") == mounted ]] || die "/store is not mounted on beta after the takeover"
+dev=$(field dev "$took")
+[[ $dev == "$want_dev"* ]] || die "/store on beta is on $dev, not the $backend device $want_dev"
 [[ $(field before "$took") == "$before" ]] || die "alpha's acknowledged file differs on beta: $(field before "$took") != $before"
 [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the observer's ARP entry for the VIP is $(vip_mac), not beta's $(mac beta 0)"
 nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "the observer cannot reach the VIP on beta"
-say "the VIP moved to beta's $(mac beta 0) (gratuitous ARP), /store holds alpha's file ($before)"
+say "the VIP moved to beta's $(mac beta 0) (gratuitous ARP), /store on $dev holds alpha's file ($before)"
 wrote=$(await beta WROTE)
 
 # The old primary comes back: standby, delta only.
@@ -180,5 +191,40 @@ if [[ $backend == uring ]]; then
     ((delta < 64 << 20)) || die "alpha received $delta bytes: more than the delta (beta wrote 8 MiB)"
     say "alpha received $delta bytes (the delta), not the whole store"
 fi
+wrote_after=$(field after "$wrote")
+
+# Restore System: alpha is flattened to the factory image, given its identity
+# again, and re-pairs; then the operator hands the service back to it.
+repair=skipped
+if [[ $backend == uring ]]; then
+    kill -9 "${pid[alpha]}"
+    wait "${pid[alpha]}" 2>/dev/null || true
+    unset 'pid[alpha]'
+    t=$(date +%s.%N)
+    printf 'flatten\n' | "$here/recovery/tandem-recovery" flatten --image "$out/disk.img" --target "$work/alpha.img" \
+        > "$work/flatten.log" 2>&1 || { cat "$work/flatten.log"; die "flattening alpha's disk"; }
+    "$here/recovery/tandem-recovery" provision --target "$work/alpha.img" --config "$work/config-alpha" \
+        > "$work/provision-alpha.log" 2>&1 || { cat "$work/provision-alpha.log"; die "provisioning alpha again"; }
+    flatten=$(since "$t")
+    say "alpha flattened and provisioned in ${flatten} s: $(tail -1 "$work/flatten.log")"
+    boot alpha repair
+    t=$(date +%s.%N)
+    rejoined=$(await alpha REJOINED)
+    say "alpha: $rejoined"
+    [[ $rejoined =~ Local:\ R:[A-Z]+\ S:STANDBY ]] || die "the restored alpha is not STANDBY"
+    full=$(sed -n 's/.*received \([0-9]*\) bytes.*/\1/p' <<< "$rejoined")
+    [[ -n $full ]] || die "no replication.sync_done on the restored alpha"
+    grep -a -q "TANDEM-HATEST alpha sync: .*MiB from peer" <(tail -n +"${from[alpha]}" "$work/alpha.log") ||
+        die "no resync progress shown on the restored alpha"
+    took_back=$(await alpha TOOK-BACK)
+    repair=$(since "$t")
+    say "alpha: $took_back"
+    [[ $(field vip "$took_back") == 10.99.0.100/24 ]] || die "the restored alpha took over without the VIP"
+    [[ $(field before "$took_back") == "$before" ]] || die "the restored alpha's /store lacks alpha's first file"
+    [[ $(field after "$took_back") == "$wrote_after" ]] || die "the restored alpha's /store lacks beta's file"
+    [[ $(vip_mac) == "$(mac alpha 0)" ]] || die "the observer's ARP entry for the VIP is $(vip_mac), not alpha's"
+    repair="${repair} s (${full} bytes received, flatten ${flatten} s)"
+fi
 echo "image-test-ha ($backend) passed: boot to in-sync and READY ${boot_to_ready} s, failover ${failover} s (power cut" \
-    "to /store mounted on beta), rejoin and delta resync ${resync} s (${delta:-?} bytes), total $(since "$t0") s"
+    "to /store mounted on beta), rejoin and delta resync ${resync} s (${delta:-?} bytes), restore and takeover" \
+    "${repair}, total $(since "$t0") s"

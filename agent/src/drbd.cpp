@@ -381,9 +381,11 @@ std::string check_host(const config& c, bool load_module) {
     if (!in_path("drbdadm") || !in_path("drbdsetup"))
         return "replication.backend = \"drbd\" needs drbdadm and drbdsetup, which are not in PATH: install the "
                "drbd-utils package";
-    if (kernel_version() == 0 && !(load_module && load_kernel_module("drbd") && kernel_version() != 0))
+    // A check only asks whether the module could be loaded; tandemd starting loads it.
+    if (kernel_version() == 0 &&
+        !(load_module ? load_kernel_module("drbd") && kernel_version() != 0 : kernel_module_available("drbd")))
         return "replication.backend = \"drbd\" needs the drbd kernel module, which is not loaded" +
-               std::string(load_module ? " and modprobe drbd could not load" : "") +
+               std::string(load_module ? " and modprobe drbd could not load" : " and modprobe cannot find") +
                ": run `modprobe drbd` (Debian's own kernel ships drbd.ko 8.4), or use backend \"uring\" on a "
                "kernel without it";
     utsname u{};

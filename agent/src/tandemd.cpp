@@ -4,6 +4,7 @@
 #include "tandem/agent/failover.hpp"
 #include "tandem/agent/runtime.hpp"
 #include "tandem/agent/version.hpp"
+#include "tandem/base/kmod.hpp"
 #include "tandem/base/log.hpp"
 
 #include <netinet/in.h>
@@ -42,14 +43,29 @@ void check_features(const config& c, bool starting) {
             "engine), \"drbd\" or \"none\"");
     if (c.replication.backend == backend_kind::drbd)
         if (auto why = drbd::check_host(c, starting); !why.empty()) throw std::runtime_error(why);
-    bool fuse_ok = ::access("/dev/fuse", R_OK | W_OK) == 0;
-    bool nbd_ok = ::access("/sys/module/nbd", F_OK) == 0;
-    bool usable = c.store.frontend == "fuse" ? fuse_ok : c.store.frontend == "nbd" ? nbd_ok : fuse_ok || nbd_ok;
-    if (c.replication.backend == backend_kind::uring && !c.store.mount.empty() && !usable)
-        throw std::runtime_error(fmt::format(
-            "[store] mount = \"{}\" needs the front end [store] frontend = \"{}\": /dev/fuse is {}usable and nbd.ko "
-            "is {}loaded; load the fuse (or nbd) module, or choose the front end this kernel has",
-            c.store.mount, c.store.frontend, fuse_ok ? "" : "not ", nbd_ok ? "" : "not "));
+    if (c.replication.backend == backend_kind::uring && !c.store.mount.empty()) {
+        // nbd.ko is loaded at the first acquire (or here, when tandemd starts);
+        // a check only asks whether modprobe could load it.
+        auto nbd = [&] {
+            return ::access("/sys/module/nbd", F_OK) == 0 ||
+                   (starting ? load_kernel_module("nbd", {"nbds_max=4"}) : kernel_module_available("nbd"));
+        };
+        const bool fuse_ok = ::access("/dev/fuse", R_OK | W_OK) == 0;
+        const auto& fe = c.store.frontend;
+        if (fe == "nbd" && !nbd())
+            throw std::runtime_error(fmt::format(
+                "[store] frontend = \"nbd\" needs nbd.ko, which is not loaded and modprobe cannot {} it: use a "
+                "kernel with nbd.ko, or frontend = \"fuse\"{}",
+                starting ? "load" : "find", fuse_ok ? " (/dev/fuse is usable here)" : ""));
+        if (fe == "fuse" && !fuse_ok)
+            throw std::runtime_error("[store] frontend = \"fuse\" needs /dev/fuse, which is not usable: load the fuse "
+                                     "module, or use frontend = \"nbd\" on a kernel with nbd.ko");
+        if (fe == "auto" && !fuse_ok && !nbd())
+            throw std::runtime_error(fmt::format(
+                "[store] mount = \"{}\" needs a front end: /dev/fuse is not usable and nbd.ko is not loaded; load "
+                "the fuse or nbd module",
+                c.store.mount));
+    }
     if (!c.connectivity.targets.empty()) {
         int fd = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
         if (fd < 0)

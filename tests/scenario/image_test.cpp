@@ -1,5 +1,5 @@
-// tests: the appliance image — built with mmdebstrap, booted in qemu, tandemd ACTIVE on its console.
-#include "support/cluster.hpp"
+// tests: the appliance image — built with mmdebstrap, booted in qemu; two guests fail over.
+#include "support/image.hpp"
 #include "support/skip.hpp"
 
 #include <catch2/catch.hpp>
@@ -10,10 +10,7 @@ using namespace tandem::test;
 
 TEST_CASE("image: the appliance image builds, boots in qemu, and tandemd comes up ACTIVE", "[image]") {
     if (::geteuid() != 0) TANDEM_SKIP("building an image needs root");
-    // The same output directory as `make image`: its root file system cache is shared.
-    auto built = run("image/build.sh " + bin_dir() + " build/image 2>&1");
-    INFO(built.out);
-    REQUIRE(built.status == 0);
+    TANDEM_REQUIRE_IMAGE();
     auto table = run("sfdisk -d build/image/disk.img");
     for (auto label : {"root_a", "root_b", "config", "store"})
         CHECK(table.out.find(std::string("name=\"") + label + "\"") != std::string::npos);
@@ -22,4 +19,31 @@ TEST_CASE("image: the appliance image builds, boots in qemu, and tandemd comes u
     INFO(boot.out);
     CHECK(boot.status == 0);
     CHECK(boot.out.find("S:ACTIVE/ONLINE") != std::string::npos);
+}
+
+// image/test-ha.sh does the checking step by step and names the first that
+// fails; these cases check it passed and that each step it reports happened.
+TEST_CASE("image: two guests with the io_uring engine: power cut, takeover with /store on NBD, delta, restore",
+          "[image]") {
+    if (::geteuid() != 0) TANDEM_SKIP("two guests need root (namespaces, taps)");
+    TANDEM_REQUIRE_IMAGE();
+    auto r = run("image/test-ha.sh build/image uring 1500 2>&1");
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("image-test-ha (uring) passed") != std::string::npos);
+    CHECK(r.out.find("/store on /dev/nbd") != std::string::npos);
+    CHECK(r.out.find("(the delta)") != std::string::npos);
+    CHECK(r.out.find("TOOK-BACK vip=10.99.0.100/24") != std::string::npos);
+}
+
+TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeover with /store, resync on return",
+          "[image]") {
+    if (::geteuid() != 0) TANDEM_SKIP("two guests need root (namespaces, taps)");
+    TANDEM_REQUIRE_IMAGE();
+    auto r = run("image/test-ha.sh build/image drbd 1500 2>&1");
+    INFO(r.out);
+    REQUIRE(r.status == 0);
+    CHECK(r.out.find("image-test-ha (drbd) passed") != std::string::npos);
+    CHECK(r.out.find("/store on /dev/drbd0") != std::string::npos);
+    CHECK(r.out.find("REJOINED") != std::string::npos);
 }

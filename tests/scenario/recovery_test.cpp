@@ -1,4 +1,5 @@
 // tests: the recovery tool — provision, reinstall, factory-reset and flatten on loop-device disks, then a boot of the result.
+#include "support/image.hpp"
 #include "support/netns.hpp"
 #include "support/skip.hpp"
 #include "support/tempdir.hpp"
@@ -129,8 +130,6 @@ std::string console(const std::string& disk) {
 // What every test here needs; returns why not, or "" when all is there.
 std::string missing() {
     if (::geteuid() != 0) return "recovery tests need root (loop devices, mount)";
-    if (!std::filesystem::exists(image) || !std::filesystem::exists("build/image/SHA256SUMS"))
-        return "no built image at build/image/disk.img (make image, or the [image] build test, makes it)";
     if (run("losetup -f > /dev/null 2>&1").status != 0) return "no free loop device";
     if (run("command -v qemu-system-x86_64 > /dev/null").status != 0) return "qemu-system-x86_64 is not installed";
     return "";
@@ -142,6 +141,7 @@ bool has(const std::string& out, const std::string& what) { return out.find(what
 
 TEST_CASE("recovery: a damaged image or a missing manifest is refused before anything is written", "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
     // The target: the image's partition table on an otherwise empty sparse file. Every
     // partition is a hole, so any write of data shows as allocated blocks.
@@ -184,6 +184,7 @@ TEST_CASE("recovery: a damaged image or a missing manifest is refused before any
 
 TEST_CASE("recovery: the disk the system runs from and a disk with a mounted partition are refused", "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
 
     SECTION("the running disk, refused before the image is even looked at") {
@@ -248,6 +249,7 @@ TEST_CASE("recovery: the disk the system runs from and a disk with a mounted par
 
 TEST_CASE("recovery: reinstall into root_b keeps config and store, and root_b boots", "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
     auto file = copy_image(dir);
     loop_device loop(file);
@@ -290,6 +292,7 @@ TEST_CASE("recovery: reinstall into root_b keeps config and store, and root_b bo
 
 TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it without, and the node boots", "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
     auto file = copy_image(dir);
     loop_device loop(file);
@@ -344,6 +347,7 @@ TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it w
 TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after the typed word, and it boots",
           "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
     auto i_root_a = find_part(image, "root_a"), i_root_b = find_part(image, "root_b");
     auto i_config = find_part(image, "config");
@@ -404,6 +408,7 @@ TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after 
 
 TEST_CASE("recovery: recovery.py -r --default --reboot, the seeds' form, flattens a named disk only", "[image]") {
     if (auto why = missing(); !why.empty()) TANDEM_SKIP(why);
+    TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
 
     auto own = run("echo flatten | " + wrapper + " -r --default --reboot " + image + " 2>&1");

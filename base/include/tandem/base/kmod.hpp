@@ -10,4 +10,8 @@ namespace tandem {
 // the module's interface appeared (/sys/module/X, /proc/drbd, ...).
 bool load_kernel_module(const std::string& module, const std::vector<std::string>& args = {});
 
+// `modprobe -q -n MODULE`: whether it is loaded, built in, or could be loaded,
+// without loading it (for a configuration check that must change nothing).
+bool kernel_module_available(const std::string& module);
+
 }  // namespace tandem
