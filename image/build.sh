@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # make image: a Debian 12 appliance disk with Tandem installed.
 #   image/build.sh BIN_DIR OUT_DIR
-# GPT, partitions found by label: root_a and root_b (the two OS slots), config
-# (/etc/tandem), store (/store: never in fstab, Tandem mounts it). The root file
-# system comes from mmdebstrap and is cached by the hash of its package list, so
-# a rebuild only reassembles. Writes OUT_DIR/disk.img, vmlinuz, initrd.img and
+# GPT, partitions found by label: esp (UEFI boot), root_a and root_b (the two OS
+# slots), config (/etc/tandem), store (/store: never in fstab, Tandem mounts
+# it). The root file system comes from mmdebstrap and is cached by the hash of
+# its package list, so a rebuild only reassembles. Writes OUT_DIR/disk.img, vmlinuz, initrd.img and
 # SHA256SUMS. Everything happens in files: no loop device, no host disk.
 set -euo pipefail
+export MTOOLS_SKIP_CHECK=1  # mtools on a partition inside a disk file
 bin=$(readlink -f "${1:?BIN_DIR}")
 out=$(readlink -f "${2:?OUT_DIR}")
 here=$(dirname "$(readlink -f "$0")")
@@ -68,28 +69,46 @@ head -c 64 /dev/urandom > "$stage/config/cluster.key"
 chmod 600 "$stage/config/cluster.key"
 cp -r "$here/config/." "$stage/config/"
 
-# Kernel and initramfs for qemu's direct boot.
-cp "$(ls "$stage"/root/boot/vmlinuz-* | head -1)" "$out/vmlinuz"
-cp "$(ls "$stage"/root/boot/initrd.img-* | head -1)" "$out/initrd.img"
+# The boot path (UEFI): firmware -> EFI/BOOT/BOOTX64.EFI on the ESP, GRUB as
+# one binary with its menu inside (image/boot/grub.cfg) -> /boot/vmlinuz and
+# /boot/initrd.img of the slot /tandem/boot.cfg names. Each slot carries its
+# own kernel, so a reinstalled slot boots the kernel it came with.
+vmlinuz=$(basename "$(ls "$stage"/root/boot/vmlinuz-* | head -1)")
+initrd=$(basename "$(ls "$stage"/root/boot/initrd.img-* | head -1)")
+ln -sf "$vmlinuz" "$stage/root/boot/vmlinuz"
+ln -sf "$initrd" "$stage/root/boot/initrd.img"
+grub-mkstandalone -O x86_64-efi --locales= --themes= --fonts= -o "$stage/BOOTX64.EFI" \
+    "boot/grub/grub.cfg=$here/boot/grub.cfg"
+rm -f "$out/esp.img"
+truncate -s 64M "$out/esp.img"
+mkfs.vfat -n ESP "$out/esp.img" > /dev/null
+mmd -i "$out/esp.img" ::/EFI ::/EFI/BOOT ::/tandem
+mcopy -i "$out/esp.img" "$stage/BOOTX64.EFI" ::/EFI/BOOT/
+mcopy -i "$out/esp.img" "$here/boot/boot.cfg" ::/tandem/
+# The same kernel and initramfs for qemu's direct boot (-kernel), which the
+# two-guest test uses to give each boot its own kernel command line.
+cp "$stage/root/boot/$vmlinuz" "$out/vmlinuz"
+cp "$stage/root/boot/$initrd" "$out/initrd.img"
 
 # File systems as files, then the disk.
 mkfs.ext4 -q -F -E root_owner=0:0 -L root_a -d "$stage/root" "$out/root_a.img" 1400M
 mkfs.ext4 -q -F -E root_owner=0:0 -L root_b "$out/root_b.img" 1400M
 mkfs.ext4 -q -F -E root_owner=0:0 -L config -d "$stage/config" "$out/config.img" 64M
 rm -f "$out/disk.img"
-truncate -s 3200M "$out/disk.img"
+truncate -s 3264M "$out/disk.img"
 sfdisk -q "$out/disk.img" <<'EOF'
 label: gpt
+size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=esp
 size=1400MiB, name=root_a
 size=1400MiB, name=root_b
 size=64MiB, name=config
 name=store
 EOF
+parts=(esp root_a root_b config)
 starts=($(sfdisk -d "$out/disk.img" | awk -F'start= *' '/start=/ {split($2, a, ","); print a[1]}'))
-for i in 0 1 2; do
-    part=$(echo root_a root_b config | cut -d' ' -f$((i + 1)))
-    dd if="$out/$part.img" of="$out/disk.img" bs=1M seek=$((starts[i] / 2048)) conv=notrunc,sparse status=none
-    rm -f "$out/$part.img"
+for i in "${!parts[@]}"; do
+    dd if="$out/${parts[i]}.img" of="$out/disk.img" bs=1M seek=$((starts[i] / 2048)) conv=notrunc,sparse status=none
+    rm -f "$out/${parts[i]}.img"
 done
 (cd "$out" && sha256sum disk.img vmlinuz initrd.img > SHA256SUMS)
 echo "image: $out/disk.img ($(du -h --apparent-size "$out/disk.img" | cut -f1), $(du -h "$out/disk.img" | cut -f1) used)"

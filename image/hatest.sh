@@ -35,7 +35,7 @@ primary)
     acquired
     progress
     $ctl sync --timeout 10s > /dev/null || fail "not in sync with the peer"
-    [ "$(store)" = mounted ] || fail "/store is not mounted on the active node"
+    mountpoint -q /store || fail "/store is not mounted on the active node"
     mkdir -p /store/hatest
     head -c 16M /dev/urandom > /store/hatest/before && sync /store/hatest/before || fail "writing /store"
     say "READY vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"

@@ -287,7 +287,7 @@ TEST_CASE("recovery: reinstall into root_b keeps config and store, and root_b bo
     INFO(booted.out);
     CHECK(booted.status == 0);
     CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda2): mounted filesystem"));
+    CHECK(has(console(file), "EXT4-fs (vda3): mounted filesystem"));
 }
 
 TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it without, and the node boots", "[image]") {
@@ -341,7 +341,7 @@ TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it w
     INFO(booted.out);
     CHECK(booted.status == 0);
     CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda1): mounted filesystem"));
+    CHECK(has(console(file), "EXT4-fs (vda2): mounted filesystem"));
 }
 
 TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after the typed word, and it boots",
@@ -350,9 +350,9 @@ TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after 
     TANDEM_REQUIRE_IMAGE();
     temp_dir dir;
     auto i_root_a = find_part(image, "root_a"), i_root_b = find_part(image, "root_b");
-    auto i_config = find_part(image, "config");
-    // The least flatten takes: both slots, config, a 64 MiB store, 2 MiB for the partition table.
-    auto least = (i_root_a.size + i_root_b.size + i_config.size) / MiB + 64 + 2;
+    auto i_config = find_part(image, "config"), i_esp = find_part(image, "esp");
+    // The least flatten takes: the ESP, both slots, config, a 64 MiB store, 2 MiB for the partition table.
+    auto least = (i_esp.size + i_root_a.size + i_root_b.size + i_config.size) / MiB + 64 + 2;
     // The larger disk: a store of 1 GiB more than the least.
     auto big_mib = least + 1024;
     auto file = (dir.path() / "big.img").string();
@@ -396,6 +396,7 @@ TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after 
     CHECK(fs_field(loop.path(), root_b, "Filesystem volume name") == "root_b");
     CHECK(fs_field(loop.path(), root_b, "Filesystem UUID") != fs_field(loop.path(), root_a, "Filesystem UUID"));
     CHECK(region_sha(loop.path(), config) == region_sha(image, find_part(image, "config")));
+    CHECK(region_sha(loop.path(), find_part(loop.path(), "esp")) == region_sha(image, i_esp));  // the boot loader
     CHECK(region_is_zero(loop.path(), store));
 
     loop.detach();
@@ -403,7 +404,7 @@ TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after 
     INFO(booted.out);
     CHECK(booted.status == 0);
     CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda1): mounted filesystem"));
+    CHECK(has(console(file), "EXT4-fs (vda2): mounted filesystem"));
 }
 
 TEST_CASE("recovery: recovery.py -r --default --reboot, the seeds' form, flattens a named disk only", "[image]") {
@@ -419,8 +420,8 @@ TEST_CASE("recovery: recovery.py -r --default --reboot, the seeds' form, flatten
     auto previous = run(wrapper + " -r --reboot " + image + " 2>&1");
     CHECK(previous.status == 2);  // only the factory default is offered
 
-    auto least = (find_part(image, "root_a").size + find_part(image, "root_b").size + find_part(image, "config").size) /
-                     MiB + 64 + 2;
+    auto least = (find_part(image, "esp").size + find_part(image, "root_a").size + find_part(image, "root_b").size +
+                  find_part(image, "config").size) / MiB + 64 + 2;
     auto file = (dir.path() / "big.img").string();
     run_ok("truncate -s " + std::to_string(least + 1024) + "M " + file);
     loop_device loop(file);
