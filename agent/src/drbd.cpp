@@ -385,7 +385,7 @@ std::string check_host(const config& c, bool load_module) {
     if (kernel_version() == 0 &&
         !(load_module ? load_kernel_module("drbd") && kernel_version() != 0 : kernel_module_available("drbd")))
         return "replication.backend = \"drbd\" needs the drbd kernel module, which is not loaded" +
-               std::string(load_module ? " and modprobe drbd could not load" : " and modprobe cannot find") +
+               std::string(load_module ? " and modprobe drbd could not load it" : " and modprobe cannot find it") +
                ": run `modprobe drbd` (Debian's own kernel ships drbd.ko 8.4), or use backend \"uring\" on a "
                "kernel without it";
     utsname u{};
