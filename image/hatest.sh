@@ -11,6 +11,9 @@
 #            the delta resync, report REJOINED with the bytes it received
 #   repair   the same on a flattened and re-provisioned node ("Restore System"),
 #            then a manual takeover: report TOOK-BACK with /store's files
+#   refill   the same as rejoin, then `tandemctl discard-local` without a split
+#            brain (DRBD: drbdadm invalidate): report REFILLED with the bytes of
+#            the full resync that follows
 ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
 step=$(sed -n 's/.*tandem\.hatest=\([a-z]*\).*/\1/p' /proc/cmdline)
 node=$(uname -n)
@@ -53,13 +56,27 @@ standby)
     $ctl sync --timeout 900s > /dev/null || fail "not in sync with the returning peer"
     say "RESYNCED vip=$(vip) store=$(store) $($ctl cstate)"
     ;;
-rejoin | repair)
+rejoin | repair | refill)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
     say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
     progress
     $ctl sync --timeout 900s > /dev/null || fail "not in sync after rejoining"
+    # SYNCHRONIZING while the resync runs; STANDBY once it is over.
+    $ctl wait state=STANDBY --timeout 60s > /dev/null || fail "not STANDBY once in sync: $($ctl cstate 2>&1)"
     got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
-    say "REJOINED vip=$(vip) store=$(store) $($ctl cstate) $got"
+    # The resync's progress as the event stream recorded it (the first checkpoint,
+    # a second in): a short resync may be over before `tandemctl sync` looks.
+    ck=$($ctl events --backlog 500 | grep -F replication.checkpoint | head -1 | grep -o '[0-9]* of [0-9]* bytes durable')
+    say "REJOINED vip=$(vip) store=$(store) $($ctl cstate) progress=\"$ck\" $got"
+    if [ "$step" = refill ]; then
+        seq=$($ctl events --backlog 1 | sed -n 's/.*"seq":\([0-9]*\).*/\1/p')
+        $ctl discard-local > /dev/null 2>&1 || fail "discard-local refused: $($ctl discard-local 2>&1)"
+        $ctl wait event=replication.sync_done --since "$seq" --timeout 600s > /dev/null || fail "no resync after discard-local"
+        progress
+        got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
+        say "REFILLED vip=$(vip) store=$(store) $($ctl cstate) $got"
+        exit 0
+    fi
     [ "$step" = repair ] || exit 0
     $ctl takeover > /dev/null 2>&1 || fail "takeover refused: $($ctl takeover 2>&1)"
     $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "not ACTIVE after the takeover: $($ctl cstate 2>&1)"
@@ -67,6 +84,6 @@ rejoin | repair)
     say "TOOK-BACK vip=$(vip) store=$(store) before=$(sum /store/hatest/before) after=$(sum /store/hatest/after) $($ctl cstate)"
     ;;
 *)
-    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair)"
+    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair|refill)"
     ;;
 esac

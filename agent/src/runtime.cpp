@@ -1119,29 +1119,45 @@ json node_runtime::handle(const json& req) {
     if (cmd == "latency") return {{"ok", true}, {"latency", latency_section(true)}};
     if (cmd == "sync-rate") return set_sync_rate(req);
     if (drbd_ && (cmd == "verify" || cmd == "discard-local")) {
-        bool discard = cmd == "discard-local";
-        if (discard && !drbd_state_.split_brain)
-            return {{"ok", false}, {"error", "DRBD reports no split brain: nothing to discard"}};
-        if (discard && machine_.state() == host_state::active)
+        // discard-local after a split brain: reconnect discarding this node's
+        // changes since the split. Without one (a restore, a disk to refill):
+        // drbdadm invalidate, a full resync from the connected, UpToDate peer.
+        enum class how { verify, discard_split, invalidate };
+        const how h = cmd == "verify" ? how::verify : drbd_state_.split_brain ? how::discard_split : how::invalidate;
+        if (h != how::verify && machine_.state() == host_state::active)
             return {{"ok", false},
                     {"error", "this node is ACTIVE and serves /store: discard the other node's data instead (run "
                               "discard-local there), or hand over first"}};
-        asio::co_spawn(io_, [this, discard]() -> asio::awaitable<void> {
-            if (discard) {
+        if (h == how::invalidate && !(drbd::map_state(drbd_state_).connected && drbd_state_.peer_disk == "UpToDate"))
+            return {{"ok", false},
+                    {"error", fmt::format("DRBD reports no split brain, and the peer is not connected with UpToDate data "
+                                          "(connection {}, peer disk {}): there is nothing to resync this node from",
+                                          drbd_state_.connection.empty() ? "none" : drbd_state_.connection,
+                                          drbd_state_.peer_disk.empty() ? "unknown" : drbd_state_.peer_disk)}};
+        asio::co_spawn(io_, [this, h]() -> asio::awaitable<void> {
+            if (h == how::discard_split) {
                 // This node's changes since the split go; a resync from the peer follows.
                 co_await drbd_->run(drbd::action::disconnect);
                 std::filesystem::remove(drbd_->res().split_brain_flag);
                 drbd_state_.split_brain = false;
             }
-            auto r = co_await drbd_->run(discard ? drbd::action::discard_my_data : drbd::action::verify);
+            auto a = h == how::verify ? drbd::action::verify
+                     : h == how::discard_split ? drbd::action::discard_my_data : drbd::action::invalidate;
+            auto r = co_await drbd_->run(a);
             // A verify ends when DRBD leaves VerifyS/VerifyT (on_drbd_state); one that did not start ends here.
-            if (discard || !r.ok())
-                bus_.publish({discard ? "replication.discard" : "replication.verify_done",
-                              fmt::format("drbdadm {} {}", discard ? "connect --discard-my-data" : "verify", r.describe()),
+            if (h != how::verify || !r.ok())
+                bus_.publish({h == how::verify ? "replication.verify_done" : "replication.discard",
+                              fmt::format("drbdadm {} {}",
+                                          h == how::verify ? "verify"
+                                          : h == how::discard_split ? "connect --discard-my-data" : "invalidate",
+                                          r.describe()),
                               {{"ok", r.ok() ? "true" : "false"}}});
         }, asio::detached);
-        return {{"ok", true}, {"message", discard ? "discarding this node's data: DRBD reconnects and resyncs from the peer"
-                                                  : "DRBD online verify started"}};
+        return {{"ok", true},
+                {"message", h == how::verify ? "DRBD online verify started"
+                            : h == how::discard_split
+                                ? "discarding this node's data: DRBD reconnects and resyncs from the peer"
+                                : "invalidating this node's data: DRBD resyncs all of it from the peer"}};
     }
     if (cmd == "verify") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};

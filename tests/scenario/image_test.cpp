@@ -12,7 +12,7 @@ TEST_CASE("image: the appliance image builds, boots in qemu, and tandemd comes u
     if (::geteuid() != 0) TANDEM_SKIP("building an image needs root");
     TANDEM_REQUIRE_IMAGE();
     auto table = run("sfdisk -d build/image/disk.img");
-    for (auto label : {"root_a", "root_b", "config", "store"})
+    for (auto label : {"esp", "root_a", "root_b", "config", "store"})
         CHECK(table.out.find(std::string("name=\"") + label + "\"") != std::string::npos);
     // The self-test unit prints one line on the serial console and powers the guest off.
     auto boot = run("image/test.sh build/image 900 2>&1");
@@ -36,8 +36,8 @@ TEST_CASE("image: two guests with the io_uring engine: power cut, takeover with 
     CHECK(r.out.find("TOOK-BACK vip=10.99.0.100/24") != std::string::npos);
 }
 
-TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeover with /store, resync on return",
-          "[image]") {
+TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeover with /store, resync on return, "
+          "invalidate", "[image]") {
     if (::geteuid() != 0) TANDEM_SKIP("two guests need root (namespaces, taps)");
     TANDEM_REQUIRE_IMAGE();
     auto r = run("image/test-ha.sh build/image drbd 1500 2>&1");
@@ -46,4 +46,5 @@ TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeove
     CHECK(r.out.find("image-test-ha (drbd) passed") != std::string::npos);
     CHECK(r.out.find("/store on /dev/drbd0") != std::string::npos);
     CHECK(r.out.find("REJOINED") != std::string::npos);
+    CHECK(r.out.find("discard-local (drbdadm invalidate) refilled") != std::string::npos);
 }
