@@ -127,6 +127,18 @@ std::string console(const std::string& disk) {
     return read_file(std::filesystem::path(disk).parent_path() / "serial.log");
 }
 
+bool has(const std::string& out, const std::string& what) { return out.find(what) != std::string::npos; }
+
+// Boots DISK from SLOT and checks the self-test passed with that slot as the
+// root: root_a is the GPT's second partition (vda2), root_b its third (vda3).
+void check_boots(const std::string& disk, const std::string& slot) {
+    auto booted = boot(disk, slot);
+    INFO(booted.out);
+    CHECK(booted.status == 0);
+    CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
+    CHECK(has(console(disk), std::string("EXT4-fs (") + (slot == "root_a" ? "vda2" : "vda3") + "): mounted filesystem"));
+}
+
 // What every test here needs; returns why not, or "" when all is there.
 std::string missing() {
     if (::geteuid() != 0) return "recovery tests need root (loop devices, mount)";
@@ -135,7 +147,6 @@ std::string missing() {
     return "";
 }
 
-bool has(const std::string& out, const std::string& what) { return out.find(what) != std::string::npos; }
 
 }  // namespace
 
@@ -283,11 +294,7 @@ TEST_CASE("recovery: reinstall into root_b keeps config and store, and root_b bo
     CHECK(fs_field(loop.path(), root_b, "Filesystem UUID") != fs_field(loop.path(), root_a, "Filesystem UUID"));
 
     loop.detach();
-    auto booted = boot(file, "root_b");
-    INFO(booted.out);
-    CHECK(booted.status == 0);
-    CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda3): mounted filesystem"));
+    check_boots(file, "root_b");
 }
 
 TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it without, and the node boots", "[image]") {
@@ -337,11 +344,7 @@ TEST_CASE("recovery: factory-reset keeps the store with --keep-store, wipes it w
 
     loop.detach();
     // The self-test passes only with the factory config back: the provisioned one names no node.
-    auto booted = boot(file, "root_a");
-    INFO(booted.out);
-    CHECK(booted.status == 0);
-    CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda2): mounted filesystem"));
+    check_boots(file, "root_a");
 }
 
 TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after the typed word, and it boots",
@@ -400,11 +403,7 @@ TEST_CASE("recovery: flatten writes a new layout onto a larger disk, only after 
     CHECK(region_is_zero(loop.path(), store));
 
     loop.detach();
-    auto booted = boot(file, "root_a");
-    INFO(booted.out);
-    CHECK(booted.status == 0);
-    CHECK(has(booted.out, "S:ACTIVE/ONLINE"));
-    CHECK(has(console(file), "EXT4-fs (vda2): mounted filesystem"));
+    check_boots(file, "root_a");
 }
 
 TEST_CASE("recovery: recovery.py -r --default --reboot, the seeds' form, flattens a named disk only", "[image]") {
