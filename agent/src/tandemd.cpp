@@ -6,6 +6,7 @@
 #include "tandem/agent/version.hpp"
 #include "tandem/base/kmod.hpp"
 #include "tandem/base/log.hpp"
+#include "tandem/replication/frontend.hpp"
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -47,8 +48,8 @@ void check_features(const config& c, bool starting) {
         // nbd.ko is loaded at the first acquire (or here, when tandemd starts);
         // a check only asks whether modprobe could load it.
         auto nbd = [&] {
-            return ::access("/sys/module/nbd", F_OK) == 0 ||
-                   (starting ? load_kernel_module("nbd", {"nbds_max=4"}) : kernel_module_available("nbd"));
+            if (starting) return replication::have_nbd();  // the front end's own check, loading if need be
+            return ::access("/sys/module/nbd", F_OK) == 0 || kernel_module_available("nbd");
         };
         const bool fuse_ok = ::access("/dev/fuse", R_OK | W_OK) == 0;
         const auto& fe = c.store.frontend;
