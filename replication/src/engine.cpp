@@ -10,6 +10,7 @@
 
 #include "tandem/base/bytes.hpp"
 #include "tandem/base/log.hpp"
+#include "tandem/replication/steady_ring.hpp"
 #include "tandem/replication/protocol.hpp"
 #include "tandem/replication/volume.hpp"
 
@@ -53,6 +54,8 @@ constexpr auto checkpoint_every = std::chrono::seconds(1);
 // Online verify: one request of this many bytes at a time, one digest per chunk.
 constexpr std::uint32_t verify_span = 4u << 20;
 constexpr std::uint32_t verify_chunk = 4096;
+// The secondary applies at most this many of the peer's writes at once.
+constexpr unsigned apply_depth = 32;
 
 // Ends the connection in the engine thread; the text is the log line's reason.
 struct link_down : std::runtime_error {
@@ -190,7 +193,7 @@ struct engine::impl {
     unique_fd wake;                   // eventfd: stop, discard
     unique_fd listener;
     std::thread thread;
-    std::vector<std::byte> rx_aligned;  // steady state: a received block, aligned for O_DIRECT
+    std::vector<std::byte> rx_stream;  // steady state: received frames, handled in place
     std::uint64_t features = 0;       // negotiated with this peer
 
     // Online verify (under mu): requested by verify(), driven by the engine thread.
@@ -276,6 +279,11 @@ struct engine::impl {
         }
         g = start_divergence(g, *fresh);
         commit_or_log("new generation: writing without the peer");
+    }
+    bool overlaps_pending(std::uint64_t off, std::uint64_t len) const {
+        for (auto& [seq, w] : pending)
+            if (w.offset < off + len && off < w.offset + w.length) return true;
+        return false;
     }
     // Every write still waiting for the peer completes locally, its blocks dirty.
     void fail_pending() {
@@ -450,7 +458,7 @@ struct engine::impl {
     void exchange_bitmaps(int fd, frame_reader& rd, std::uint64_t size, dirty_bitmap& plan);
     void resync_source(int fd, std::uint64_t size, dirty_bitmap plan);
     void resync_target(int fd, std::uint64_t size, const dirty_bitmap& plan);
-    void steady(int fd, frame_reader& rd, std::uint64_t size);
+    void steady(int fd, std::uint64_t size);
     std::vector<std::uint64_t> local_digests(const digest_request_msg& m);
     void verify_step(int fd, std::uint64_t size, std::uint64_t& seq);
     void verify_reply(const digest_reply_msg& m);
@@ -748,47 +756,51 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
 
 // ---- steady state ------------------------------------------------------------------------------
 
-void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
+void engine::impl::steady(int fd, std::uint64_t size) {
     const auto ping_every = std::max(cfg.peer_timeout / 4, std::chrono::milliseconds(50));
     auto last_rx = clock::now();
     auto next_ping = last_rx + ping_every;
     std::uint64_t my_seq = 1u << 30;  // pings and acks from this thread; app writes use tx_seq
-    if (rx_aligned.empty()) rx_aligned.resize(max_data_length + 4096);
-    auto* aligned = reinterpret_cast<std::byte*>((reinterpret_cast<std::uintptr_t>(rx_aligned.data()) + 4095) & ~std::uintptr_t{4095});
-    for (;;) {
-        if (stopping) throw link_down("stopping");
-        auto now = clock::now();
-        if (now >= next_ping) {
-            send_frame(fd, [&](std::span<std::byte> b) { return encode_ping(b, ++my_seq, ping_msg{monotonic_ns()}); });
-            next_ping = now + ping_every;
+    // When the connection ends, the queue's destructor waits for the peer's writes
+    // still in flight; their acks are not sent, and the peer marks those blocks dirty.
+    auto aq = steady_ring::create(vol->fd(), apply_depth);
+    if (!aq) throw link_down("setting up the io_uring for the peer's writes: " + aq.error().message());
+    // Frames arrive into one stream buffer, as many per recv as the socket holds,
+    // and are handled in place; it holds two whole frames, so the tail of a
+    // partial one always fits after it is moved to the front.
+    if (rx_stream.size() < 2 * max_frame_size) rx_stream.resize(2 * max_frame_size);
+    std::size_t head = 0, tail = 0;
+    std::string closed;  // why the stream ended, once what came before it is handled
+    std::vector<std::byte> out;  // acks and pongs of this turn, sent together
+    out.reserve(64 * 64);
+    auto append = [&](auto&& enc) {
+        std::size_t at = out.size();
+        out.resize(at + 64);
+        auto n = enc(std::span(out).subspan(at));
+        if (!n) throw link_down("encoding a frame: " + n.error().message());
+        out.resize(at + *n);
+    };
+    auto on_applied = [&](const applied& a) {
+        ack_status status = ack_status::ok;
+        if (a.error) {
+            status = ack_status::io_error;
             std::lock_guard lk(mu);
-            if (evict_idle(now)) commit_or_log("activity log");
+            last_error = a.flush ? fmt::format("flushing {}: {}", cfg.device, errno_text(a.error))
+                                 : fmt::format("writing {} at {}: {}", cfg.device, a.offset,
+                                               a.error == ENOSPC ? "short write (a full disk?)" : errno_text(a.error));
+            log::error("replication.write_failed", "{}", last_error);
         }
-        if (now - last_rx > cfg.peer_timeout)
-            throw link_down(fmt::format("the peer was silent for {} ms", cfg.peer_timeout.count()));
-        verify_step(fd, size, my_seq);
-        pollfd p[3] = {{fd, POLLIN, 0}, {wake.get(), POLLIN, 0}, {listener ? listener.get() : -1, POLLIN, 0}};
-        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - now).count();
-        int n = ::poll(p, 3, static_cast<int>(std::max<long>(wait, 1)));
-        if (n < 0 && errno != EINTR) throw link_down("poll: " + errno_text());
-        if (n <= 0) continue;
-        if (p[1].revents) drain_wake();
-        if (p[2].revents) throw link_down("the peer connected again; this connection is stale");
-        if (!p[0].revents) continue;
-        auto buf = rd.receive_buffer();
-        auto got = ::recv(fd, buf.data(), buf.size(), MSG_DONTWAIT);
-        if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
-        if (got <= 0) throw link_down(got == 0 ? "the peer closed the connection" : "receiving: " + errno_text());
-        last_rx = clock::now();
-        auto fr = rd.received(static_cast<std::size_t>(got));
-        if (!fr) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", fr.error().message()));
-        if (!*fr) continue;
-        const frame& f = **fr;
+        append([&](std::span<std::byte> b) {
+            return a.flush ? encode_flush_ack(b, ++my_seq, ack_msg{a.seq, status})
+                           : encode_data_ack(b, ++my_seq, ack_msg{a.seq, status});
+        });
+    };
+    auto handle = [&](const frame& f) {
         switch (f.header.type) {
             case msg_type::ping: {
                 auto m = decode_ping(f.payload);
                 if (!m) throw link_down("a bad ping");
-                send_frame(fd, [&](std::span<std::byte> b) { return encode_pong(b, ++my_seq, *m); });
+                append([&](std::span<std::byte> b) { return encode_pong(b, ++my_seq, *m); });
                 break;
             }
             case msg_type::pong:
@@ -802,33 +814,20 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
                 auto d = decode_data(f.payload, size);
                 if (!d) throw link_down("a bad data frame: " + d.error().message() + "; nothing of it was written");
                 if (!verify_data(*d)) throw link_down(fmt::format("bad checksum in the write at {}; nothing of it was written", d->offset));
-                ack_status status = ack_status::ok;
-                if (am_primary) {
-                    status = ack_status::refused;  // two writers: never apply
-                } else {
-                    std::memcpy(aligned, d->bytes.data(), d->length);
-                    auto w = ::pwrite(vol->fd(), aligned, d->length, static_cast<off_t>(d->offset));
-                    if (w != static_cast<ssize_t>(d->length) ||
-                        ((d->flags & (data_fua | data_preflush)) && ::fdatasync(vol->fd()) != 0)) {
-                        status = ack_status::io_error;
-                        std::lock_guard lk(mu);
-                        last_error = fmt::format("writing {} at {}: {}", cfg.device, d->offset,
-                                                 w < 0 ? errno_text() : "short write (a full disk?)");
-                        log::error("replication.write_failed", "{}", last_error);
-                    }
+                if (am_primary) {  // two writers: never apply
+                    append([&](std::span<std::byte> b) {
+                        return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, ack_status::refused});
+                    });
+                    break;
                 }
-                send_frame(fd, [&](std::span<std::byte> b) {
-                    return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, status});
-                });
+                if (auto r = (*aq)->write(f.header.seq, d->offset, d->bytes, d->flags, on_applied); !r)
+                    throw link_down("queueing the peer's write: " + r.error().message());
                 break;
             }
-            case msg_type::flush: {
-                auto st_ = ::fdatasync(vol->fd()) == 0 ? ack_status::ok : ack_status::io_error;
-                send_frame(fd, [&](std::span<std::byte> b) {
-                    return encode_flush_ack(b, ++my_seq, ack_msg{f.header.seq, st_});
-                });
+            case msg_type::flush:
+                if (auto r = (*aq)->flush(f.header.seq, on_applied); !r)
+                    throw link_down("queueing the peer's flush: " + r.error().message());
                 break;
-            }
             case msg_type::data_ack:
             case msg_type::flush_ack: {
                 auto a = f.header.type == msg_type::data_ack ? decode_data_ack(f.payload) : decode_flush_ack(f.payload);
@@ -875,6 +874,66 @@ void engine::impl::steady(int fd, frame_reader& rd, std::uint64_t size) {
             }
             default:
                 throw link_down(fmt::format("an unexpected {} frame in the connected state", to_string(f.header.type)));
+        }
+    };
+    for (;;) {
+        if (stopping) throw link_down("stopping");
+        auto now = clock::now();
+        if (now >= next_ping) {
+            append([&](std::span<std::byte> b) { return encode_ping(b, ++my_seq, ping_msg{monotonic_ns()}); });
+            next_ping = now + ping_every;
+            std::lock_guard lk(mu);
+            if (evict_idle(now)) commit_or_log("activity log");
+        }
+        if (now - last_rx > cfg.peer_timeout)
+            throw link_down(fmt::format("the peer was silent for {} ms", cfg.peer_timeout.count()));
+        verify_step(fd, size, my_seq);
+
+        // Every whole frame received so far; the writes they queue go in one submit, below.
+        while (tail - head >= frame_header_size) {
+            auto h = decode_frame_header(std::span(rx_stream).subspan(head, frame_header_size));
+            if (!h) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", h.error().message()));
+            if (tail - head < frame_header_size + h->length) break;
+            handle(frame{*h, std::span<const std::byte>(rx_stream).subspan(head + frame_header_size, h->length)});
+            head += frame_header_size + h->length;
+        }
+        if (head == tail) head = tail = 0;
+        if (!closed.empty()) throw link_down(closed);
+        if (!out.empty()) {
+            std::lock_guard lk(send_mu);
+            send_all(fd, out);
+            out.clear();
+        }
+
+        // One wait for everything: the socket, the wake eventfd, the listener (a
+        // stale connection) and the writes in flight.
+        auto& q = **aq;
+        q.watch(fd, 0);
+        q.watch(wake.get(), 1);
+        if (listener) q.watch(listener.get(), 2);
+        auto wait = std::chrono::duration_cast<std::chrono::milliseconds>(next_ping - clock::now());
+        if (auto r = q.wait(std::max(wait, std::chrono::milliseconds(1))); !r)
+            throw link_down("waiting on the io_uring: " + r.error().message());
+        q.reap(on_applied);
+        auto ready = q.take_ready();
+        if (ready & 2) drain_wake();
+        if (ready & 4) throw link_down("the peer connected again; this connection is stale");
+        if (!(ready & 1)) continue;
+        if (head > 0 && rx_stream.size() - tail < max_frame_size) {
+            std::memmove(rx_stream.data(), rx_stream.data() + head, tail - head);
+            tail -= head;
+            head = 0;
+        }
+        // As much as has arrived, in a few system calls at most.
+        for (int i = 0; i < 4 && tail < rx_stream.size(); ++i) {
+            auto got = ::recv(fd, rx_stream.data() + tail, rx_stream.size() - tail, MSG_DONTWAIT);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
+            if (got <= 0) {  // the frames that came before the end are handled first
+                closed = got == 0 ? "the peer closed the connection" : "receiving: " + errno_text();
+                break;
+            }
+            tail += static_cast<std::size_t>(got);
+            last_rx = clock::now();
         }
     }
 }
@@ -1084,7 +1143,7 @@ void engine::impl::serve(int fd) {
         commit_or_log("in sync");
         tx_seq = 0;
     }
-    steady(fd, rd, size);
+    steady(fd, size);
 }
 
 void engine::impl::on_connection_end() {
@@ -1309,6 +1368,9 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         {
             std::unique_lock lk(p.mu);
             p.gate_cv.wait(lk, [&] { return !p.gate_closed; });
+            // A write over blocks that another one still has in flight to the peer
+            // waits for it: the two nodes then apply them in the same order.
+            p.acked.wait(lk, [&] { return !p.overlaps_pending(off, piece.size()); });
             if (!p.primary) return make_error_code(errc::role_conflict);
             if (auto al = p.al_begin(off, piece.size()); !al) {
                 p.al_end(off, piece.size());
