@@ -18,6 +18,7 @@ cleanup() {
     for ns in "$a" "$b"; do ip netns pids "$ns" 2>/dev/null | xargs -r kill -9; ip netns del "$ns" 2>/dev/null || true; done
     [[ -n $src_dev ]] && losetup -d "$src_dev" 2>/dev/null || true
     [[ -n $dst_dev ]] && losetup -d "$dst_dev" 2>/dev/null || true
+    umount -l "$work/fuse" 2>/dev/null || true  # left mounted when the bench dies
     rm -f "/dev/shm/$prefix-src" "/dev/shm/$prefix-dst"
     rm -rf "$work"
 }
@@ -29,14 +30,22 @@ ip -n "$a" link set eth1 up; ip -n "$b" link set eth1 up
 truncate -s 1G "/dev/shm/$prefix-src" "/dev/shm/$prefix-dst"
 src_dev=$(losetup -f --show "/dev/shm/$prefix-src"); dst_dev=$(losetup -f --show "/dev/shm/$prefix-dst")
 
-# run.sh DEV LABEL: the three fio jobs, one result line each: label job KiB/s IOPS mean-latency-us
+# run.sh DEV LABEL: the three fio jobs, one result line each:
+#   label job KiB/s IOPS mean-latency-us busy-cores
+# busy-cores: the machine's CPU time used during the job (all processes, kernel
+# included: both nodes share these cores) per second, from /proc/stat.
 cat > "$work/run.sh" <<SH
 #!/bin/sh
 set -e
+busy() { awk '/^cpu / { print \$2 + \$3 + \$4 + \$7 + \$8, \$2 + \$3 + \$4 + \$5 + \$6 + \$7 + \$8 }' /proc/stat; }
 job() {
-    fio --name="\$3" --filename="\$1" --size=512M --direct=1 --ioengine=libaio --rw="\$4" --bs="\$5" \
-        --iodepth="\$6" --runtime=$seconds --time_based --minimal 2>/dev/null |
-        awk -F';' -v l="\$2" -v j="\$3" '{ print l, j, \$48, \$49, \$81 }' >> "$work/results"
+    b0=\$(busy)
+    r=\$(fio --name="\$3" --filename="\$1" --size=512M --direct=1 --ioengine=libaio --rw="\$4" --bs="\$5" \
+        --iodepth="\$6" --runtime=$seconds --time_based --minimal 2>/dev/null)
+    b1=\$(busy)
+    echo "\$r" | awk -F';' -v l="\$2" -v j="\$3" -v b0="\$b0" -v b1="\$b1" -v n="\$(nproc)" '{
+        split(b0, x, " "); split(b1, y, " ")
+        print l, j, \$48, \$49, \$81, (y[1] - x[1]) / (y[2] - x[2]) * n }' >> "$work/results"
 }
 job "\$1" "\$2" seq-1m write 1M 8
 job "\$1" "\$2" rand-4k-qd1 randwrite 4k 1
@@ -47,7 +56,7 @@ chmod +x "$work/run.sh"
 echo "bench-store: 1 GiB volumes over /dev/shm, peer over a veth, fio $seconds s per job"
 rtt=$(ip netns exec "$a" ping -c 50 -i 0.01 -q 10.88.0.2 | awk -F'/' '/^rtt/ { print $5 * 1000 }')
 "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" \
-    --addr-source 10.88.0.1 --addr 10.88.0.2 --meta-dir "$work" --store-run "$work/run.sh" > /dev/null
+    --addr-source 10.88.0.1 --addr 10.88.0.2 --meta-dir "$work" --store-run "$work/run.sh" > "$work/bench.log" || { cat "$work/bench.log"; exit 1; }
 "$work/run.sh" "$src_dev" raw
 
 r() { awk -v l="$1" -v j="$2" -v f="$3" '$1 == l && $2 == j { print $f }' "$work/results"; }
@@ -64,6 +73,14 @@ done
 printf '%-14s' "qd1 latency"
 for l in peer alone raw; do printf ' %8.1f us   ' "$(r "$l" rand-4k-qd1 5)"; done
 echo
+echo "busy cores (of $(nproc)), and CPU seconds per GiB written:"
+for j in seq-1m rand-4k-qd1 rand-4k-qd32; do
+    printf '%-14s' "$j"
+    for l in peer alone raw; do
+        printf ' %4.2f %6.2f s  ' "$(r "$l" "$j" 6)" "$(awk -v c="$(r "$l" "$j" 6)" -v k="$(r "$l" "$j" 3)" 'BEGIN { print c / (k / 1048576) }')"
+    done
+    echo
+done
 echo
 for j in seq-1m rand-4k-qd32; do
     f=$([[ $j == seq-1m ]] && echo 3 || echo 4)

@@ -6,6 +6,8 @@
 
 #include "tandem/base/unique_fd.hpp"
 
+#include <fmt/format.h>
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -73,8 +75,9 @@ struct events {
     std::condition_variable cv;
     std::vector<std::string> seen;  // "node kind"
     engine_event_fn for_node(const std::string& node) {
-        return [this, node](std::string_view kind, const std::string&) {
+        return [this, node](std::string_view kind, const std::string& detail) {
             std::lock_guard lk(mu);
+            std::printf("%s %.*s: %s\n", node.c_str(), static_cast<int>(kind.size()), kind.data(), detail.c_str());
             seen.push_back(node + " " + std::string(kind));
             cv.notify_all();
         };
@@ -231,7 +234,15 @@ int store_bench(const std::string& src, const std::string& dst, const std::strin
         auto cmd = run + " " + dev + " " + label;
         if (std::system(cmd.c_str()) != 0) die("failed: " + cmd);
     };
+    auto before = a->status();
     sh("peer");
+    // The replicated figures count only if the peer stayed connected and in sync throughout.
+    auto after = a->status();
+    if (after.link != link_state::connected || after.connections != before.connections || after.dirty_bytes != 0)
+        die(fmt::format("the peer did not stay connected through the replicated run (link {}, {} -> {} connections, "
+                        "{} dirty bytes): {}",
+                        to_string(after.link), before.connections, after.connections, after.dirty_bytes,
+                        after.last_error));
     b.reset();
     ev.wait("alpha replication.disconnected", 1);
     sh("alone");
