@@ -593,16 +593,24 @@ asio::awaitable<void> node_runtime::refresh_loop() {
 
 // ---- health
 
+// Shared storage (an NFS or iSCSI volume in the seeds) can turn read-only or
+// hang under the active node: there /store's writability is probed unless
+// health.store_path names another directory.
+std::string node_runtime::store_probe_path() const {
+    if (cfg_.health.store_path.empty() && cfg_.replication.backend == backend_kind::shared) return cfg_.store.mount;
+    return cfg_.health.store_path;
+}
+
 asio::awaitable<std::pair<bool, std::string>> node_runtime::probe_store() {
     // A hung store (dead NFS server, failing disk) blocks write(2) for minutes:
     // probe on a thread of its own and give up waiting after the timeout.
     if (probe_inflight_ && !probe_inflight_->done.load(std::memory_order_acquire))
-        co_return std::pair{false, fmt::format("a write to {} is still blocked", cfg_.health.store_path)};
+        co_return std::pair{false, fmt::format("a write to {} is still blocked", store_probe_path())};
     auto st = std::make_shared<probe_state>();
     probe_inflight_ = st;
     auto ex = co_await asio::this_coro::executor;
     auto timer = std::make_shared<asio::steady_timer>(ex, cfg_.health.command_timeout);
-    std::thread([st, timer, ex, dir = cfg_.health.store_path] {
+    std::thread([st, timer, ex, dir = store_probe_path()] {
         auto [ok, detail] = blocking_store_probe(dir);
         st->ok = ok;
         st->detail = detail;
@@ -611,7 +619,7 @@ asio::awaitable<std::pair<bool, std::string>> node_runtime::probe_store() {
     }).detach();
     co_await timer->async_wait(asio::as_tuple(asio::use_awaitable));
     if (!st->done.load(std::memory_order_acquire))
-        co_return std::pair{false, fmt::format("writing to {} did not finish within {}", cfg_.health.store_path,
+        co_return std::pair{false, fmt::format("writing to {} did not finish within {}", store_probe_path(),
                                                format_duration(cfg_.health.command_timeout))};
     co_return std::pair{st->ok, st->detail};
 }
@@ -623,7 +631,7 @@ asio::awaitable<void> node_runtime::health_loop() {
         bool ok = true;
         std::string detail;
         // The store is only meaningful where it is mounted: on the active node.
-        if (!cfg_.health.store_path.empty() && machine_.state() == host_state::active) {
+        if (!store_probe_path().empty() && machine_.state() == host_state::active) {
             std::tie(ok, detail) = co_await probe_store();
             if (ok && !detail.empty()) log::warning("health.store_full", "{}", detail);
         }

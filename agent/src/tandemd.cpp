@@ -38,10 +38,6 @@ constexpr const char* usage =
 // Features checked once at start-up, each failure naming what is missing.
 // `starting`: tandemd is about to run (a missing drbd.ko is loaded), not only checking.
 void check_features(const config& c, bool starting) {
-    if (c.replication.backend == backend_kind::shared)
-        throw std::runtime_error(
-            "replication.backend = \"shared\" is not available in this build yet; use \"uring\" (Tandem's own "
-            "engine), \"drbd\" or \"none\"");
     if (c.replication.backend == backend_kind::drbd)
         if (auto why = drbd::check_host(c, starting); !why.empty()) throw std::runtime_error(why);
     if (c.replication.backend == backend_kind::uring && !c.store.mount.empty()) {

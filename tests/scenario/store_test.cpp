@@ -104,15 +104,19 @@ struct store_holder_process {
 };
 
 // Two zeroed volumes, a cluster that mounts /store on them, and the helpers around it.
+// `shared`: backend "shared" instead, both nodes on one device (va), as with an
+// iSCSI LUN; a 1 s writability probe of /store.
 struct live_store {
-    loop_volume va{128 * mib, false}, vb{128 * mib, false};
+    bool shared;
+    loop_volume va{128 * mib, false}, vb{shared ? mib : 128 * mib, false};
     temp_dir dir;
     test_cluster c;
     // One process per node that keeps the node's mount namespace alive: were
     // tandemd the last process in it, its exit would have to unmount /store
     // through its own FUSE server, which is exiting too, and hang for good.
     std::map<std::string, pid_t> keepers;
-    live_store() : c(options(va.dev, vb.dev, dir.path().string())) {}
+    explicit live_store(bool shared_device = false)
+        : shared(shared_device), c(options(va.dev, shared ? va.dev : vb.dev, dir.path().string(), shared)) {}
     ~live_store() {
         for (auto node : {"a", "b"})
             if (c.pid(node) > 0) c.kill9(node);
@@ -142,9 +146,14 @@ struct live_store {
     static std::string md(const std::string& dev) {
         return fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), dev.substr(dev.rfind('/') + 1));
     }
-    static test_cluster::options options(const std::string& a, const std::string& b, const std::string& dir) {
+    static test_cluster::options options(const std::string& a, const std::string& b, const std::string& dir,
+                                         bool shared) {
         test_cluster::options o;
         auto section = [&](const std::string& dev, const std::string& node) {
+            if (shared)
+                return fmt::format("[replication]\nbackend = \"shared\"\ndevice = \"{}\"\n"
+                                   "[store]\nmount = \"{}/store-{}\"\n[health]\ninterval = \"1s\"\n",
+                                   dev, dir, node);
             return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"{}\"\nrate = 4096\n"
                                "[store]\nmount = \"{}/store-{}\"\nfrontend = \"fuse\"\nthreads = 4\n",
                                dev, md(dev), dir, node);
@@ -158,11 +167,12 @@ struct live_store {
     void up() {
         start("a");
         start("b");
-        REQUIRE(c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
+        if (!shared) REQUIRE(c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
         REQUIRE(c.wait("b", "state=STANDBY", soon));
         // ACTIVE comes first; /store is mounted when the acquire sequence completes.
         REQUIRE(c.wait("a", "event=failover.complete", soon, 0));
         REQUIRE(c.status("a")["store"]["mounted"] == true);
+        if (shared) return;
         // The promotion reconnected; what /store's creation wrote reaches beta.
         auto synced = c.ctl("a", fmt::format("sync --timeout {}s", sync_limit.count()));
         INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump() << "\nbeta: "
@@ -183,7 +193,7 @@ struct live_store {
     void rejoin(const std::string& node) {
         c.ns(node).exec_ok("ip link set eth0 up");
         start(node);
-        REQUIRE(c.ctl(node, fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
+        if (!shared) REQUIRE(c.ctl(node, fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
         REQUIRE(c.wait(node, "state=STANDBY", soon));
     }
     std::uint64_t sent(const std::string& node) {
@@ -315,4 +325,47 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
     REQUIRE(c.ctl("a", "giveback").status == 0);
     REQUIRE(c.wait("b", "event=failover.complete", soon, since));
     CHECK(c.status("b")["store"]["mounted"] == true);
+}
+
+TEST_CASE("shared storage: the new active mounts the shared device after a crash, and a read-only /store is a "
+          "failover trigger",
+          "[scenario][store]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    live_store s(true);
+    auto& c = s.c;
+    s.up();
+    auto st = c.status("a")["store"];
+    CHECK(st["frontend"] == "shared");
+    CHECK(st["device"] == s.va.dev);
+    CHECK(c.status("b")["store"]["mounted"] == false);  // the standby never mounts the shared device
+    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {0}/before && sync {0}/before && "
+                                        "sha256sum < {0}/before > {1}/sum",
+                                        s.mount("a"), s.dir.path().string()))
+                .status == 0);
+
+    // A crash of the active: beta checks the file system and mounts the same device.
+    auto since = c.last_seq("b");
+    s.crash("a");
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    REQUIRE(c.status("b")["store"]["mounted"] == true);
+    auto sum = s.in_store("b", fmt::format("sha256sum < {}/before", s.mount("b")));
+    REQUIRE(sum.status == 0);
+    CHECK(sum.out == read_file(s.dir.path() / "sum"));
+    s.rejoin("a");
+    CHECK(c.status("a")["store"]["mounted"] == false);
+
+    // The store turns read-only under beta (an NFS server's export, a failing
+    // LUN): beta's writability probe fails, beta gives up ACTIVE, alpha mounts.
+    since = c.last_seq("a");
+    REQUIRE(s.in_store("b", "mount -o remount,ro " + s.mount("b")).status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    auto health = c.status("b")["local"]["health_detail"].get<std::string>();
+    INFO("beta's health: " << health);
+    CHECK(health.find("read-only") != std::string::npos);
+    CHECK(c.state("b") != "ACTIVE");
+    CHECK(c.status("b")["store"]["mounted"] == false);
+    REQUIRE(c.status("a")["store"]["mounted"] == true);
+    sum = s.in_store("a", fmt::format("touch {0}/writable && sha256sum < {0}/before", s.mount("a")));
+    REQUIRE(sum.status == 0);
+    CHECK(sum.out == read_file(s.dir.path() / "sum"));
 }

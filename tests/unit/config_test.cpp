@@ -117,6 +117,8 @@ TEST_CASE_METHOD(fixture, "bad values name file, line, key, value and what is al
         {"rate = 100", "rate = 100\nmetadata = \"meta\"", "replication.metadata = \"meta\": must be an absolute path"},
         {"role = \"primary\"", "role = \"master\"", "node.role = \"master\": must be one of: primary, secondary"},
         {"backend = \"none\"", "backend = \"zfs\"", "must be one of: none, uring, drbd, shared"},
+        {"backend = \"none\"", "backend = \"shared\"\ndevice = \"/dev/sdb\"\n[store]\nmount = \"\"",
+         "store.mount: missing: backend \"shared\" mounts the shared device there on the active node"},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.77.0.100\"", "cluster.vip = \"10.77.0.100\": must be an IPv4 or IPv6 address with a prefix"},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.77.0.100/33\"", "cluster.vip = \"10.77.0.100/33\""},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.78.0.100/24\"", "node.address: \"10.77.0.1\" is not in the VIP's subnet 10.78.0.100/24"},

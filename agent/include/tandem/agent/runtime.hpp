@@ -133,6 +133,7 @@ private:
 
     struct probe_state;
     std::shared_ptr<probe_state> probe_inflight_;
+    [[nodiscard]] std::string store_probe_path() const;
 
     // Last: stopped (and its thread joined) before anything it posts to goes away.
     store_phase* store_ = nullptr;  // owned by the failover sequence
