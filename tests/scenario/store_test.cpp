@@ -189,6 +189,12 @@ struct live_store {
         c.kill9(node);
         release_keeper(node);
     }
+    // `node` crashes and `to` completes its takeover.
+    void crash_over_to(const std::string& node, const std::string& to) {
+        auto since = c.last_seq(to);
+        crash(node);
+        REQUIRE(c.wait(to, "event=failover.complete", soon, since));
+    }
     // The crashed node comes back and joins as standby once resynchronized.
     void rejoin(const std::string& node) {
         c.ns(node).exec_ok("ip link set eth0 up");
@@ -266,9 +272,7 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     auto& c = s.c;
     s.up();
     REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {0}/before && sync {0}/before", s.mount("a"))).status == 0);
-    auto since = c.last_seq("b");
-    s.crash("a");
-    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    s.crash_over_to("a", "b");
     // beta writes 8 MiB while alpha is away.
     REQUIRE(s.in_store("b", fmt::format("head -c 8M /dev/urandom > {0}/during && sync {0}/during && sha256sum {0}/during {0}/before "
                                         "| cut -c1-64 > {1}/sums-b",
@@ -284,7 +288,7 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     CHECK(delta <= 64 * mib);
     CHECK(c.status("a")["store"]["mounted"] == false);  // the standby never mounts
 
-    since = c.last_seq("a");
+    auto since = c.last_seq("a");
     REQUIRE(c.ctl("b", "giveback").status == 0);
     REQUIRE(c.wait("a", "event=failover.complete", soon, since));
     REQUIRE(c.wait("b", "state=STANDBY", soon));
@@ -344,9 +348,7 @@ TEST_CASE("shared storage: the new active mounts the shared device after a crash
                 .status == 0);
 
     // A crash of the active: beta checks the file system and mounts the same device.
-    auto since = c.last_seq("b");
-    s.crash("a");
-    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    s.crash_over_to("a", "b");
     REQUIRE(c.status("b")["store"]["mounted"] == true);
     auto sum = s.in_store("b", fmt::format("sha256sum < {}/before", s.mount("b")));
     REQUIRE(sum.status == 0);
@@ -356,7 +358,7 @@ TEST_CASE("shared storage: the new active mounts the shared device after a crash
 
     // The store turns read-only under beta (an NFS server's export, a failing
     // LUN): beta's writability probe fails, beta gives up ACTIVE, alpha mounts.
-    since = c.last_seq("a");
+    auto since = c.last_seq("a");
     REQUIRE(s.in_store("b", "mount -o remount,ro " + s.mount("b")).status == 0);
     REQUIRE(c.wait("a", "event=failover.complete", soon, since));
     auto health = c.status("b")["local"]["health_detail"].get<std::string>();
