@@ -761,10 +761,11 @@ void engine::impl::steady(int fd, std::uint64_t size) {
     auto last_rx = clock::now();
     auto next_ping = last_rx + ping_every;
     std::uint64_t my_seq = 1u << 30;  // pings and acks from this thread; app writes use tx_seq
-    // When the connection ends, the queue's destructor waits for the peer's writes
+    // When the connection ends, the ring's destructor waits for the peer's writes
     // still in flight; their acks are not sent, and the peer marks those blocks dirty.
-    auto aq = steady_ring::create(vol->fd(), apply_depth);
-    if (!aq) throw link_down("setting up the io_uring for the peer's writes: " + aq.error().message());
+    auto ring = steady_ring::create(vol->fd(), apply_depth);
+    if (!ring) throw link_down("setting up the io_uring for the peer's writes: " + ring.error().message());
+    auto& q = **ring;
     // Frames arrive into one stream buffer, as many per recv as the socket holds,
     // and are handled in place; it holds two whole frames, so the tail of a
     // partial one always fits after it is moved to the front.
@@ -820,12 +821,12 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                     });
                     break;
                 }
-                if (auto r = (*aq)->write(f.header.seq, d->offset, d->bytes, d->flags, on_applied); !r)
+                if (auto r = q.write(f.header.seq, d->offset, d->bytes, d->flags, on_applied); !r)
                     throw link_down("queueing the peer's write: " + r.error().message());
                 break;
             }
             case msg_type::flush:
-                if (auto r = (*aq)->flush(f.header.seq, on_applied); !r)
+                if (auto r = q.flush(f.header.seq, on_applied); !r)
                     throw link_down("queueing the peer's flush: " + r.error().message());
                 break;
             case msg_type::data_ack:
@@ -907,7 +908,6 @@ void engine::impl::steady(int fd, std::uint64_t size) {
 
         // One wait for everything: the socket, the wake eventfd, the listener (a
         // stale connection) and the writes in flight.
-        auto& q = **aq;
         q.watch(fd, 0);
         q.watch(wake.get(), 1);
         if (listener) q.watch(listener.get(), 2);

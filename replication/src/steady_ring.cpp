@@ -87,12 +87,6 @@ bool steady_ring::try_flush(std::uint64_t seq) {
     return true;
 }
 
-result<void> steady_ring::submit() {
-    auto r = ring_.submit();
-    if (!r) return r.error();
-    return {};
-}
-
 void steady_ring::watch(int fd, unsigned tag) {
     auto bit = std::uint32_t{1} << tag;
     if (armed_ & bit) return;

@@ -27,7 +27,8 @@ struct applied {
 // The engine thread's one wait in the steady state: readiness of its descriptors
 // (the socket, the wake eventfd, the listener: one-shot polls) and the
 // completions of the peer's writes, which it applies to the volume with O_DIRECT,
-// up to `depth` at a time (docs/replication-engine.md, "Steady state"). The data is copied into an aligned slot first, so the receive
+// up to `depth` at a time (docs/replication-engine.md, "Steady state and write
+// protocols"). The data is copied into an aligned slot first, so the receive
 // buffer can be reused at once. Ordering rules, which keep the two copies equal:
 //   - a write that overlaps one in flight waits for it (arrival order wins);
 //   - data_preflush and flush frames wait until the writes before them have
@@ -63,8 +64,6 @@ public:
         }
         return {};
     }
-    // Submits what is queued (one system call for the batch).
-    result<void> submit();
     // Arms a one-shot poll for POLLIN on `fd` unless one is armed already;
     // take_ready() has bit `tag` (0..31) once it fired.
     void watch(int fd, unsigned tag);
@@ -92,7 +91,6 @@ public:
             reap(done);
         }
     }
-    [[nodiscard]] unsigned in_flight() const noexcept { return in_flight_; }
 
 private:
     // user_data: slot << 2 | fsync_bit for writes, their fsyncs and flushes; tag << 2 | poll_bit for polls.
