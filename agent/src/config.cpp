@@ -446,10 +446,8 @@ config validate(const toml::table& root, const std::string& path) {
         else r.problem(st->get("fsck"), "store.fsck", "must be true or false");
     }
     if (auto v = r.integer(st, "store", "threads", 1, 64)) c.store.threads = static_cast<unsigned>(*v);
-    if (c.replication.backend == backend_kind::shared) {
-        if (c.store.mount.empty())
-            r.problem_at("store.mount", "missing: backend \"shared\" mounts the shared device there on the active node");
-    }
+    if (c.replication.backend == backend_kind::shared && c.store.mount.empty())
+        r.problem_at("store.mount", "missing: backend \"shared\" mounts the shared device there on the active node");
 
     auto* sv = r.section(root, "services", false, {"start", "stop", "timeout"});
     c.services.start = r.string(sv, "services", "start", false).value_or("");

@@ -161,9 +161,10 @@ void store_phase::recover_stale() {
     if (!e_ && !d_) {
         // Shared storage: a /store still mounted when tandemd starts was left by a
         // crashed run; this node is not active yet, so it must not keep it.
-        if (mounted() && ::umount(c_.store.mount.c_str()) == 0)
+        if (!mounted()) return;
+        if (::umount(c_.store.mount.c_str()) == 0)
             log::warning("store.stale", "unmounted {} left mounted on the shared device by an earlier run", c_.store.mount);
-        else if (mounted())
+        else
             log::error("store.stale", "{} is still mounted on the shared device from an earlier run and cannot be "
                        "unmounted ({}): unmount it before the peer takes over", c_.store.mount, std::strerror(errno));
         return;
