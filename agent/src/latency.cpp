@@ -75,26 +75,31 @@ const hbp_link* link_latency::primary() const noexcept {
 std::string link_latency::source() const { return bpf_ ? "bpf" : ts_ ? "timestamping" : "none"; }
 
 void link_latency::fill(heartbeat& hb) {
-    if (ts_) ts_->drain_error_queue(fd_);  // the TX stamps of earlier sends: our newest answer
+    // The stamps of earlier sends: our newest answer.
+    if (bpf_) bpf_->drain();
+    if (ts_) ts_->drain_error_queue(fd_);
     hb.link_seq = ++link_seq_;
     const hbp_link* l = primary();
     if (!l) return;
-    if (auto r = ebpf::read_stable(l->report); r && r->reply_seq) {
-        hb.ks_seq = r->peer_seq;
-        hb.ks_rx_ns = r->rx;
-        hb.ks_tx_ns = r->tx;
-        hb.ks_reply_seq = r->reply_seq;
+    if (l->report.reply_seq) {
+        hb.ks_seq = l->report.peer_seq;
+        hb.ks_rx_ns = l->report.rx;
+        hb.ks_tx_ns = l->report.tx;
+        hb.ks_reply_seq = l->report.reply_seq;
     }
-    hb.rx_lost = static_cast<std::uint32_t>(std::min<std::uint64_t>(l->lost_in, std::numeric_limits<std::uint32_t>::max()));
+    hb.rx_lost =
+        static_cast<std::uint32_t>(std::min<std::uint64_t>(l->in.lost_in, std::numeric_limits<std::uint32_t>::max()));
 }
 
 void link_latency::on_sent(const heartbeat& hb, int err) {
+    if (bpf_ && !err) bpf_->on_sent(packet_of(hb));
     if (!ts_) return;
     if (err) ts_->on_send_failed(err);
     else ts_->on_sent(packet_of(hb));
 }
 
 void link_latency::on_received(const heartbeat& hb, std::optional<std::uint64_t> rx_mono_ns) {
+    if (bpf_) bpf_->on_received(packet_of(hb));
     if (!ts_ || !rx_mono_ns) return;
     ts_->drain_error_queue(fd_);  // our sends' stamps first: the sample may need them
     ts_->on_received(packet_of(hb), *rx_mono_ns);
@@ -103,9 +108,7 @@ void link_latency::on_received(const heartbeat& hb, std::optional<std::uint64_t>
 std::optional<double> link_latency::rtt_ms() const {
     const hbp_link* l = primary();
     if (!l || !l->samples) return std::nullopt;
-    auto s = ebpf::read_stable(l->last);
-    if (!s) return std::nullopt;
-    return static_cast<double>(s->network) / 1e6;
+    return static_cast<double>(l->last.network) / 1e6;
 }
 
 std::vector<event> link_latency::take_events() {
@@ -115,7 +118,7 @@ std::vector<event> link_latency::take_events() {
     // One event a second per link at most; the count says how many it stands for.
     auto now = std::chrono::steady_clock::now();
     if (now - last_event_ < std::chrono::seconds(1)) return out;
-    auto last = ebpf::read_stable(l->last).value_or(hbp_sample{});
+    const hbp_sample& last = l->last;
     std::uint64_t stalls = l->peer_stalls, local = l->local_stalls, delays = l->network_delays;
     if (delays > seen_delays_)
         out.push_back({"latency.network_delay",

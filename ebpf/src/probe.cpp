@@ -18,6 +18,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <vector>
 
 namespace tandem::ebpf {
 
@@ -35,6 +36,27 @@ int libbpf_print(libbpf_print_level level, const char* fmt, va_list ap) {
     while (!s.empty() && s.back() == '\n') s.remove_suffix(1);
     log::debug("ebpf.libbpf", "{}", s);
     return 0;
+}
+
+// Copies a slot the kernel writes under a sequence count (gen odd = being
+// written); nullopt if no stable copy came within a few tries.
+std::optional<hbp_stamp> read_stable(const hbp_stamp& live) {
+    for (int attempt = 0; attempt < 8; ++attempt) {
+        auto g1 = __atomic_load_n(&live.gen, __ATOMIC_ACQUIRE);
+        if (g1 & 1) continue;
+        hbp_stamp copy;
+        __builtin_memcpy(&copy, &live, sizeof copy);  // racing writer: checked below
+        __atomic_thread_fence(__ATOMIC_ACQUIRE);
+        if (__atomic_load_n(&live.gen, __ATOMIC_RELAXED) == g1) return copy;
+    }
+    return std::nullopt;
+}
+
+// The kernel's stamp of heartbeat `seq` in one direction, if it still holds it.
+std::optional<std::uint64_t> stamp_of(const hbp_stamp (&slots)[HBP_SLOTS], std::uint64_t seq) {
+    auto s = read_stable(slots[seq & (HBP_SLOTS - 1)]);
+    if (s && s->seq == seq) return s->t;
+    return std::nullopt;
 }
 
 std::string explain(int err, std::string_view step) {
@@ -74,7 +96,6 @@ std::unique_ptr<bpf_probe> bpf_probe::attach(const link_params& p, std::string& 
             return nullptr;
         }
         auto* ro = self->skel_->rodata;
-        ro->params = p.thresholds;
         ro->port = p.port;
         ro->family = p.family == AF_INET6 ? 6 : 4;
         std::memcpy(const_cast<std::uint8_t*>(ro->peer_addr), p.peer.data(), 16);
@@ -87,7 +108,8 @@ std::unique_ptr<bpf_probe> bpf_probe::attach(const link_params& p, std::string& 
         if (!with_drops) return nullptr;  // a tracing program needs more (CAP_PERFMON): try without it
         log::debug("ebpf.no_drop_counter", "the drop-reason program did not load: {}", why);
     }
-    self->live_ = &self->skel_->bss->link;
+    self->live_ = &self->skel_->bss->k;
+    self->params_ = p.thresholds;
 
     self->ingress_link_ = bpf_link_create(bpf_program__fd(self->skel_->progs.hb_ingress), static_cast<int>(ifindex),
                                           static_cast<bpf_attach_type>(attach_tcx_ingress), nullptr);
@@ -114,6 +136,39 @@ bpf_probe::~bpf_probe() {
     if (ingress_link_ >= 0) ::close(ingress_link_);
     if (egress_link_ >= 0) ::close(egress_link_);
     if (skel_) hb_probe::destroy(skel_);
+}
+
+void bpf_probe::on_sent(const hbp_packet& p) {
+    if (sent_.size() == HBP_SLOTS) sent_.pop_front();  // its slot is taken by now anyway
+    sent_.push_back(p);
+}
+
+void bpf_probe::drain() {
+    // Heartbeats pass the hook in the order they were sent: once a later one
+    // has its stamp, an earlier one without never gets one (a firewall dropped
+    // it before the hook). One not stamped yet, with nothing stamped after it,
+    // is still on its way (waiting for the neighbour's address): it stays.
+    std::size_t done = 0;
+    std::vector<std::optional<std::uint64_t>> t(sent_.size());
+    for (std::size_t i = 0; i < sent_.size(); ++i)
+        if ((t[i] = stamp_of(live_->tx_stamp, sent_[i].seq))) done = i + 1;
+    for (std::size_t i = 0; i < done; ++i)
+        if (t[i]) hbp_on_egress(&params_, link_.get(), &sent_[i], *t[i]);
+    sent_.erase(sent_.begin(), sent_.begin() + static_cast<std::ptrdiff_t>(done));
+}
+
+void bpf_probe::on_received(const hbp_packet& p) {
+    drain();  // our answers first: the sample may need them
+    if (auto t = stamp_of(live_->rx_stamp, p.seq)) hbp_on_ingress(&params_, link_.get(), &p, *t);
+    else link_->lost_out = p.rx_lost;  // its stamp was overwritten while tandemd was away
+}
+
+const hbp_link& bpf_probe::figures() const {
+    // Single words, each written by one hook: a plain copy is as fresh as a read can be.
+    link_->tx = live_->tx;
+    link_->in = live_->in;
+    std::memcpy(link_->drops, live_->drops, sizeof link_->drops);
+    return *link_;
 }
 
 std::array<bpf_probe::prog_stats, 2> bpf_probe::stats() const {
@@ -209,18 +264,18 @@ void hist_json(nlohmann::json& out, const std::string& name, const hbp_link& l, 
 
 nlohmann::json figures_json(const hbp_link& l, bool histograms) {
     nlohmann::json j = {{"tx", l.tx},
-                        {"rx", l.rx},
+                        {"rx", l.in.rx},
                         {"samples", l.samples},
-                        {"lost_in", l.lost_in},
+                        {"lost_in", l.in.lost_in},
                         {"lost_out", l.lost_out},
-                        {"reordered_in", l.reordered_in},
+                        {"reordered_in", l.in.reordered_in},
                         {"peer_stalls", l.peer_stalls},
                         {"local_stalls", l.local_stalls},
                         {"network_delays", l.network_delays}};
-    if (auto last = read_stable(l.last); last && l.samples) {
-        j["last_rtt_us"] = us(static_cast<double>(last->rtt));
-        j["last_network_us"] = us(static_cast<double>(last->network));
-        j["last_turnaround_us"] = us(static_cast<double>(last->turnaround));
+    if (l.samples) {
+        j["last_rtt_us"] = us(static_cast<double>(l.last.rtt));
+        j["last_network_us"] = us(static_cast<double>(l.last.network));
+        j["last_turnaround_us"] = us(static_cast<double>(l.last.turnaround));
     }
     hist_json(j, "rtt", l, HBP_RTT, histograms);
     hist_json(j, "network", l, HBP_NETWORK, histograms);

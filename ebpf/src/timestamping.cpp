@@ -1,5 +1,5 @@
 // ebpf: the fallback probe — SO_TIMESTAMPING software stamps fed to the same
-// bookkeeping as the kernel programs (hb_stats.h).
+// bookkeeping as the kernel probe's stamps (hb_stats.h).
 #include "tandem/ebpf/probe.hpp"
 
 #include "tandem/base/clock.hpp"
@@ -67,11 +67,13 @@ void ts_probe::drain_error_queue(int fd) {
         auto& s = sent_[ee->ee_data & (HBP_SLOTS - 1)];
         if (!s.used || s.key != ee->ee_data) continue;
         s.used = false;
+        link_->tx++;
         hbp_on_egress(&params_, link_.get(), &s.p, to_mono(stamps->ts[0]));
     }
 }
 
 void ts_probe::on_received(const hbp_packet& p, std::uint64_t rx_mono_ns) {
+    hbp_count_arrival(&link_->in, p.boot_id, p.link_seq);
     hbp_on_ingress(&params_, link_.get(), &p, rx_mono_ns);
 }
 

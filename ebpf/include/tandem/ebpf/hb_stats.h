@@ -1,15 +1,18 @@
-/* ebpf: heartbeat latency bookkeeping shared by the kernel probe (hb_probe.bpf.c)
- * and the SO_TIMESTAMPING fallback (timestamping.cpp). One code path, two
- * sources of timestamps: the same figures whichever measured them.
+/* ebpf: heartbeat latency bookkeeping. The kernel probe (hb_probe.bpf.c) only
+ * stamps: it notes when each heartbeat passed its tcx hook, and counts arrivals
+ * and gaps where the packet enters the host. tandemd turns the stamps into
+ * samples, histograms and events with the functions below, the same ones the
+ * SO_TIMESTAMPING fallback (timestamping.cpp) feeds with socket stamps: one code
+ * path, two sources of timestamps, the same figures whichever measured them.
+ * Keeping the arithmetic out of the kernel keeps the programs small: a program
+ * that runs once per heartbeat finds its code and data cold every time, and
+ * pays for every cache line it touches.
  *
  * Written in the subset of C that both clang -target bpf and g++ accept: no
- * loops, no division, array indices masked. Every field but pending_seq has
- * one writer (the ingress or the egress hook of one link; the ingress hook sets
- * pending_seq, the egress hook clears it, a race costing at most one sample),
- * and one flow's packets pass a hook on one CPU at a time, so plain adds
- * suffice; only the sequence counts that guard multi-word values for readers
- * use atomics. The hot fields sit together
- * at the front: a heartbeat touches few cache lines.
+ * loops, no division, array indices masked. Every kernel field has one writer
+ * (the ingress or the egress hook of one link, and one flow's packets pass a
+ * hook on one CPU at a time), so plain adds suffice; only the stamp slots,
+ * two words a reader in tandemd must see together, carry a sequence count.
  *
  * Four kernel timestamps per sample, no clock synchronisation:
  *   t1  our heartbeat S leaves our kernel          (our clock)
@@ -70,11 +73,39 @@ struct hbp_slot {
     __u64 t; /* kernel time the heartbeat passed the hook */
 };
 
-/* What the probe learnt about our reply to one of the peer's heartbeats; the
- * agent copies it into its next heartbeat. `gen` is a sequence count: odd while
- * the writer is inside, so a reader can tell a torn copy. */
-struct hbp_report {
+/* A slot the kernel writes and tandemd reads: `gen` is a sequence count, odd
+ * while the writer is inside, so the reader can tell a torn copy. 32 bytes:
+ * a slot never straddles two cache lines. */
+struct hbp_stamp {
     __u64 gen;
+    __u64 seq;
+    __u64 t;
+    __u64 pad;
+};
+
+/* Arrivals of the peer's heartbeats, counted where they enter the host: a
+ * heartbeat this host drops itself (a firewall, a full socket buffer) is not
+ * network loss. */
+struct hbp_arrivals {
+    __u64 rx;           /* the peer's heartbeats seen arriving */
+    __u64 lost_in;      /* the peer's heartbeats that never arrived (link_seq gaps) */
+    __u64 reordered_in; /* arrived after a later one */
+    __u64 peer_boot;
+    __u64 last_link_seq;
+};
+
+/* The kernel probe's global data, one per link: stamps and arrival counts. */
+struct hbp_kernel {
+    __u64 tx; /* our heartbeats seen leaving */
+    struct hbp_arrivals in;
+    struct hbp_stamp tx_stamp[HBP_SLOTS];
+    struct hbp_stamp rx_stamp[HBP_SLOTS];
+    __u64 drops[HBP_DROP_REASONS]; /* the peer's heartbeats freed by this kernel, by drop reason */
+};
+
+/* What we learnt about our reply to one of the peer's heartbeats; the agent
+ * copies it into its next heartbeat. */
+struct hbp_report {
     __u64 peer_seq;  /* the peer's heartbeat we answered */
     __u64 rx;        /* when it reached our kernel (t2) */
     __u64 tx;        /* when our reply left our kernel (t3) */
@@ -83,19 +114,18 @@ struct hbp_report {
 
 /* The newest complete sample, for events and `cstate`. */
 struct hbp_sample {
-    __u64 gen; /* sequence count, as in hbp_report */
     __u64 rtt;
     __u64 turnaround;
     __u64 network;
 };
 
-/* Set before the programs load (.rodata in the kernel). */
+/* Thresholds of the events. */
 struct hbp_params {
     __u64 stall_ns; /* a turnaround above this is a host stall (interval + alert) */
     __u64 delay_ns; /* a network part above this is a network delay (alert) */
 };
 
-/* One heartbeat as the hooks see it: the fields read from the datagram. */
+/* One heartbeat: the fields the bookkeeping reads from the datagram. */
 struct hbp_packet {
     __u64 boot_id;
     __u64 seq;
@@ -108,21 +138,20 @@ struct hbp_packet {
     __u32 rx_lost;
 };
 
-/* Everything one link's probe knows. Counters only grow (per tandemd run). */
+/* Everything tandemd knows about one link's latency. Counters only grow (per
+ * tandemd run). With the kernel probe, tx, `in` and drops are copied from
+ * hbp_kernel when the figures are read. */
 struct hbp_link {
-    __u64 tx;             /* our heartbeats seen leaving */
-    __u64 rx;             /* the peer's heartbeats seen arriving */
-    __u64 lost_in;        /* the peer's heartbeats that never arrived (link_seq gaps) */
-    __u64 reordered_in;   /* arrived after a later one */
+    __u64 tx;
+    struct hbp_arrivals in;
     __u64 lost_out;       /* ours the peer says it never received (its rx_lost) */
     __u64 samples;        /* complete four-timestamp samples */
     __u64 peer_stalls;    /* samples whose turnaround on the peer exceeded stall_ns */
     __u64 local_stalls;   /* our own turnarounds above stall_ns */
     __u64 network_delays; /* samples whose network part exceeded delay_ns */
-    __u64 last_local_turnaround; /* our newest turnaround (one word: no sequence count) */
+    __u64 last_local_turnaround; /* our newest turnaround */
     /* bookkeeping */
-    __u64 peer_boot;
-    __u64 last_link_seq;
+    __u64 timing_boot; /* the peer's boot the timing state below belongs to */
     __u64 pending_seq; /* oldest heartbeat of the peer not answered yet */
     __u64 pending_rx;
     __u64 last_report_reply;
@@ -136,32 +165,36 @@ struct hbp_link {
     struct hbp_slot tx_slot[HBP_SLOTS];
     struct hbp_slot rx_slot[HBP_SLOTS];
     struct hbp_hist hist[HBP_HISTS];
-    __u64 drops[HBP_DROP_REASONS]; /* the peer's heartbeats freed by this kernel, by drop reason */
+    __u64 drops[HBP_DROP_REASONS];
 };
 
 #ifdef __cplusplus
 #define HBP_INLINE static inline
-#define HBP_SHARED static inline
 #else
 #define HBP_INLINE static __always_inline
-/* One copy in the kernel (a BPF-to-BPF call): five inlined copies of the
- * bucket arithmetic cost more in cold instruction cache than the calls do. */
-#define HBP_SHARED static __noinline
 #endif
 
-#define HBP_ADD(p, v) __sync_fetch_and_add((p), (v))
-
-/* Position of the highest set bit of v (v > 0), without loops or clz. */
-HBP_INLINE __u32 hbp_msb(__u64 v) {
-    __u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
-    return r;
+/* A heartbeat of the peer with this boot id and link sequence number arrived. */
+HBP_INLINE void hbp_count_arrival(struct hbp_arrivals *A, __u64 boot_id, __u64 link_seq) {
+    A->rx++;
+    if (boot_id != A->peer_boot) { /* the peer restarted: its numbering did too */
+        A->peer_boot = boot_id;
+        A->last_link_seq = 0;
+    }
+    if (link_seq > A->last_link_seq) {
+        if (A->last_link_seq && link_seq > A->last_link_seq + 1) A->lost_in += link_seq - A->last_link_seq - 1;
+        A->last_link_seq = link_seq;
+    } else {
+        A->reordered_in++;
+        if (A->lost_in) A->lost_in--; /* counted as lost when its successor came */
+    }
 }
+
+#ifndef __bpf__
+/* Everything below runs in tandemd only. */
+
+/* Position of the highest set bit of v (v > 0). */
+HBP_INLINE __u32 hbp_msb(__u64 v) { return 63u - (__u32)__builtin_clzll(v); }
 
 HBP_INLINE __u32 hbp_bucket(__u64 v) {
     if (v < HBP_SUBS) return (__u32)v;
@@ -178,9 +211,8 @@ HBP_INLINE __u64 hbp_bucket_low(__u32 i) {
     return (__u64)(HBP_SUBS + i % HBP_SUBS) << (msb - HBP_SUB_BITS);
 }
 
-HBP_SHARED void hbp_record(struct hbp_link *L, enum hbp_hist_id id, __u64 v) {
+HBP_INLINE void hbp_record(struct hbp_link *L, enum hbp_hist_id id, __u64 v) {
     __u32 i = hbp_bucket(v);
-    if (i >= HBP_BUCKETS || (unsigned)id >= HBP_HISTS) return; /* cannot happen; tells the verifier the bounds */
     L->hist[id].bucket[i]++;
     L->sum[id] += v;
     if (v > L->max[id]) L->max[id] = v;
@@ -188,26 +220,23 @@ HBP_SHARED void hbp_record(struct hbp_link *L, enum hbp_hist_id id, __u64 v) {
 
 HBP_INLINE __u64 hbp_abs_diff(__s64 a, __s64 b) { return a > b ? (__u64)(a - b) : (__u64)(b - a); }
 
-/* Our heartbeat p passed the egress hook at `now`. */
+/* Our heartbeat p left our kernel at `now`. */
 HBP_INLINE void hbp_on_egress(const struct hbp_params *P, struct hbp_link *L, const struct hbp_packet *p, __u64 now) {
-    L->tx++;
     struct hbp_slot *s = &L->tx_slot[p->seq & (HBP_SLOTS - 1)];
     s->seq = p->seq;
     s->t = now;
     /* Does it answer the peer's oldest unanswered heartbeat? Then its time here
-     * was our turnaround: publish it for the agent's next heartbeat. */
+     * was our turnaround: report it in our next heartbeat. */
     __u64 pending = L->pending_seq;
     if (pending && p->echo_seq >= pending) {
         __u64 turn = now - L->pending_rx;
         hbp_record(L, HBP_TURNAROUND_LOCAL, turn);
         L->last_local_turnaround = turn;
         if (turn > P->stall_ns) L->local_stalls++;
-        HBP_ADD(&L->report.gen, 1);
         L->report.peer_seq = pending;
         L->report.rx = L->pending_rx;
         L->report.tx = now;
         L->report.reply_seq = p->seq;
-        HBP_ADD(&L->report.gen, 1);
         L->pending_seq = 0;
     }
 }
@@ -232,31 +261,20 @@ HBP_INLINE void hbp_complete(const struct hbp_params *P, struct hbp_link *L, __u
     L->owd_out = out;
     L->owd_in = in;
     L->owd_valid = 1;
-    HBP_ADD(&L->last.gen, 1);
     L->last.rtt = rtt;
     L->last.turnaround = turn;
     L->last.network = net;
-    HBP_ADD(&L->last.gen, 1);
     L->samples++;
 }
 
-/* The peer's heartbeat p passed the ingress hook at `now`. */
+/* The peer's heartbeat p reached our kernel at `now`. Arrivals and gaps are
+ * counted apart (hbp_count_arrival), where the stamp was taken. */
 HBP_INLINE void hbp_on_ingress(const struct hbp_params *P, struct hbp_link *L, const struct hbp_packet *p, __u64 now) {
-    L->rx++;
-    if (p->boot_id != L->peer_boot) { /* the peer restarted: its numbering did too */
-        L->peer_boot = p->boot_id;
-        L->last_link_seq = 0;
+    if (p->boot_id != L->timing_boot) { /* the peer restarted: its numbering did too */
+        L->timing_boot = p->boot_id;
         L->pending_seq = 0;
         L->owd_valid = 0;
         L->last_report_reply = 0;
-    }
-    __u64 ls = p->link_seq;
-    if (ls > L->last_link_seq) {
-        if (L->last_link_seq && ls > L->last_link_seq + 1) L->lost_in += ls - L->last_link_seq - 1;
-        L->last_link_seq = ls;
-    } else {
-        L->reordered_in++;
-        if (L->lost_in) L->lost_in--; /* counted as lost when its successor came */
     }
     L->lost_out = p->rx_lost;
 
@@ -278,5 +296,6 @@ HBP_INLINE void hbp_on_ingress(const struct hbp_params *P, struct hbp_link *L, c
             hbp_complete(P, L, s->t, p->ks_rx, p->ks_tx, a->t);
     }
 }
+#endif /* !__bpf__ */
 
 #endif

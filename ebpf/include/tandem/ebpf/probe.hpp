@@ -1,6 +1,6 @@
 // ebpf: heartbeat latency probes on one link — the tcx programs (bpf_probe) or,
-// where BPF is unavailable, kernel socket timestamps (ts_probe). Both fill the
-// same hbp_link with the same code (hb_stats.h).
+// where BPF is unavailable, kernel socket timestamps (ts_probe). Both feed their
+// stamps to the same bookkeeping (hb_stats.h) in tandemd's memory.
 #pragma once
 
 #include "tandem/base/result.hpp"
@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <deque>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -31,23 +32,11 @@ struct link_params {
     hbp_params thresholds{};
 };
 
-// Copies a struct the kernel updates under a sequence count (gen odd = being
-// written); nullopt if no stable copy came within a few tries.
-template <class T>
-std::optional<T> read_stable(const T& live) {
-    for (int attempt = 0; attempt < 8; ++attempt) {
-        auto g1 = __atomic_load_n(&live.gen, __ATOMIC_ACQUIRE);
-        if (g1 & 1) continue;
-        T copy;
-        __builtin_memcpy(&copy, &live, sizeof copy);  // racing writer: checked below
-        __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&live.gen, __ATOMIC_RELAXED) == g1) return copy;
-    }
-    return std::nullopt;
-}
-
 // The tcx programs of one link, loaded from the CO-RE skeleton and attached
-// through BPF links: they detach when tandemd exits, however it exits.
+// through BPF links: they detach when tandemd exits, however it exits. The
+// programs only stamp heartbeats and count arrivals; this object reads the
+// stamps through a memory map (no system call) when tandemd sends and receives
+// heartbeats, and keeps the figures.
 class bpf_probe {
 public:
     // On failure, the reason in words ("Operation not permitted: tandemd needs CAP_BPF").
@@ -56,8 +45,14 @@ public:
     bpf_probe(const bpf_probe&) = delete;
     bpf_probe& operator=(const bpf_probe&) = delete;
 
-    // Live view of the programs' global data (a memory map: no system call).
-    [[nodiscard]] const hbp_link& figures() const noexcept { return *live_; }
+    // A heartbeat just went out through send(); its stamp follows when it passes the hook.
+    void on_sent(const hbp_packet& p);
+    // Takes the egress stamps of earlier sends.
+    void drain();
+    // An authenticated heartbeat from the peer (its ingress stamp is already there).
+    void on_received(const hbp_packet& p);
+    // The figures, with the kernel's counters as they are now.
+    [[nodiscard]] const hbp_link& figures() const;
     [[nodiscard]] bool counts_drops() const noexcept { return drop_link_ != nullptr; }
     // Kernel statistics of the programs (needs kernel.bpf_stats_enabled = 1).
     struct prog_stats {
@@ -71,7 +66,10 @@ private:
     ::hb_probe* skel_ = nullptr;
     ::bpf_link* drop_link_ = nullptr;
     int ingress_link_ = -1, egress_link_ = -1;
-    const hbp_link* live_ = nullptr;
+    const hbp_kernel* live_ = nullptr;
+    hbp_params params_{};
+    std::unique_ptr<hbp_link> link_ = std::make_unique<hbp_link>();
+    std::deque<hbp_packet> sent_;  // sent, egress stamp not read yet; oldest first
 };
 
 // The fallback: SO_TIMESTAMPING software stamps of the heartbeat socket, taken
