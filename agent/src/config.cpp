@@ -549,9 +549,8 @@ reload_plan plan_reload(const config& a, const config& b) {
             p.refused.push_back(fmt::format("{}: read when /store is mounted; restart tandemd while it is the standby "
                                             "to use the new value", key));
     applied("store.fsck", a.store.fsck ? "true" : "false", b.store.fsck ? "true" : "false");
-    if (a.heartbeat.probe != b.heartbeat.probe || a.heartbeat.latency_alert != b.heartbeat.latency_alert)
-        p.refused.push_back("heartbeat.probe, heartbeat.latency_alert: set in the kernel probe before it loads; "
-                            "restart tandemd to use the new values");
+    if (a.heartbeat.probe != b.heartbeat.probe)
+        p.refused.push_back("heartbeat.probe: chosen when each link's probe starts; restart tandemd to use another");
     if (a.node.state_dir != b.node.state_dir)
         p.refused.push_back("node.state_dir: read once at start-up; restart tandemd to use another one");
     if (a.node.software_version != b.node.software_version)
@@ -560,6 +559,8 @@ reload_plan plan_reload(const config& a, const config& b) {
 
     applied("heartbeat.interval", format_duration(a.heartbeat.interval), format_duration(b.heartbeat.interval));
     applied("heartbeat.timeout", format_duration(a.heartbeat.timeout), format_duration(b.heartbeat.timeout));
+    applied("heartbeat.latency_alert", format_duration(a.heartbeat.latency_alert),
+            format_duration(b.heartbeat.latency_alert));
     auto targets = [](const config& c) {
         std::vector<std::string> v;
         for (auto& t : c.connectivity.targets) v.push_back(netlink::address_string(t));

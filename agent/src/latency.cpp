@@ -27,15 +27,20 @@ hbp_packet packet_of(const heartbeat& hb) {
     return p;
 }
 
+hbp_params thresholds_of(const config& c) {
+    using std::chrono::nanoseconds;
+    hbp_params th{};
+    th.stall_ns = static_cast<__u64>(nanoseconds(c.heartbeat.interval + c.heartbeat.latency_alert).count());
+    th.delay_ns = static_cast<__u64>(nanoseconds(c.heartbeat.latency_alert).count());
+    return th;
+}
+
 std::string ms(std::uint64_t ns) { return fmt::format("{:.3f}", static_cast<double>(ns) / 1e6); }
 
 }  // namespace
 
 link_latency::link_latency(const config& c, const std::string& link, int sock_fd) : link_(link), fd_(sock_fd) {
-    using std::chrono::nanoseconds;
-    hbp_params th{};
-    th.stall_ns = static_cast<__u64>(nanoseconds(c.heartbeat.interval + c.heartbeat.latency_alert).count());
-    th.delay_ns = static_cast<__u64>(nanoseconds(c.heartbeat.latency_alert).count());
+    hbp_params th = thresholds_of(c);
     bool want_ts = c.heartbeat.probe != latency_probe::bpf;
     if (c.heartbeat.probe != latency_probe::timestamping) {
         ebpf::link_params p;
@@ -64,6 +69,11 @@ link_latency::link_latency(const config& c, const std::string& link, int sock_fd
         else
             ts_ = std::make_unique<ebpf::ts_probe>(th);
     }
+}
+
+void link_latency::set_thresholds(const config& c) {
+    if (bpf_) bpf_->set_thresholds(thresholds_of(c));
+    if (ts_) ts_->set_thresholds(thresholds_of(c));
 }
 
 const hbp_link* link_latency::primary() const noexcept {

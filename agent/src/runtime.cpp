@@ -1110,6 +1110,7 @@ json node_runtime::reload() {
     }
     cfg_ = std::move(fresh);
     machine_.set_params(params_of(cfg_));
+    for (auto& l : links_) l->latency->set_thresholds(cfg_);
     if (engine_) engine_->set_rate(std::uint64_t{cfg_.replication.rate_mib} << 20);
     if (drbd_ && drbd_->res().rate_kib != std::uint64_t{cfg_.replication.rate_mib} * 1024) apply_drbd_rate();
     std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));

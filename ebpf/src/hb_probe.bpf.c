@@ -27,6 +27,11 @@ const volatile __u32 ifindex = 0;     /* this link, for the drop counter */
 const volatile __u32 netns_ino = 0;   /* this node's network namespace, likewise */
 
 struct hbp_kernel k = {};
+/* tandemd's bookkeeping of this link: samples, histograms, the report. The
+ * programs never touch it; tandemd writes it. It sits in the same global data so
+ * that the figures live in one memory map with the stamps they come from, and
+ * `bpftool map dump` shows them as well as tandemctl does. */
+struct hbp_link book __attribute__((aligned(64))) = {}; /* its own cache lines */
 
 static __always_inline __u64 be64(const __u8 *b) { return bpf_be64_to_cpu(*(const __u64 *)b); }
 static __always_inline __u32 be32(const __u8 *b) { return bpf_ntohl(*(const __u32 *)b); }

@@ -109,6 +109,7 @@ std::unique_ptr<bpf_probe> bpf_probe::attach(const link_params& p, std::string& 
         log::debug("ebpf.no_drop_counter", "the drop-reason program did not load: {}", why);
     }
     self->live_ = &self->skel_->bss->k;
+    self->link_ = &self->skel_->bss->book;
     self->params_ = p.thresholds;
 
     self->ingress_link_ = bpf_link_create(bpf_program__fd(self->skel_->progs.hb_ingress), static_cast<int>(ifindex),
@@ -153,13 +154,13 @@ void bpf_probe::drain() {
     for (std::size_t i = 0; i < sent_.size(); ++i)
         if ((t[i] = stamp_of(live_->tx_stamp, sent_[i].seq))) done = i + 1;
     for (std::size_t i = 0; i < done; ++i)
-        if (t[i]) hbp_on_egress(&params_, link_.get(), &sent_[i], *t[i]);
+        if (t[i]) hbp_on_egress(&params_, link_, &sent_[i], *t[i]);
     sent_.erase(sent_.begin(), sent_.begin() + static_cast<std::ptrdiff_t>(done));
 }
 
 void bpf_probe::on_received(const hbp_packet& p) {
     drain();  // our answers first: the sample may need them
-    if (auto t = stamp_of(live_->rx_stamp, p.seq)) hbp_on_ingress(&params_, link_.get(), &p, *t);
+    if (auto t = stamp_of(live_->rx_stamp, p.seq)) hbp_on_ingress(&params_, link_, &p, *t);
     else link_->lost_out = p.rx_lost;  // its stamp was overwritten while tandemd was away
 }
 

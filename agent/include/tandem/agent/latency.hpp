@@ -24,6 +24,8 @@ public:
     // probe that will not load: it falls back and logs one warning naming why.
     link_latency(const config& c, const std::string& link, int sock_fd);
 
+    // The event thresholds from c (heartbeat.interval and latency_alert), after a reload.
+    void set_thresholds(const config& c);
     // Fills the probe fields of an outgoing heartbeat (link_seq, the kernel
     // timestamps of our last answer, what we lost).
     void fill(heartbeat& hb);

@@ -53,6 +53,7 @@ public:
     void on_received(const hbp_packet& p);
     // The figures, with the kernel's counters as they are now.
     [[nodiscard]] const hbp_link& figures() const;
+    void set_thresholds(const hbp_params& p) noexcept { params_ = p; }
     [[nodiscard]] bool counts_drops() const noexcept { return drop_link_ != nullptr; }
     // Kernel statistics of the programs (needs kernel.bpf_stats_enabled = 1).
     struct prog_stats {
@@ -68,7 +69,7 @@ private:
     int ingress_link_ = -1, egress_link_ = -1;
     const hbp_kernel* live_ = nullptr;
     hbp_params params_{};
-    std::unique_ptr<hbp_link> link_ = std::make_unique<hbp_link>();
+    hbp_link* link_ = nullptr;     // in the programs' global data too, written by tandemd only
     std::deque<hbp_packet> sent_;  // sent, egress stamp not read yet; oldest first
 };
 
@@ -88,6 +89,7 @@ public:
     // An authenticated heartbeat and the kernel's receive stamp (CLOCK_MONOTONIC).
     void on_received(const hbp_packet& p, std::uint64_t rx_mono_ns);
     [[nodiscard]] const hbp_link& figures() const noexcept { return *link_; }
+    void set_thresholds(const hbp_params& p) noexcept { params_ = p; }
 
 private:
     hbp_params params_;
