@@ -781,6 +781,7 @@ void engine::impl::steady(int fd, std::uint64_t size) {
         if (!n) throw link_down("encoding a frame: " + n.error().message());
         out.resize(at + *n);
     };
+    std::string disk_failed;  // why this node's copy stopped being whole
     auto on_applied = [&](const applied& a) {
         ack_status status = ack_status::ok;
         if (a.error) {
@@ -790,6 +791,14 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                                  : fmt::format("writing {} at {}: {}", cfg.device, a.offset,
                                                a.error == ENOSPC ? "short write (a full disk?)" : errno_text(a.error));
             log::error("replication.write_failed", "{}", last_error);
+            // This copy now lacks a write the primary has: it must never be
+            // promoted as it is. It becomes a resync target with that block
+            // dirty (whether or not the ack reaches the peer), and the
+            // connection ends, so the next one resyncs it or reports again.
+            if (!a.flush) st().bitmap.mark(a.offset, a.length);
+            st().flags = (st().flags | md_resync_target) & ~md_consistent;
+            commit_or_log("a write from the peer failed");
+            if (disk_failed.empty()) disk_failed = "the local disk failed a write from the peer: " + last_error;
         }
         append([&](std::span<std::byte> b) {
             return a.flush ? encode_flush_ack(b, ++my_seq, ack_msg{a.seq, status})
@@ -915,6 +924,13 @@ void engine::impl::steady(int fd, std::uint64_t size) {
         if (auto r = q.wait(std::max(wait, std::chrono::milliseconds(1))); !r)
             throw link_down("waiting on the io_uring: " + r.error().message());
         q.reap(on_applied);
+        if (!disk_failed.empty()) {
+            if (!out.empty()) {  // the failed write's io_error ack: the peer marks the block too
+                std::lock_guard lk(send_mu);
+                send_all(fd, out);
+            }
+            throw link_down(disk_failed);
+        }
         auto ready = q.take_ready();
         if (ready & 2) drain_wake();
         if (ready & 4) throw link_down("the peer connected again; this connection is stale");

@@ -229,6 +229,50 @@ TEST_CASE("a full target disk is reported on both sides and nothing is counted a
     CHECK(a.eng->status().resync_bytes_sent < 16 * mib);
 }
 
+TEST_CASE("a write the secondary's disk fails makes its copy unpromotable until a resync repairs it",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    // beta's volume fills a small ext4 file system; a hole punched into it and
+    // the rest of the file system filled leave no room for a write into the hole.
+    tandem::test::temp_dir dir;
+    auto img = (dir.path() / "fs.img").string(), mnt = (dir.path() / "mnt").string();
+    tandem::test::run_ok("truncate -s 48M " + img + " && mkfs.ext4 -q -F " + img + " && mkdir " + mnt +
+                         " && mount -o loop " + img + " " + mnt + " && truncate -s 32M " + mnt + "/vol");
+    struct unmount {
+        std::string m;
+        ~unmount() { tandem::test::run("umount " + m); }
+    } um{mnt};
+    event_log log;
+    node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
+    ::unlink(b.vol.path.c_str());
+    b.cfg.device = b.vol.path = mnt + "/vol";
+    in_sync_with_alpha_primary(a, b, log);
+    REQUIRE(b.eng->status().consistent);
+    tandem::test::run_ok("fallocate --punch-hole --offset 4M --length 1M " + mnt + "/vol");
+    tandem::test::run("dd if=/dev/zero of=" + mnt + "/filler bs=1M status=none; sync");  // until the disk is full
+
+    auto block = pattern(1 * mib, 7);
+    auto drops = log.count("beta replication.disconnected");
+    (void)a.eng->write(4 * mib, block);  // returns once beta answered or the link ended
+    auto why = log.wait("beta replication.disconnected", drops + 1);
+    CHECK_THAT(why, Catch::Contains("the local disk failed a write from the peer"));
+    auto bs = b.eng->status();
+    INFO(bs.last_error);
+    CHECK_FALSE(bs.consistent);
+    CHECK(bs.resync_pending);
+    std::string why_not;
+    CHECK_FALSE(b.eng->promote(why_not));
+    CHECK_THAT(why_not, Catch::Contains("inconsistent"));
+
+    // Room again: the next resync writes the block and beta is whole.
+    tandem::test::run_ok("rm " + mnt + "/filler && sync");
+    auto syncs = log.count("beta replication.sync_done");
+    log.wait("beta replication.sync_done", syncs + 1);
+    REQUIRE(a.eng->flush());
+    CHECK(b.eng->status().consistent);
+    CHECK(a.vol.digest() == b.vol.digest());
+}
+
 TEST_CASE("a promotion under a stream of writes reconnects and resynchronizes what was written meanwhile",
           "[kernel][replication][engine]") {
     REQUIRE_DIRECT_IO();
