@@ -8,8 +8,8 @@
  * that runs once per heartbeat finds its code and data cold every time, and
  * pays for every cache line it touches.
  *
- * Written in the subset of C that both clang -target bpf and g++ accept: no
- * loops, no division, array indices masked. Every kernel field has one writer
+ * The layouts and hbp_count_arrival are compiled by both clang -target bpf and
+ * g++; the rest is for tandemd only (#ifndef __bpf__). Every kernel field has one writer
  * (the ingress or the egress hook of one link, and one flow's packets pass a
  * hook on one CPU at a time), so plain adds suffice; only the stamp slots,
  * two words a reader in tandemd must see together, carry a sequence count.
