@@ -12,6 +12,26 @@
 using namespace tandem;
 using namespace tandem::test;
 
+namespace {
+
+// A small ext4 file system on a loop device holding a sparse volume file: a
+// target disk that can fill up. Unmounted when it goes.
+struct small_fs {
+    temp_dir dir;
+    std::string mnt = (dir.path() / "mnt").string();
+    std::string vol = mnt + "/vol";
+    small_fs(const std::string& fs_size, const std::string& vol_size) {
+        auto img = (dir.path() / "fs.img").string();
+        run_ok("truncate -s " + fs_size + " " + img + " && mkfs.ext4 -q -F " + img + " && mkdir " + mnt +
+               " && mount -o loop " + img + " " + mnt + " && truncate -s " + vol_size + " " + vol);
+    }
+    ~small_fs() { run("umount " + mnt); }
+    small_fs(const small_fs&) = delete;
+    small_fs& operator=(const small_fs&) = delete;
+};
+
+}  // namespace
+
 TEST_CASE("a new cluster synchronizes fully, then replicates writes as they happen", "[kernel][replication][engine]") {
     REQUIRE_DIRECT_IO();
     event_log log;
@@ -206,17 +226,10 @@ TEST_CASE("a full target disk is reported on both sides and nothing is counted a
           "[kernel][replication][engine]") {
     REQUIRE_DIRECT_IO();
     // beta's volume is a 64 MiB sparse file on a 16 MiB ext4 file system: it fills up mid-sync.
-    tandem::test::temp_dir dir;
-    auto img = (dir.path() / "fs.img").string(), mnt = (dir.path() / "mnt").string();
-    tandem::test::run_ok("truncate -s 16M " + img + " && mkfs.ext4 -q -F " + img + " && mkdir " + mnt +
-                         " && mount -o loop " + img + " " + mnt + " && truncate -s 64M " + mnt + "/vol");
-    struct unmount {
-        std::string m;
-        ~unmount() { tandem::test::run("umount " + m); }
-    } um{mnt};
+    small_fs fs("16M", "64M");
     event_log log;
     node a("alpha", true, 64 * mib, true), b("beta", false, 64 * mib, false);
-    b.cfg.device = mnt + "/vol";
+    b.cfg.device = fs.vol;
     b.start(log);
     a.start(log);
     auto why = log.wait("alpha replication.disconnected");
@@ -234,18 +247,12 @@ TEST_CASE("a write the secondary's disk fails makes its copy unpromotable until 
     REQUIRE_DIRECT_IO();
     // beta's volume fills a small ext4 file system; a hole punched into it and
     // the rest of the file system filled leave no room for a write into the hole.
-    tandem::test::temp_dir dir;
-    auto img = (dir.path() / "fs.img").string(), mnt = (dir.path() / "mnt").string();
-    tandem::test::run_ok("truncate -s 48M " + img + " && mkfs.ext4 -q -F " + img + " && mkdir " + mnt +
-                         " && mount -o loop " + img + " " + mnt + " && truncate -s 32M " + mnt + "/vol");
-    struct unmount {
-        std::string m;
-        ~unmount() { tandem::test::run("umount " + m); }
-    } um{mnt};
+    small_fs fs("48M", "32M");
+    const std::string& mnt = fs.mnt;
     event_log log;
     node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
     ::unlink(b.vol.path.c_str());
-    b.cfg.device = b.vol.path = mnt + "/vol";
+    b.cfg.device = b.vol.path = fs.vol;
     in_sync_with_alpha_primary(a, b, log);
     REQUIRE(b.eng->status().consistent);
     tandem::test::run_ok("fallocate --punch-hole --offset 4M --length 1M " + mnt + "/vol");
