@@ -13,7 +13,11 @@
 #            then a manual takeover: report TOOK-BACK with /store's files
 #   refill   the same as rejoin, then `tandemctl discard-local` without a split
 #            brain (DRBD: drbdadm invalidate): report REFILLED with the bytes of
-#            the full resync that follows
+#            the full resync that follows; then the crossover address goes away
+#            until DRBD gives up (StandAlone: it cannot bind it) and comes back:
+#            tandemd reconnects DRBD, report RECONNECTED
+# A wait that runs out reports FAIL with tandemd's journal, well inside the
+# host's time limit, so the host's log says why.
 ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
 step=$(sed -n 's/.*tandem\.hatest=\([a-z]*\).*/\1/p' /proc/cmdline)
 node=$(uname -n)
@@ -22,12 +26,15 @@ fail() {
     say "FAIL $*"
     journalctl -b --no-pager -n 80 -u tandemd > /dev/ttyS0 2>&1
     $ctl events --backlog 40 > /dev/ttyS0 2>&1
+    { ip -br addr; cat /proc/drbd; } > /dev/ttyS0 2>&1
+    say "FAIL $*"  # again, below the journal: the host may show only the end
     exit 1
 }
 vip() { ip -4 -o addr show dev eth0 label eth0:0 | awk '{print $4}'; }
 sum() { sha256sum "$1" 2>/dev/null | cut -c1-16; }
 store() { if mountpoint -q /store; then echo "mounted dev=$(findmnt -no SOURCE /store)"; else echo unmounted; fi; }
-progress() { $ctl sync --timeout 900s 2>&1 | while read -r l; do say "sync: $l"; done; }
+# Shows the resync while it runs; the `sync --timeout 10s` after it checks the outcome.
+progress() { $ctl sync --timeout 600s 2>&1 | while read -r l; do say "sync: $l"; done; }
 # ACTIVE is the state from the claim on; the acquire sequence (mount /store,
 # the VIP, services, announce) ends with the event failover.complete.
 acquired() { $ctl wait event=failover.complete --since 0 --timeout 120s > /dev/null || fail "acquire did not complete"; }
@@ -53,14 +60,14 @@ standby)
     say "WROTE after=$(sum /store/hatest/after)"
     $ctl wait state=ACTIVE --timeout 1s > /dev/null || fail "no longer ACTIVE"
     progress
-    $ctl sync --timeout 900s > /dev/null || fail "not in sync with the returning peer"
+    $ctl sync --timeout 10s > /dev/null || fail "not in sync with the returning peer"
     say "RESYNCED vip=$(vip) store=$(store) $($ctl cstate)"
     ;;
 rejoin | repair | refill)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
     say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
     progress
-    $ctl sync --timeout 900s > /dev/null || fail "not in sync after rejoining"
+    $ctl sync --timeout 10s > /dev/null || fail "not in sync after rejoining"
     # SYNCHRONIZING while the resync runs; STANDBY once it is over.
     $ctl wait state=STANDBY --timeout 60s > /dev/null || fail "not STANDBY once in sync: $($ctl cstate 2>&1)"
     got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
@@ -75,6 +82,19 @@ rejoin | repair | refill)
         progress
         got=$($ctl events --backlog 200 | grep -F replication.sync_done | tail -1)
         say "REFILLED vip=$(vip) store=$(store) $($ctl cstate) $got"
+        # DRBD binds its crossover address for every connection attempt; without
+        # it DRBD stops trying for good. tandemd must bring it back.
+        xo=$(ip -4 -o addr show dev eth1 | awk '{print $4}')
+        [ -n "$xo" ] || fail "eth1 has no address"
+        seq=$($ctl events --backlog 1 | sed -n 's/.*"seq":\([0-9]*\).*/\1/p')
+        ip addr del "$xo" dev eth1 || fail "removing $xo from eth1"
+        $ctl wait event=replication.reconnect --since "$seq" --timeout 120s > /dev/null ||
+            fail "DRBD without its address: no replication.reconnect ($(cat /proc/drbd | sed -n 's/.*\(cs:[A-Za-z]*\).*/\1/p'))"
+        gave_up=$($ctl events --backlog 50 | grep -F replication.reconnect | tail -1 | sed -n 's/.*"message":"\([^"]*\)".*/\1/p')
+        ip addr add "$xo" dev eth1 || fail "adding $xo to eth1 again"
+        progress
+        $ctl sync --timeout 10s > /dev/null || fail "DRBD not connected and in sync after the address came back"
+        say "RECONNECTED $($ctl cstate) gave-up=\"$gave_up\""
         exit 0
     fi
     [ "$step" = repair ] || exit 0

@@ -11,6 +11,8 @@
 # 3. alpha boots again: it stays STANDBY (no automatic failback) and resyncs:
 #    with uring only the delta (checked: under 64 MiB); DRBD 8.4 resyncs what
 #    its on-disk bitmap marks, which after a power cut can be the whole device;
+#    with DRBD alpha then discards its data (a full resync), and loses its
+#    crossover address until DRBD gives up (StandAlone): tandemd reconnects it;
 # 4. (uring) alpha's disk is flattened with tandem-recovery and provisioned
 #    again: it re-pairs as standby, receives a full resync from beta, and a
 #    manual takeover shows both files on its /store ("Restore System").
@@ -42,9 +44,12 @@ t0=$(date +%s.%N)
 since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 say() { echo "image-test-ha ($backend, $(since "$t0") s): $*"; }
 die() {  # to stderr: await runs in a command substitution
-    {
+    {   # Short, the reason last: CI may show only the end (the whole consoles go to OUT_DIR/ha-*.log).
+        for n in alpha beta; do
+            echo "--- $n's console since its last boot: steps, Tandem and DRBD lines, the last 14:"
+            tail -n +"${from[$n]:-1}" "$work/$n.log" 2>/dev/null | grep -a "TANDEM-HATEST\|drbd\|tandem" | cut -c1-220 | tail -14 || true
+        done
         say "FAILED: $*"
-        for n in alpha beta; do echo "--- $n's console, last lines:"; tail -40 "$work/$n.log" 2>/dev/null || true; done
     } >&2
     exit 1
 }
@@ -205,6 +210,10 @@ if [[ $backend == drbd ]]; then
     [[ -n $full ]] && ((full * 10 >= store_bytes * 9)) ||
         die "after discard-local alpha received ${full:-no} bytes, not the whole store ($store_bytes)"
     repair="discard-local (drbdadm invalidate) refilled ${full} bytes"
+    reconnected=$(await alpha RECONNECTED)
+    say "alpha: $reconnected"
+    [[ $reconnected == *StandAlone* ]] || die "alpha reconnected, but its replication.reconnect does not name StandAlone"
+    repair="$repair; DRBD StandAlone without its address, reconnected by tandemd"
 fi
 
 # Restore System: alpha is flattened to the factory image, given its identity

@@ -350,6 +350,13 @@ mapped map_state(const kernel_state& s) {
     return m;
 }
 
+std::optional<std::string> needs_adjust(const kernel_state& s) {
+    if (s.split_brain) return std::nullopt;
+    if (s.connection.empty() || s.connection == "Unconfigured") return "not configured in the kernel";
+    if (s.connection == "StandAlone") return "StandAlone (DRBD stopped trying to connect)";
+    return std::nullopt;
+}
+
 namespace {
 
 bool in_path(const std::string& tool) {

@@ -823,8 +823,49 @@ asio::awaitable<void> node_runtime::drbd_loop() {
     }
     auto up = co_await d.run(drbd::action::adjust);
     if (!up.ok()) bus_.publish({"replication.error", "drbdadm adjust " + up.describe(), {}});
+    asio::co_spawn(io_, drbd_keep_up(), asio::detached);
     if (drbd::kernel_version() == 9) co_await drbd_watch_events2();
     else co_await drbd_watch_proc();
+}
+
+// DRBD stops trying for good when it cannot bind its local address (the
+// replication link configured after tandemd's first `adjust`, or its address
+// removed and added again) or a handshake fails: it sits StandAlone and the
+// standby never catches up. `drbdadm adjust` again, pausing 2 s, then twice as
+// long each time up to a minute; not after a split brain (the operator's
+// choice) and not while tandemd itself holds it disconnected.
+asio::awaitable<void> node_runtime::drbd_keep_up() {
+    using namespace std::chrono_literals;
+    asio::steady_timer tick(io_);
+    std::chrono::seconds pause = 2s;
+    steady_time next = now() + pause;
+    std::string last_error;
+    bool announced = false;
+    while (!stopping_) {
+        tick.expires_after(1s);
+        co_await tick.async_wait(asio::as_tuple(asio::use_awaitable));
+        auto why = drbd::needs_adjust(drbd_state_);
+        if (!why || drbd_forcing_ || drbd_own_disconnect_) {
+            if (!why && announced) bus_.publish({"replication.state", "DRBD " + drbd_->res().name + " is back: " +
+                                                                          drbd_state_.connection, {}});
+            if (!why) pause = 2s, announced = false, last_error.clear();
+            next = now() + pause;
+            continue;
+        }
+        if (stopping_ || now() < next) continue;
+        if (!announced)
+            bus_.publish({"replication.reconnect",
+                          fmt::format("DRBD {} is {}: `drbdadm adjust {}` to bring it back", drbd_->res().name, *why,
+                                      drbd_->res().name),
+                          {}});
+        announced = true;
+        auto r = co_await drbd_->run(drbd::action::adjust);
+        if (!r.ok() && r.describe() != last_error)  // once per distinct failure, not once a minute
+            bus_.publish({"replication.error", "drbdadm adjust " + r.describe(), {}});
+        last_error = r.ok() ? std::string() : r.describe();
+        next = now() + pause;
+        pause = std::min<std::chrono::seconds>(pause * 2, 60s);
+    }
 }
 
 // The configured rate into DRBD: the resource file, then `drbdadm adjust`.
@@ -1146,6 +1187,7 @@ json node_runtime::handle(const json& req) {
         asio::co_spawn(io_, [this, h]() -> asio::awaitable<void> {
             if (h == how::discard_split) {
                 // This node's changes since the split go; a resync from the peer follows.
+                drbd_own_disconnect_ = true;  // until the connect below: drbd_keep_up must not connect first
                 co_await drbd_->run(drbd::action::disconnect);
                 std::filesystem::remove(drbd_->res().split_brain_flag);
                 drbd_state_.split_brain = false;
@@ -1153,6 +1195,7 @@ json node_runtime::handle(const json& req) {
             auto a = h == how::verify ? drbd::action::verify
                      : h == how::discard_split ? drbd::action::discard_my_data : drbd::action::invalidate;
             auto r = co_await drbd_->run(a);
+            drbd_own_disconnect_ = false;
             // A verify ends when DRBD leaves VerifyS/VerifyT (on_drbd_state); one that did not start ends here.
             if (h != how::verify || !r.ok())
                 bus_.publish({h == how::verify ? "replication.verify_done" : "replication.discard",

@@ -37,7 +37,7 @@ TEST_CASE("image: two guests with the io_uring engine: power cut, takeover with 
 }
 
 TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeover with /store, resync on return, "
-          "invalidate", "[image]") {
+          "invalidate, reconnect", "[image]") {
     if (::geteuid() != 0) TANDEM_SKIP("two guests need root (namespaces, taps)");
     TANDEM_REQUIRE_IMAGE();
     auto r = run("image/test-ha.sh build/image drbd 1500 2>&1");
@@ -47,4 +47,5 @@ TEST_CASE("image: two guests with kernel DRBD 8.4: full sync, power cut, takeove
     CHECK(r.out.find("/store on /dev/drbd0") != std::string::npos);
     CHECK(r.out.find("REJOINED") != std::string::npos);
     CHECK(r.out.find("discard-local (drbdadm invalidate) refilled") != std::string::npos);
+    CHECK(r.out.find("StandAlone without its address, reconnected by tandemd") != std::string::npos);
 }

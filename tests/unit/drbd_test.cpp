@@ -233,6 +233,38 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     CHECK(drbd::map_state(*s).sync == sync_state::inconsistent);
 }
 
+TEST_CASE("drbd: a resource that DRBD gave up on is brought back, except after a split brain", "[unit][drbd]") {
+    const char* header = "version: 8.4.11 (api:1/proto:86-101)\n";
+    auto state = [&](const std::string& body) {
+        return drbd::parse_proc_drbd(header + body, 0).value_or(drbd::kernel_state{});
+    };
+    // Up, or waiting by itself: nothing to do.
+    for (const char* up : {" 0: cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----\n",
+                           " 0: cs:WFConnection ro:Secondary/Unknown ds:UpToDate/DUnknown C r-----\n",
+                           " 0: cs:SyncTarget ro:Secondary/Primary ds:Inconsistent/UpToDate C r-----\n",
+                           " 0: cs:Connecting ro:Secondary/Unknown ds:UpToDate/DUnknown C r-----\n"}) {
+        INFO(up);
+        CHECK_FALSE(drbd::needs_adjust(state(up)));
+    }
+    // StandAlone without a split brain: a bind that failed (no local address yet) or a refused handshake.
+    auto standalone = state(" 0: cs:StandAlone ro:Secondary/Unknown ds:UpToDate/DUnknown   r-----\n");
+    auto why = drbd::needs_adjust(standalone);
+    REQUIRE(why);
+    CHECK(why->find("StandAlone") != std::string::npos);
+    // Not in the kernel at all: the minor is missing, or Unconfigured.
+    CHECK(drbd::needs_adjust(state("")));
+    CHECK(drbd::needs_adjust(state(" 0: cs:Unconfigured\n")));
+    // After a split brain the operator chooses the side: Tandem does not reconnect.
+    standalone.split_brain = true;
+    CHECK_FALSE(drbd::needs_adjust(standalone));
+    // DRBD 9: the connection destroyed, as events2 reports it.
+    drbd::kernel_state nine;
+    drbd::apply_events2(nine, "exists connection name:store peer-node-id:1 conn-name:beta connection:Connected role:Primary", "store");
+    CHECK_FALSE(drbd::needs_adjust(nine));
+    drbd::apply_events2(nine, "destroy connection name:store peer-node-id:1 conn-name:beta", "store");
+    CHECK(drbd::needs_adjust(nine));
+}
+
 TEST_CASE("drbd: drbdsetup events2 of DRBD 9 folds into one state", "[unit][drbd]") {
     drbd::kernel_state s;
     auto feed = [&](std::string_view l) { return drbd::apply_events2(s, l, "store"); };

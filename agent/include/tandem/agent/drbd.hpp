@@ -98,6 +98,12 @@ struct mapped {
 };
 mapped map_state(const kernel_state& s);
 
+// Why the resource needs `drbdadm adjust` to come back, or nullopt when DRBD
+// is up or waits by itself. DRBD gives up for good (StandAlone) when it cannot
+// bind its local address, e.g. a link configured after tandemd ran `adjust`,
+// or when a handshake fails; after a split brain it is the operator's turn.
+std::optional<std::string> needs_adjust(const kernel_state& s);
+
 // What this machine lacks for backend "drbd", naming what to install or load;
 // "" when nothing. With `load_module`, a missing drbd.ko is loaded first.
 std::string check_host(const config& c, bool load_module);

@@ -63,6 +63,7 @@ private:
     boost::asio::awaitable<void> drbd_loop();
     boost::asio::awaitable<void> drbd_watch_events2();
     boost::asio::awaitable<void> drbd_watch_proc();
+    boost::asio::awaitable<void> drbd_keep_up();
     void on_drbd_state(const drbd::kernel_state& s);
     bool apply_drbd_rate();  // false: the resource file could not be written (an event says why)
     void on_netlink(const netlink::event& ev);
@@ -102,6 +103,7 @@ private:
     drbd::kernel_state drbd_state_;
     bool drbd_forcing_ = false;  // the first full sync of a new cluster is being started
     bool drbd_force_failed_ = false;  // and failed in this run: not retried
+    bool drbd_own_disconnect_ = false;  // tandemd itself disconnected it (discard-local): not brought back
     // A running DRBD resync as the status shows it: its size (the most out of
     // sync seen since it started) and its start, for the rate.
     std::uint64_t drbd_sync_total_kib_ = 0;
