@@ -28,20 +28,23 @@ const char* cut_all =
 struct replicated {
     loop_volume va, vb;
     test_cluster c;
-    explicit replicated(std::uint64_t size, unsigned rate_mib = 4096)
-        : va(size, true), vb(size, false), c(options(rate_mib, va.dev, vb.dev)) {}
+    // `extra_a`/`extra_b`: more TOML for each node (a [crossover] section, say).
+    explicit replicated(std::uint64_t size, unsigned rate_mib = 4096, const std::string& extra_a = "",
+                        const std::string& extra_b = "")
+        : va(size, true), vb(size, false), c(options(rate_mib, va.dev, vb.dev, extra_a, extra_b)) {}
     ~replicated() {
         for (auto* v : {&va, &vb}) ::unlink(fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), v->dev.substr(v->dev.rfind('/') + 1)).c_str());
     }
-    static test_cluster::options options(unsigned rate, const std::string& a, const std::string& b) {
+    static test_cluster::options options(unsigned rate, const std::string& a, const std::string& b,
+                                         const std::string& extra_a, const std::string& extra_b) {
         test_cluster::options o;
         auto section = [&](const std::string& dev) {
             return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"/dev/shm/tandem-md-{}-{}\"\n"
                                "rate = {}\n[store]\nmount = \"\"\n",
                                dev, ::getpid(), dev.substr(dev.rfind('/') + 1), rate);
         };
-        o.extra_a = section(a);
-        o.extra_b = section(b);
+        o.extra_a = section(a) + extra_a;
+        o.extra_b = section(b) + extra_b;
         return o;
     }
     // Both nodes started, the first sync done, beta standby.
@@ -147,6 +150,45 @@ TEST_CASE("replication: after a failover the old primary rejoins with a bitmap r
     CHECK(r.sent("b") == 0);
     CHECK(r.va.sha256() == r.vb.sha256());
     CHECK(c.state("b") == "ACTIVE");  // no automatic failback
+}
+
+TEST_CASE("replication: over an IPv6 crossover link; a pulled crossover stops replication, not the cluster",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    // The crossover cable: a veth straight from one node to the other, with
+    // IPv6 addresses; the heartbeats stay on the IPv4 management network.
+    auto xo = [](int me, int peer) {
+        return fmt::format("[crossover]\ninterface = \"xo\"\naddress = \"fd00:78::{}\"\npeer_address = \"fd00:78::{}\"\n",
+                           me, peer);
+    };
+    replicated r(256 * mib, 4096, xo(1, 2), xo(2, 1));
+    auto& c = r.c;
+    veth(c.ns("a"), "xo", "fd00:78::1/64 nodad", c.ns("b"), "xo", "fd00:78::2/64 nodad");
+    r.up();
+    CHECK(r.va.sha256() == r.vb.sha256());
+    // The primary dials from its crossover address, bound to the crossover
+    // interface (ss shows SO_BINDTODEVICE as "%xo"), to the secondary's.
+    auto ss = c.ns("a").exec_ok("ss -Htn state established '( dport = :7789 )'");
+    INFO(ss);
+    CHECK_THAT(ss, Catch::Contains("[fd00:78::1]%xo:") && Catch::Contains("[fd00:78::2]:7789"));
+    CHECK(c.ns("a").exec_ok("ss -Htn state established '( dport = :7789 or sport = :7789 )'").find("10.77.0.") ==
+          std::string::npos);
+
+    // The cable is pulled on beta's side: replication stops; heartbeats do not, so no failover.
+    auto seq = c.last_seq("b");
+    c.ns("b").exec_ok("ip link set xo down");  // IPv6 drops the address of a link that goes down
+    REQUIRE(c.wait("b", "event=replication.disconnected", 20s, seq));
+    CHECK(r.repl("b")["link"] != "connected");
+    CHECK(c.state("a") == "ACTIVE");
+    CHECK(c.state("b") == "STANDBY");
+    // Plugged in again, with its address back (as systemd-networkd would): the engine reconnects over it.
+    seq = c.last_seq("b");
+    c.ns("b").exec_ok("ip link set xo up");
+    c.ns("b").exec_ok("ip addr replace fd00:78::2/64 nodad dev xo");
+    REQUIRE(c.wait("b", "event=replication.connected", 30s, seq));
+    REQUIRE(r.sync("b").status == 0);
+    CHECK(r.va.sha256() == r.vb.sha256());
+    CHECK(c.state("a") == "ACTIVE");
 }
 
 TEST_CASE("replication: a split brain stops replication until the operator discards one side",
