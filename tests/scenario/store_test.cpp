@@ -191,6 +191,16 @@ struct live_store {
     cmd_result in_store(const std::string& node, const std::string& cmd) const {
         return run(fmt::format("nsenter -t {} -m -- sh -c '{}'", c.pid(node), cmd));
     }
+    // The sha256 of a file on a node's /store (`prefix`: a command run first, in the same shell).
+    std::string sha256(const std::string& node, const std::string& file, const std::string& prefix = "") const {
+        auto r = in_store(node, fmt::format("{}sha256sum < {}/{}", prefix, mount(node), file));
+        REQUIRE(r.status == 0);
+        return r.out;
+    }
+    // Writes `mib` MiB of random data to a file on a node's /store, synced; returns its sha256.
+    std::string write_random(const std::string& node, const std::string& file, int mib) const {
+        return sha256(node, file, fmt::format("head -c {1}M /dev/urandom > {0}/{2} && sync {0}/{2} && ", mount(node), mib, file));
+    }
     // Crash: the node's link goes dark, then tandemd is SIGKILLed.
     void crash(const std::string& node) {
         c.ns(node).exec_ok("ip link set eth0 down");
@@ -279,16 +289,14 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     live_store s;
     auto& c = s.c;
     s.up();
-    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {0}/before && sync {0}/before", s.mount("a"))).status == 0);
+    s.write_random("a", "before", 4);
     s.crash_over_to("a", "b");
     // beta writes 8 MiB while alpha is away.
-    REQUIRE(s.in_store("b", fmt::format("head -c 8M /dev/urandom > {0}/during && sync {0}/during && sha256sum {0}/during {0}/before "
-                                        "| cut -c1-64 > {1}/sums-b",
-                                        s.mount("b"), s.dir.path().string()))
-                .status == 0);
-    auto before = s.sent("b");
+    auto during = s.write_random("b", "during", 8);
+    auto before = s.sha256("b", "before");
+    auto sent = s.sent("b");
     s.rejoin("a");
-    auto delta = s.sent("b") - before;
+    auto delta = s.sent("b") - sent;
     INFO("resync after the failover: " << delta << " bytes of a 128 MiB volume");
     CHECK(delta >= 8 * mib);   // at least what beta wrote
     // A delta, not the whole volume: beta's writes, and alpha's hot 4 MiB
@@ -301,9 +309,8 @@ TEST_CASE("the old primary rejoins with only the delta and, after a giveback, ho
     REQUIRE(c.wait("a", "event=failover.complete", soon, since));
     REQUIRE(c.wait("b", "state=STANDBY", soon));
     CHECK(c.status("b")["store"]["mounted"] == false);
-    auto sums = s.in_store("a", fmt::format("sha256sum {0}/during {0}/before | cut -c1-64", s.mount("a")));
-    REQUIRE(sums.status == 0);
-    CHECK(sums.out == read_file(s.dir.path() / "sums-b"));
+    CHECK(s.sha256("a", "during") == during);
+    CHECK(s.sha256("a", "before") == before);
 }
 
 TEST_CASE("with fstype xfs the primary creates /store, and after a crash the secondary mounts it intact",
@@ -317,16 +324,11 @@ TEST_CASE("with fstype xfs the primary creates /store, and after a crash the sec
         return s.in_store(node, fmt::format("findmnt -no FSTYPE,OPTIONS {}", s.mount(node))).out;
     };
     CHECK_THAT(fstype("a"), Catch::StartsWith("xfs ") && Catch::Contains("nouuid"));
-    REQUIRE(s.in_store("a", fmt::format("head -c 8M /dev/urandom > {0}/data && sync {0}/data && sha256sum {0}/data "
-                                        "| cut -c1-64 > {1}/sum-a",
-                                        s.mount("a"), s.dir.path().string()))
-                .status == 0);
+    auto data = s.write_random("a", "data", 8);
     s.crash_over_to("a", "b");
     CHECK(c.status("b")["store"]["mounted"] == true);
     CHECK_THAT(fstype("b"), Catch::StartsWith("xfs "));
-    auto sum = s.in_store("b", fmt::format("sha256sum {}/data | cut -c1-64", s.mount("b")));
-    REQUIRE(sum.status == 0);
-    CHECK(sum.out == read_file(s.dir.path() / "sum-a"));
+    CHECK(s.sha256("b", "data") == data);
     // The log the crash left was replayed at mount; the file system checks clean once unmounted.
     // A clean stop releases /store: unmounted, front end detached, volume closed.
     CHECK(c.stop("b") == 0);
@@ -380,17 +382,12 @@ TEST_CASE("shared storage: the new active mounts the shared device after a crash
     CHECK(st["frontend"] == "shared");
     CHECK(st["device"] == s.va.dev);
     CHECK(c.status("b")["store"]["mounted"] == false);  // the standby never mounts the shared device
-    REQUIRE(s.in_store("a", fmt::format("head -c 4M /dev/urandom > {0}/before && sync {0}/before && "
-                                        "sha256sum < {0}/before > {1}/sum",
-                                        s.mount("a"), s.dir.path().string()))
-                .status == 0);
+    auto before = s.write_random("a", "before", 4);
 
     // A crash of the active: beta checks the file system and mounts the same device.
     s.crash_over_to("a", "b");
     REQUIRE(c.status("b")["store"]["mounted"] == true);
-    auto sum = s.in_store("b", fmt::format("sha256sum < {}/before", s.mount("b")));
-    REQUIRE(sum.status == 0);
-    CHECK(sum.out == read_file(s.dir.path() / "sum"));
+    CHECK(s.sha256("b", "before") == before);
     s.rejoin("a");
     CHECK(c.status("a")["store"]["mounted"] == false);
 
@@ -405,7 +402,5 @@ TEST_CASE("shared storage: the new active mounts the shared device after a crash
     CHECK(c.state("b") != "ACTIVE");
     CHECK(c.status("b")["store"]["mounted"] == false);
     REQUIRE(c.status("a")["store"]["mounted"] == true);
-    sum = s.in_store("a", fmt::format("touch {0}/writable && sha256sum < {0}/before", s.mount("a")));
-    REQUIRE(sum.status == 0);
-    CHECK(sum.out == read_file(s.dir.path() / "sum"));
+    CHECK(s.sha256("a", "before", fmt::format("touch {}/writable && ", s.mount("a"))) == before);
 }
