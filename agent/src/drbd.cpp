@@ -341,7 +341,7 @@ mapped map_state(const kernel_state& s) {
                                    s.connection.empty() ? "not connected" : s.connection);
         return m;
     }
-    m.sync = sync_state::inconsistent;
+    m.sync = s.disk == "Outdated" ? sync_state::outdated : sync_state::inconsistent;
     m.detail = fmt::format("DRBD: local disk {}{}: not promotable", s.disk.empty() ? "unknown" : s.disk,
                            s.disk == "Outdated" || s.disk == "Consistent"
                                ? " (the peer may hold newer data: connect it; see docs/drbd.md before forcing "

@@ -53,11 +53,14 @@ std::string_view to_string(drop_reason r) noexcept {
 std::size_t encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key,
                              std::span<std::byte, heartbeat_size> out) {
     const bool old = hb.wire_version == heartbeat_version_v1;
+    const std::uint8_t version = old ? heartbeat_version_v1
+                                 : hb.wire_version == heartbeat_version_v2 ? heartbeat_version_v2
+                                                                           : heartbeat_version;
     const layout& L = old ? v1 : v2;
     std::span<std::byte> b = std::span<std::byte>(out).first(L.size);
     std::fill(out.begin(), out.end(), std::byte{0});
     store_be<std::uint32_t>(b.subspan(0), heartbeat_magic);
-    b[4] = std::byte{old ? heartbeat_version_v1 : heartbeat_version};
+    b[4] = std::byte{version};
     b[5] = std::byte{1};
     store_be<std::uint16_t>(b.subspan(6), static_cast<std::uint16_t>(L.size));
     store_be<std::uint64_t>(b.subspan(8), hb.boot_id);
@@ -70,8 +73,10 @@ std::size_t encode_heartbeat(const heartbeat& hb, std::span<const std::byte> key
     b[64] = std::byte{hb.role};
     b[65] = static_cast<std::byte>(hb.state);
     b[66] = static_cast<std::byte>(hb.mode);
-    b[67] = static_cast<std::byte>(hb.sync);
-    store_be<std::uint16_t>(b.subspan(68), hb.flags);
+    // What an older peer would refuse as a bad field stays out of its format.
+    const bool v3 = version == heartbeat_version;
+    b[67] = static_cast<std::byte>(!v3 && hb.sync == sync_state::outdated ? sync_state::inconsistent : hb.sync);
+    store_be<std::uint16_t>(b.subspan(68), v3 ? hb.flags : static_cast<std::uint16_t>(hb.flags & hb_known_flags_v2));
     store_be<std::uint16_t>(b.subspan(70), hb.sync_permille);
     b[72] = std::byte{hb.link};
     if (!old) {
@@ -101,7 +106,8 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     if (in.size() > heartbeat_size) return fail(drop_reason::oversize);  // larger than any version
     if (load_be<std::uint32_t>(in) != heartbeat_magic) return fail(drop_reason::bad_magic);
     auto version = std::to_integer<std::uint8_t>(in[4]);
-    if (version != heartbeat_version && version != heartbeat_version_v1) return fail(drop_reason::bad_version);
+    if (version != heartbeat_version && version != heartbeat_version_v2 && version != heartbeat_version_v1)
+        return fail(drop_reason::bad_version);
     const bool old = version == heartbeat_version_v1;
     const layout& L = old ? v1 : v2;
     if (in.size() < L.size) return fail(drop_reason::truncated);
@@ -143,7 +149,9 @@ decode_result decode_heartbeat(std::span<const std::byte> in, std::span<const st
     }
     if (!padding_zero || (hb.role != 1 && hb.role != 2) || !valid_state(state) ||
         state == static_cast<std::uint8_t>(host_state::unknown) || !valid_mode(mode) || !valid_sync(sync) ||
-        (hb.flags & ~hb_known_flags) != 0 || hb.sync_permille > 1000 || hb.seq == 0)
+        (hb.flags & ~(version == heartbeat_version ? hb_known_flags : hb_known_flags_v2)) != 0 ||
+        (version != heartbeat_version && sync == static_cast<std::uint8_t>(sync_state::outdated)) ||
+        hb.sync_permille > 1000 || hb.seq == 0)
         return fail(drop_reason::bad_field);
     hb.state = static_cast<host_state>(state);
     hb.mode = static_cast<host_mode>(mode);

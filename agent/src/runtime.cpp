@@ -378,20 +378,17 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
     if (peer_boot_ && *peer_boot_ != hb.boot_id)
         bus_.publish({"peer.restarted", "the peer's tandemd restarted", {}});
     peer_boot_ = hb.boot_id;
-    // Answer in the peer's format: version 1 only to a peer that has never sent
-    // version 2 in its current run. A stale version 1 from an upgraded peer that
-    // was still answering an old one does not pull this node back.
-    std::uint8_t wire = peer_wire_version_;
-    if (hb.wire_version == heartbeat_version) {
-        peer_v2_boot_ = hb.boot_id;
-        wire = heartbeat_version;
-    } else if (hb.boot_id != peer_v2_boot_) {
-        wire = hb.wire_version;
-    }
+    // Answer in the highest format the peer's current run has sent. A stale
+    // older version from an upgraded peer that was still answering an old one
+    // does not pull this node back; a new run of the peer starts afresh.
+    std::uint8_t wire = hb.boot_id == peer_wire_boot_ ? std::max(peer_wire_version_, hb.wire_version) : hb.wire_version;
+    peer_wire_boot_ = hb.boot_id;
     if (wire != peer_wire_version_) {
         log::warning("heartbeat.wire_version", "the peer speaks heartbeat version {}: sending version {}{}",
                      hb.wire_version, wire,
-                     wire < heartbeat_version ? " (no latency samples until it is upgraded)" : "");
+                     wire == heartbeat_version_v1 ? " (no latency samples and no fencing until it is upgraded)"
+                     : wire < heartbeat_version   ? " (no fencing until it is upgraded)"
+                                                  : "");
         peer_wire_version_ = wire;
     }
     ++l.rx;

@@ -28,13 +28,14 @@ std::string_view to_string(sync_state s) noexcept {
         case sync_state::synchronizing: return "SYNCHRONIZING";
         case sync_state::inconsistent: return "INCONSISTENT";
         case sync_state::diverged: return "DIVERGED";
+        case sync_state::outdated: return "OUTDATED";
     }
     return "INVALID";
 }
 
 bool valid_state(std::uint8_t v) noexcept { return v >= 1 && v <= 10; }
 bool valid_mode(std::uint8_t v) noexcept { return v == 1 || v == 2; }
-bool valid_sync(std::uint8_t v) noexcept { return v <= 4; }
+bool valid_sync(std::uint8_t v) noexcept { return v <= 5; }
 bool promotable(sync_state s) noexcept { return s == sync_state::none || s == sync_state::up_to_date; }
 
 transition_verdict check_transition(host_state from, host_state to) noexcept {

@@ -44,7 +44,7 @@ static __always_inline int peer_is(const __u8 *a, const int len) {
     return 1;
 }
 
-/* Finds a version 2 heartbeat in skb; `ingress` selects which end of the
+/* Finds a version 2 or 3 heartbeat in skb; `ingress` selects which end of the
  * datagram must be the peer. Returns the heartbeat's first byte, or NULL.
  *
  * Direct reads of the packet, no helper calls and no copies in the common
@@ -81,7 +81,7 @@ static __always_inline const __u8 *parse(struct __sk_buff *skb, int ingress) {
     }
     if (!ingress && *(__u16 *)(d + l4) != bpf_htons(port)) return 0; /* ours leave from the port too */
     const __u8 *h = d + l4 + 8;
-    if (be32(h) != HBP_MAGIC || h[4] != HBP_VERSION || h[5] != 1) return 0;
+    if (be32(h) != HBP_MAGIC || h[4] < HBP_VERSION_MIN || h[4] > HBP_VERSION_MAX || h[5] != 1) return 0;
     return h;
 }
 

@@ -222,7 +222,7 @@ TEST_CASE("drbd: /proc/drbd of DRBD 8.4, state by state", "[unit][drbd]") {
     REQUIRE(s);
     CHECK(s->connection == "StandAlone");
     m = drbd::map_state(*s);
-    CHECK(m.sync == sync_state::inconsistent);
+    CHECK(m.sync == sync_state::outdated);
     CHECK(m.detail.find("Outdated") != std::string::npos);
     s->split_brain = true;  // from the split-brain handler
     CHECK(drbd::map_state(*s).sync == sync_state::diverged);

@@ -2,6 +2,7 @@
 #include "tandem/agent/heartbeat_codec.hpp"
 
 #include "tandem/base/bytes.hpp"
+#include "tandem/base/hmac.hpp"
 #include "tandem/ebpf/hb_stats.h"
 
 #include <catch2/catch.hpp>
@@ -85,7 +86,8 @@ TEST_CASE("the kernel probe reads each field where the encoder writes it", "[uni
     auto s = sample();
     std::span<const std::byte> b(buf);
     CHECK(load_be<std::uint32_t>(b) == HBP_MAGIC);
-    CHECK(std::to_integer<int>(b[4]) == HBP_VERSION);
+    CHECK(std::to_integer<int>(b[4]) >= HBP_VERSION_MIN);
+    CHECK(std::to_integer<int>(b[4]) <= HBP_VERSION_MAX);
     CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_BOOT_ID)) == s.boot_id);
     CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_SEQ)) == s.seq);
     CHECK(load_be<std::uint64_t>(b.subspan(HBP_OFF_ECHO_SEQ)) == s.echo_seq);
@@ -124,6 +126,38 @@ TEST_CASE("a version 1 heartbeat, from a peer not yet upgraded, is still underst
           drop_reason::bad_mac);
 }
 
+TEST_CASE("fencing rides in version 3 and stays out of version 2", "[unit][heartbeat]") {
+    auto hb = sample();
+    hb.flags = hb_handover | hb_peer_outdated;
+    hb.sync = sync_state::outdated;
+    auto r = decode_heartbeat(encoded(hb), key);
+    REQUIRE(r.ok);
+    CHECK(r.hb.wire_version == heartbeat_version);
+    CHECK(r.hb.flags == (hb_handover | hb_peer_outdated));
+    CHECK(r.hb.sync == sync_state::outdated);
+
+    // A version 2 peer would drop the datagram for either: it gets neither,
+    // and OUTDATED as INCONSISTENT (not promotable to it either).
+    hb.wire_version = heartbeat_version_v2;
+    std::array<std::byte, heartbeat_size> buf{};
+    REQUIRE(encode_heartbeat(hb, key, buf) == heartbeat_size);
+    CHECK(std::to_integer<int>(buf[4]) == 2);
+    r = decode_heartbeat(buf, key);
+    REQUIRE(r.ok);
+    CHECK(r.hb.wire_version == heartbeat_version_v2);
+    CHECK(r.hb.flags == hb_handover);
+    CHECK(r.hb.sync == sync_state::inconsistent);
+
+    // Version 3 fields in a datagram that says version 2 (signed, so only a
+    // faulty peer could send it) are refused as version 2 would refuse them.
+    hb.wire_version = heartbeat_version;
+    auto forged = encoded(hb);
+    forged[4] = std::byte{2};
+    auto mac = hmac_sha256(key, std::span<const std::byte>(forged).first(heartbeat_mac_offset));
+    std::copy(mac.begin(), mac.end(), forged.begin() + heartbeat_mac_offset);
+    CHECK(decode_heartbeat(forged, key).reason == drop_reason::bad_field);
+}
+
 TEST_CASE("any flipped bit is rejected", "[unit][heartbeat]") {
     auto good = encoded();
     for (std::size_t i = 0; i < heartbeat_size; ++i) {
@@ -158,7 +192,7 @@ TEST_CASE("truncated, oversize and foreign datagrams are classified", "[unit][he
     wrong[0] = std::byte{'X'};
     CHECK(decode_heartbeat(wrong, key).reason == drop_reason::bad_magic);
     auto ver = buf;
-    ver[4] = std::byte{3};
+    ver[4] = std::byte{4};
     CHECK(decode_heartbeat(ver, key).reason == drop_reason::bad_version);
     auto v1_sized = buf;
     v1_sized[4] = std::byte{1};  // version 1 is 192 bytes long

@@ -26,7 +26,12 @@ namespace tandem::agent {
 // The latency probes (ebpf/) read bytes 0..119 in the kernel: keep those offsets
 // in step with ebpf/src/hb_probe.bpf.c.
 inline constexpr std::uint32_t heartbeat_magic = 0x544E4448;  // "TNDH"
-inline constexpr std::uint8_t heartbeat_version = 2;
+// Version 3 has version 2's layout and adds what version 2 decoders refuse:
+// the flag hb_peer_outdated and the sync state OUTDATED (fencing, see
+// docs/replication-engine.md). Spoken to a version 2 peer, both are left out
+// (OUTDATED goes as INCONSISTENT: not promotable either way).
+inline constexpr std::uint8_t heartbeat_version = 3;
+inline constexpr std::uint8_t heartbeat_version_v2 = 2;
 inline constexpr std::size_t heartbeat_size = 232;
 inline constexpr std::size_t heartbeat_mac_offset = 200;
 // Version 1, the format before the latency probes: bytes 0..72 as above, 73..79
@@ -46,7 +51,11 @@ enum heartbeat_flags : std::uint16_t {
     hb_handover = 1u << 1,           // sender released on purpose: the receiver should claim
     hb_connectivity_lost = 1u << 2,  // sender (active) failed its connectivity test
     hb_shutting_down = 1u << 3,      // sender is stopping cleanly: the receiver may claim at once
-    hb_known_flags = 0x000f,
+    // Version 3: the sender is primary and writes without the receiver (no
+    // replication connection): the receiver's copy is outdated.
+    hb_peer_outdated = 1u << 4,
+    hb_known_flags_v2 = 0x000f,
+    hb_known_flags = 0x001f,
 };
 
 struct heartbeat {
@@ -70,7 +79,7 @@ struct heartbeat {
     // ks_reply_seq, the answer, left at ks_tx_ns (the sender's monotonic clock).
     std::uint64_t ks_seq = 0, ks_rx_ns = 0, ks_tx_ns = 0, ks_reply_seq = 0;
     std::uint32_t rx_lost = 0;  // our heartbeats the sender never received on this link
-    std::uint8_t wire_version = heartbeat_version;  // 1: the fields above link_seq are absent
+    std::uint8_t wire_version = heartbeat_version;  // 1: the fields from link_seq on are absent
     std::string cluster;
     std::string node;
     std::string version;

@@ -127,7 +127,7 @@ private:
     replay_window replay_;
     std::optional<std::uint64_t> peer_boot_;
     std::uint8_t peer_wire_version_ = heartbeat_version;  // the heartbeat format we send
-    std::uint64_t peer_v2_boot_ = 0;  // the peer's run that has sent us version 2
+    std::uint64_t peer_wire_boot_ = 0;  // the peer's run whose highest version peer_wire_version_ is
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> drops_{};
     std::string last_status_;
     bool stopping_ = false;

@@ -43,6 +43,7 @@ enum class sync_state : std::uint8_t {
     synchronizing = 2,  // resync running
     inconsistent = 3,   // partial data: never promote
     diverged = 4,       // split brain: both sides wrote; the operator must choose
+    outdated = 5,       // the active wrote without this node: a consistent but old copy; never promote
 };
 
 [[nodiscard]] std::string_view to_string(host_state s) noexcept;  // "ACTIVE", "STANDBY", ...

@@ -30,10 +30,12 @@
 #include <linux/types.h>
 #endif
 
-/* Where the hooks find the fields in a heartbeat datagram (version 2; see
- * agent/heartbeat_codec.hpp, whose test checks these against the encoder). */
+/* Where the hooks find the fields in a heartbeat datagram (versions 2 and 3
+ * share the layout; see agent/heartbeat_codec.hpp, whose test checks these
+ * against the encoder). */
 #define HBP_MAGIC 0x544E4448 /* "TNDH" */
-#define HBP_VERSION 2
+#define HBP_VERSION_MIN 2
+#define HBP_VERSION_MAX 3
 #define HBP_OFF_BOOT_ID 8
 #define HBP_OFF_SEQ 16
 #define HBP_OFF_ECHO_SEQ 32
