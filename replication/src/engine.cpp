@@ -32,6 +32,7 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <set>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -151,6 +152,43 @@ struct engine::impl {
     void open_gate() {
         gate_closed = false;
         gate_cv.notify_all();
+    }
+    // Fencing (cfg.fencing): writes also wait while fence_pending, set when the
+    // primary starts writing without a peer that was in sync; cleared by the
+    // caller's peer_fenced() or a connection in sync again.
+    bool fence_pending = false;
+    unsigned writes_held = 0;
+    std::set<std::uint64_t> unreplicated;  // seqs of writes failed by a connection's end, until their writer sees it
+    void raise_fence(std::string_view why) {
+        if (!cfg.fencing || fence_pending) return;
+        fence_pending = true;
+        log::warning("replication.fencing", "{}: application writes wait until the peer is outdated or lost", why);
+        emit("replication.fencing", fmt::format("{}: writes wait until the peer is outdated or lost", why));
+    }
+    void lower_fence() {
+        fence_pending = false;
+        gate_cv.notify_all();
+    }
+    // Holds an application write while the gate is closed or the fence is up;
+    // false when the engine stops with the fence still up (the write fails).
+    bool hold_writes(std::unique_lock<std::mutex>& lk, bool gate = true) {
+        auto clear = [&] { return (!gate || !gate_closed) && (!fence_pending || stopping); };
+        if (!clear()) {
+            ++writes_held;
+            gate_cv.wait(lk, clear);
+            --writes_held;
+        }
+        return !fence_pending;
+    }
+    // The peer holds what this node holds from here on: writes are replicated as they happen.
+    void enter_connected() {
+        link = link_state::connected;
+        tx_seq = 0;
+        lower_fence();
+        if (st().flags & md_outdated) {
+            st().flags &= ~md_outdated;
+            commit_or_log("in sync: no longer outdated");
+        }
     }
     struct hot_extent {
         unsigned inflight = 0;
@@ -290,6 +328,7 @@ struct engine::impl {
         for (auto& [seq, w] : pending) {
             mark_dirty(w.offset, w.length);
             al_end(w.offset, w.length);
+            if (w.length && cfg.protocol == write_protocol::c) unreplicated.insert(seq);  // its writer waits
         }
         pending.clear();
         acked.notify_all();
@@ -689,8 +728,7 @@ void engine::impl::resync_source(int fd, std::uint64_t size, dirty_bitmap plan) 
             redirty.reset();
             st().bitmap.clear_all();
             resync_done_msg m{finish_resync_source(st().gen)};
-            link = link_state::connected;
-            tx_seq = 0;
+            enter_connected();
             lk.unlock();
             send_frame(fd, [&](std::span<std::byte> b) { return encode_resync_done(b, 0, m); });
             lk.lock();
@@ -747,8 +785,7 @@ void engine::impl::resync_target(int fd, std::uint64_t size, const dirty_bitmap&
         st().bitmap.clear_all();
         crashed_primary = false;
         commit_or_log("resync finished");
-        link = link_state::connected;
-        tx_seq = 0;
+        enter_connected();
     }
     send_frame(fd, [&](std::span<std::byte> b) { return encode_resync_done(b, 0, *r.done); });
     emit("replication.sync_done", fmt::format("in sync with {}: received {} bytes", peer_name, r.bytes));
@@ -1154,10 +1191,9 @@ void engine::impl::serve(int fd) {
         std::lock_guard lk(mu);
         // Nothing to send: settle a source that stopped between the two end-of-resync commits.
         st().gen = settle_after_none(st().gen, peer_gen);
-        link = link_state::connected;
         crashed_primary = false;
         commit_or_log("in sync");
-        tx_seq = 0;
+        enter_connected();
     }
     steady(fd, size);
 }
@@ -1172,6 +1208,8 @@ void engine::impl::on_connection_end() {
     // The new generation is durable before any write waiting for the peer
     // completes without it.
     diverge_if_primary();
+    // Before the writes that were waiting for the peer complete: they wait for the fence.
+    if (primary && link == link_state::connected) raise_fence("the replication connection to the peer in sync ended");
     fail_pending();
     open_gate();
     if (link != link_state::refused) link = link_state::connecting;
@@ -1271,6 +1309,7 @@ void engine::stop() {
     {
         std::lock_guard lk(p_->mu);
         if (p_->conn_fd >= 0) ::shutdown(p_->conn_fd, SHUT_RDWR);
+        p_->gate_cv.notify_all();  // writes held by the fence fail
     }
     if (p_->thread.joinable()) p_->thread.join();
     std::lock_guard lk(p_->mu);
@@ -1293,12 +1332,19 @@ result<void> engine::promote(std::string& why_not) {
                                             : "this node's data is inconsistent (a resync into it is unfinished)";
         return make_error_code(errc::bad_field);
     }
+    if (s.flags & md_outdated) {
+        why_not = "this node's data is outdated: the peer wrote without it while the replication link was down. "
+                  "Connect the replication link and let it resync; if the peer is lost for good, "
+                  "'tandemctl takeover --force' promotes this copy and its later writes are lost";
+        return make_error_code(errc::bad_field);
+    }
     p_->primary = true;
     // The peer learns roles only in the handshake, so a promotion while
     // connected ends the connection: the next hello tells the peer, and if it
     // is primary too (heartbeats cut, replication not), negotiate refuses two
     // primaries instead of both writing. Until then the writes are ours alone.
     p_->diverge_if_primary();
+    if (p_->conn_fd < 0) p_->raise_fence("promoted without a replication connection");
     if (p_->conn_fd >= 0) {
         p_->drop_reason = "promoted: reconnecting so that the peer learns the new role";
         ::shutdown(p_->conn_fd, SHUT_RDWR);
@@ -1323,6 +1369,54 @@ result<void> engine::demote() {
 }
 
 void engine::set_rate(std::uint64_t bps) { p_->progress.rate_bps = bps; }
+
+bool engine::fence_pending() const {
+    std::lock_guard lk(p_->mu);
+    return p_->fence_pending;
+}
+
+void engine::peer_fenced(const std::string& how) {
+    std::lock_guard lk(p_->mu);
+    if (!p_->fence_pending) return;
+    log::notice("replication.fenced", "{}: application writes go on without the peer", how);
+    p_->emit("replication.fenced", how + ": writes go on without the peer");
+    p_->lower_fence();
+}
+
+bool engine::writing_without_peer() const {
+    std::lock_guard lk(p_->mu);
+    return p_->primary && p_->link != link_state::connected && p_->link != link_state::sync_source;
+}
+
+bool engine::outdate(const std::string& why, bool stopping) {
+    std::lock_guard lk(p_->mu);
+    auto& s = p_->st();
+    auto l = p_->link;
+    bool apart = l == link_state::connecting || l == link_state::refused || l == link_state::stopped;
+    if (p_->primary || (s.flags & md_outdated) || !(s.flags & md_consistent) ||
+        !(apart || (stopping && l == link_state::connected)))
+        return false;
+    s.flags |= md_outdated;
+    p_->commit_or_log("outdated");
+    log::warning("replication.outdated", "{}: {}; not promotable until a resync", p_->cfg.device, why);
+    p_->emit("replication.outdated", fmt::format("this copy is outdated: {}; not promotable until the replication "
+                                                 "link is back and a resync brings it up to date",
+                                                 why));
+    return true;
+}
+
+bool engine::clear_outdated() {
+    std::lock_guard lk(p_->mu);
+    auto& s = p_->st();
+    if (!(s.flags & md_outdated)) return false;
+    s.flags &= ~md_outdated;
+    p_->commit_or_log("outdated mark overridden");
+    log::warning("replication.outdated_overridden",
+                 "{}: promoted by the operator although outdated: the peer's writes since the replication link "
+                 "went down are not in this copy",
+                 p_->cfg.device);
+    return true;
+}
 
 result<void> engine::discard_local(std::string& why_not) {
     {
@@ -1383,7 +1477,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         int fd = -1;
         {
             std::unique_lock lk(p.mu);
-            p.gate_cv.wait(lk, [&] { return !p.gate_closed; });
+            if (!p.hold_writes(lk)) return make_error_code(std::errc::operation_canceled);
             // A write over blocks that another one still has in flight to the peer
             // waits for it: the two nodes then apply them in the same order.
             p.acked.wait(lk, [&] { return !p.overlaps_pending(off, piece.size()); });
@@ -1414,10 +1508,14 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
         if (fd >= 0) {
             std::unique_lock lk(p.mu);
-            if (p.cfg.protocol == write_protocol::c)
+            if (p.cfg.protocol == write_protocol::c) {
                 p.acked.wait(lk, [&] { return !p.pending.count(seq); });
-            else
+                // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
+                if (p.unreplicated.erase(seq) && !p.hold_writes(lk, false))
+                    return make_error_code(std::errc::operation_canceled);
+            } else {
                 p.acked.wait(lk, [&] { return p.pending.size() <= p.cfg.protocol_a_window; });
+            }
         } else {
             std::lock_guard lk(p.mu);
             p.al_end(off, piece.size());
@@ -1436,6 +1534,8 @@ result<void> engine::flush() {
     // and then asks the peer to flush its cache too.
     std::unique_lock lk(p.mu);
     p.acked.wait(lk, [&] { return p.pending.empty(); });
+    // Writes the peer never acknowledged are durable only here: not before the peer is fenced.
+    if (!p.hold_writes(lk, false)) return make_error_code(std::errc::operation_canceled);
     if (p.link != link_state::connected || p.conn_fd < 0) return {};
     auto seq = ++p.tx_seq;
     int fd = p.conn_fd;
@@ -1492,6 +1592,9 @@ engine_status engine::status() const {
     s.split_brain = m.flags & md_split_brain;
     s.crashed_primary = p_->crashed_primary;
     s.resync_pending = m.flags & md_resync_target;
+    s.outdated = m.flags & md_outdated;
+    s.fence_pending = p_->fence_pending;
+    s.writes_held = p_->writes_held;
     s.peer = p_->peer_name;
     s.decision = p_->decision;
     s.rule = p_->rule;

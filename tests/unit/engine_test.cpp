@@ -4,6 +4,7 @@
 #include "support/engine_pair.hpp"
 #include "support/netns.hpp"
 #include "support/tempdir.hpp"
+#include "support/util.hpp"
 
 #include <unistd.h>
 
@@ -89,6 +90,69 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     CHECK(sent == blocks.size() * 4096);
     CHECK(a.vol.digest() == b.vol.digest());
     CHECK(log.wait("alpha replication.connected", 3).find("bitmap_source") != std::string::npos);
+}
+
+TEST_CASE("fencing: writes wait until the lost peer is outdated, and an outdated copy is not promoted before a resync",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
+    a.cfg.fencing = true;
+    in_sync_with_alpha_primary(a, b, log);
+    CHECK_FALSE(a.eng->writing_without_peer());
+    CHECK_FALSE(b.eng->outdate("connected: the primary's writes arrive"));
+
+    // The connection to the peer in sync ends: alpha's next write is held.
+    b.eng->stop();
+    log.wait("alpha replication.fencing");
+    CHECK(a.eng->fence_pending());
+    CHECK(a.eng->writing_without_peer());
+    auto data = pattern(4096, 9);
+    std::atomic<bool> written{false};
+    std::thread writer([&] {
+        CHECK(a.eng->write(8 * mib, data));
+        written = true;
+    });
+    CHECK(wait_until([&] { return a.eng->status().writes_held == 1; }));
+    CHECK_FALSE(written);
+
+    // tandemd tells beta from alpha's heartbeats; beta's then report OUTDATED.
+    CHECK(b.eng->outdate("the primary writes without this node"));
+    CHECK_FALSE(b.eng->outdate("told again"));
+    a.eng->peer_fenced("beta reports OUTDATED");
+    writer.join();
+    CHECK(written);
+    log.wait("alpha replication.fenced");
+    CHECK(a.eng->status().dirty_bytes == 4096);
+
+    // The mark is durable and refuses a promotion; the operator's override lifts it.
+    b.eng.reset();
+    {
+        auto e = engine::open(b.cfg, log.for_node("beta"));
+        REQUIRE(e);
+        CHECK((*e)->status().outdated);
+        std::string why;
+        CHECK_FALSE((*e)->promote(why));
+        CHECK(why.find("outdated") != std::string::npos);
+        CHECK(why.find("takeover --force") != std::string::npos);
+    }
+    // Connected again: the resync brings beta up to date and clears the mark.
+    b.start(log);
+    log.wait("beta replication.sync_done", 3);
+    CHECK_FALSE(b.eng->status().outdated);
+    CHECK_FALSE(a.eng->fence_pending());
+    CHECK(a.vol.digest() == b.vol.digest());
+    REQUIRE(b.eng->demote());
+    CHECK(b.eng->clear_outdated() == false);  // nothing to override
+
+    // A write the peer never acknowledged completes only once the peer is fenced,
+    // and fails if the engine stops first.
+    b.eng->stop();
+    log.wait("alpha replication.fencing", 2);
+    std::thread held([&] { CHECK(a.eng->write(0, data).error() == std::errc::operation_canceled); });
+    CHECK(wait_until([&] { return a.eng->status().writes_held == 1; }));
+    a.eng->stop();
+    held.join();
 }
 
 TEST_CASE("an interrupted full sync resumes instead of starting again", "[kernel][replication][engine]") {
@@ -324,7 +388,7 @@ TEST_CASE("many writers at once: the secondary applies them in parallel, overlap
             auto small = pattern(4096, static_cast<std::uint64_t>(t));
             auto big = pattern(mib, static_cast<std::uint64_t>(t) + 100);
             for (int i = 0; i < 400; ++i) {
-                std::uint32_t flags = i % 50 == 0 ? replication::data_fua : 0;
+                std::uint32_t flags = i % 50 == 0 ? std::uint32_t{replication::data_fua} : 0u;
                 if (!a.eng->write((rng() % 256) * 4096, small, flags)) failures++;
                 if (i % 100 == 99 && !a.eng->flush()) failures++;
             }

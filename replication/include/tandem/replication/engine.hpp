@@ -41,6 +41,12 @@ struct engine_config {
     std::chrono::milliseconds retry{500};  // between connection attempts
     write_protocol protocol = write_protocol::c;
     unsigned protocol_a_window = 256;
+    // Fencing (docs/replication-engine.md, "Fencing"): a primary that loses its
+    // peer in sync, or is promoted without a connection, holds application
+    // writes until peer_fenced() says the peer can no longer be promoted with
+    // its old copy. Only for a caller that can learn that (tandemd, through
+    // the heartbeats); off, writes go on at once.
+    bool fencing = false;
 };
 
 enum class link_state : std::uint8_t {
@@ -61,6 +67,9 @@ struct engine_status {
     bool split_brain = false;
     bool crashed_primary = false;
     bool resync_pending = false;  // a resync into this node started and has not finished
+    bool outdated = false;        // the primary wrote without this node (persisted): not promotable
+    bool fence_pending = false;   // primary: writes wait until the peer is fenced or connected again
+    unsigned writes_held = 0;     // application writes waiting now (the fence, or a resync's last pass)
     std::string peer;      // the peer's node name once authenticated
     std::string decision;  // the last sync decision and the rule that made it
     std::string rule;
@@ -108,6 +117,24 @@ public:
     // demote is a clean demotion (md_primary cleared).
     [[nodiscard]] result<void> promote(std::string& why_not);
     [[nodiscard]] result<void> demote();
+
+    // Fencing, on the primary: whether writes wait for the peer to be fenced,
+    // and the caller's word that it is (the peer reports an outdated copy, or
+    // it is lost). `how` goes to the log.
+    [[nodiscard]] bool fence_pending() const;
+    void peer_fenced(const std::string& how);
+    // Whether this node is primary and writes without its peer (no connection
+    // in sync): the peer's copy is outdated from now on.
+    [[nodiscard]] bool writing_without_peer() const;
+    // Fencing, on the secondary: the primary says it writes without this node,
+    // or (`stopping`) this node stops while the primary goes on. Persists the
+    // outdated mark; promote() refuses until a resync brings the copy up to
+    // date. Ignored (false) on a primary, on inconsistent data, and while
+    // connected unless stopping; true when this call outdated the copy.
+    [[nodiscard]] bool outdate(const std::string& why, bool stopping = false);
+    // The operator's forced takeover: promote this copy although it is outdated.
+    // Returns whether it was.
+    bool clear_outdated();
 
     void set_rate(std::uint64_t bps);
     // Split-brain resolution on the node whose data is to be overwritten: its

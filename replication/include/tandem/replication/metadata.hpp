@@ -174,7 +174,9 @@ enum metadata_flags : std::uint32_t {
                                // are lost, so the engine calls bitmap.mark_all() (no activity log yet)
     md_split_brain = 1u << 2,  // a split brain was detected: refuse to resync until resolved
     md_resync_target = 1u << 3,  // a resync into this node is in progress (resync_cursor is valid)
-    md_known_flags = 0x0000000f,
+    md_outdated = 1u << 4,     // the primary wrote without this node (fencing): not promotable until a
+                               // resync brings it up to date, or an operator forces a takeover
+    md_known_flags = 0x0000001f,
 };
 
 // Everything one slot holds.
