@@ -229,7 +229,21 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             evaluate_standby(now, e);
             break;
         case host_state::synchronizing:
-            if (promotable(local_sync_)) transition(host_state::standby, "synchronization finished", e);
+            if (promotable(local_sync_)) {
+                transition(host_state::standby, "synchronization finished", e);
+            } else if (!alive && !listening_) {
+                // Said once, for the operator who wonders why nobody took over.
+                block(fmt::format("the peer is not heard and this node's data is {}: no takeover{}",
+                                  to_string(local_sync_),
+                                  local_sync_ == sync_state::outdated
+                                      ? " (if the active node is lost for good, 'tandemctl takeover --force' promotes "
+                                        "this copy and gives up what the lost node wrote after the replication link "
+                                        "went down)"
+                                      : ""),
+                      e);
+            } else if (alive) {
+                blocked_.clear();
+            }
             break;
         default:
             break;

@@ -223,6 +223,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
         ec.peer_timeout = std::max(2 * cfg_.heartbeat.timeout, std::chrono::milliseconds(2000)) +
                           std::chrono::milliseconds(1000 / cfg_.replication.rate_mib + 1);
         ec.protocol = cfg_.replication.protocol_a ? replication::write_protocol::a : replication::write_protocol::c;
+        ec.fencing = true;  // check_fence() lets the held writes go
         auto e = replication::engine::open(ec, [this](std::string_view kind, const std::string& detail) {
             asio::post(io_, [this, k = std::string(kind), detail] { on_replication_event(k, detail); });
         });
@@ -304,6 +305,8 @@ void node_runtime::send_heartbeats() {
         hb.mode = machine_.mode();
         hb.sync = machine_.local_sync();
         hb.flags = machine_.outgoing_flags();
+        // The peer's copy falls behind ours: it must not be promoted (fencing).
+        if (engine_ && engine_->writing_without_peer()) hb.flags |= hb_peer_outdated;
         hb.sync_permille = promotable(machine_.local_sync()) ? 1000 : 0;
         if (engine_ && machine_.local_sync() == sync_state::synchronizing) hb.sync_permille = engine_->sync_permille();
         if (drbd_ && machine_.local_sync() == sync_state::synchronizing) hb.sync_permille = drbd::map_state(drbd_state_).permille;
@@ -413,6 +416,10 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
     p.sync_permille = hb.sync_permille;
     p.generation = hb.generation;
     p.version = hb.version;
+    // The active writes without us: our copy is outdated (the engine's event
+    // then updates the sync state, and our heartbeats say OUTDATED).
+    if ((hb.flags & hb_peer_outdated) && engine_)
+        (void)engine_->outdate(fmt::format("{} (primary) writes without this node", cfg_.peer.name));
     apply(machine_.on_heartbeat(now(), p));
 }
 
@@ -433,7 +440,25 @@ void node_runtime::apply(effects e) {
     if (e.sequence != sequence_kind::none) start_sequence(e.sequence);
     if (e.send_now) send_timer_.cancel();
     watchdog_timer_.cancel();  // the deadline may have moved
+    check_fence();
     notify_status();
+}
+
+void node_runtime::check_fence() {
+    if (!engine_ || !engine_->fence_pending()) return;
+    const auto& peer = machine_.peer();
+    std::string how;
+    if (!machine_.peer_alive(now()))
+        how = "the peer is not heard";
+    else if (peer_wire_version_ < heartbeat_version)
+        how = fmt::format("the peer speaks heartbeat version {} and cannot be told that its copy is outdated "
+                          "(upgrade it)",
+                          peer_wire_version_);
+    else if (peer->sync != sync_state::up_to_date)
+        how = fmt::format("the peer reports its copy {}", to_string(peer->sync));
+    else
+        return;  // the peer is told by our heartbeats (hb_peer_outdated); its answer comes back here
+    engine_->peer_fenced(how);
 }
 
 asio::awaitable<void> node_runtime::watchdog_loop() {
@@ -698,6 +723,11 @@ void node_runtime::maybe_finish_shutdown() {
         apply(machine_.on_shutdown(now()));
         return;
     }
+    // A standby that stops while the peer is active misses its writes from now
+    // on: its copy is outdated first, and its last heartbeats say so.
+    if (engine_ && machine_.peer_alive(now()) && machine_.peer()->state == host_state::active &&
+        engine_->outdate(fmt::format("this node stopped while {} is active", cfg_.peer.name), true))
+        apply(machine_.on_local_sync(now(), replication_sync()));
     send_heartbeats();  // with the shutting-down flag: the peer may claim at once
     if (engine_) engine_->stop();  // commits the metadata: a clean stop
     bus_.publish({"tandemd.stopped", "clean shutdown", {}});
@@ -1016,6 +1046,7 @@ sync_state node_runtime::replication_sync() const {
     // Through a reconnect too: the resync goes on from where it stopped.
     if (s.link == replication::link_state::sync_target || s.resync_pending) return sync_state::synchronizing;
     if (!s.consistent) return sync_state::inconsistent;
+    if (s.outdated) return sync_state::outdated;
     return sync_state::up_to_date;
 }
 
@@ -1077,6 +1108,9 @@ json node_runtime::replication_status() const {
     j["primary"] = s.primary;
     j["consistent"] = s.consistent;
     j["split_brain"] = s.split_brain;
+    j["outdated"] = s.outdated;
+    j["fence_pending"] = s.fence_pending;
+    j["writes_held"] = s.writes_held;
     j["peer"] = s.peer;
     j["decision"] = s.decision;
     j["rule"] = s.rule;
@@ -1159,6 +1193,36 @@ json node_runtime::reload() {
     return {{"ok", true}, {"applied", plan.applied}};
 }
 
+// The operator's answer to a standby that is OUTDATED when the active is lost
+// for good: this copy becomes the cluster's data, and the writes the lost node
+// made after the replication link went down are given up.
+json node_runtime::force_takeover() {
+    auto refuse = [](std::string why) { return json{{"ok", false}, {"error", std::move(why)}}; };
+    if (!engine_)
+        return refuse(drbd_ ? "takeover --force lifts the replication engine's OUTDATED mark; with DRBD, follow "
+                              "docs/drbd.md (why Tandem never forces a promotion)"
+                            : "takeover --force lifts the replication engine's OUTDATED mark; this node has no "
+                              "replication engine (replication.backend is not \"uring\")");
+    if (machine_.peer_alive(now()))
+        return refuse(fmt::format("the peer is heard ({}): it holds the newer data. Let the replication link "
+                                  "reconnect and resync this node, then take over without --force",
+                                  to_string(machine_.peer()->state)));
+    if (!engine_->status().outdated)
+        return refuse(fmt::format("this node's copy is not OUTDATED (data {}); there is nothing to force",
+                                  to_string(machine_.local_sync())));
+    engine_->clear_outdated();
+    bus_.publish({"replication.outdated_overridden",
+                  fmt::format("takeover --force: this node's outdated copy is promoted; what {} wrote after the "
+                              "replication link went down is not in it",
+                              cfg_.peer.name),
+                  {}});
+    apply(machine_.on_local_sync(now(), replication_sync()));
+    return {{"ok", true},
+            {"message", fmt::format("OUTDATED mark lifted: this node takes over as it does when the active node is "
+                                    "lost (state {})",
+                                    to_string(machine_.state()))}};
+}
+
 json node_runtime::handle(const json& req) {
     std::string cmd = req.value("cmd", "");
     if (cmd == "status") return {{"ok", true}, {"status", status()}};
@@ -1214,6 +1278,7 @@ json node_runtime::handle(const json& req) {
         if (!engine_->verify(why)) return {{"ok", false}, {"error", why}};
         return {{"ok", true}, {"message", "verify started"}};
     }
+    if (cmd == "takeover" && req.value("force", false)) return force_takeover();
     if (cmd == "discard-local") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
         std::string why;

@@ -37,6 +37,8 @@ constexpr const char* usage =
     "  latency [--json]          heartbeat latency per link: percentiles, loss, stalls, histograms, and their source\n"
     "  events [--follow] [--backlog N]   the event stream, one JSON object per line\n"
     "  takeover                  on the standby: become active (the peer must be synchronized)\n"
+    "  takeover --force          the active is lost for good and this node is OUTDATED: promote this copy,\n"
+    "                            giving up what the lost node wrote after the replication link went down\n"
     "  giveback                  on the active: hand over to the standby\n"
     "  offline | online          maintenance mode; offline on the active node is a manual failover\n"
     "  reload                    re-read the configuration; applies what needs no re-pairing, refuses the rest\n"
@@ -387,6 +389,10 @@ int main(int argc, char** argv) {
                 // tandemd closed the stream: the end of the backlog, or it stopped.
             }
             return ok;
+        }
+        if (cmd == "takeover" && flag("--force")) {
+            connection c(sock);
+            return print_reply(c.request({{"cmd", cmd}, {"force", true}}));
         }
         if (cmd == "takeover" || cmd == "giveback" || cmd == "offline" || cmd == "online" || cmd == "reload") {
             connection c(sock);

@@ -137,8 +137,10 @@ struct engine::impl {
 
     mutable std::mutex mu;             // everything below up to the send lock
     std::condition_variable acked;     // a pending write completed
-    link_state link = link_state::stopped;
-    bool primary = false;
+    // Written under mu; atomic so that heartbeats read them without the lock
+    // (a checkpoint may hold it through an fdatasync).
+    std::atomic<link_state> link{link_state::stopped};
+    std::atomic<bool> primary{false};
     bool crashed_primary = false;      // md_primary was set at start; kept until the peer is in sync
     std::string peer_name, decision, rule, last_error;
     generation_ids peer_gen;           // from the peer's hello
@@ -156,7 +158,7 @@ struct engine::impl {
     // Fencing (cfg.fencing): writes also wait while fence_pending, set when the
     // primary starts writing without a peer that was in sync; cleared by the
     // caller's peer_fenced() or a connection in sync again.
-    bool fence_pending = false;
+    std::atomic<bool> fence_pending{false};  // written under mu, read without it
     unsigned writes_held = 0;
     std::set<std::uint64_t> unreplicated;  // seqs of writes failed by a connection's end, until their writer sees it
     void raise_fence(std::string_view why) {
@@ -1370,10 +1372,7 @@ result<void> engine::demote() {
 
 void engine::set_rate(std::uint64_t bps) { p_->progress.rate_bps = bps; }
 
-bool engine::fence_pending() const {
-    std::lock_guard lk(p_->mu);
-    return p_->fence_pending;
-}
+bool engine::fence_pending() const { return p_->fence_pending; }
 
 void engine::peer_fenced(const std::string& how) {
     std::lock_guard lk(p_->mu);
@@ -1384,14 +1383,14 @@ void engine::peer_fenced(const std::string& how) {
 }
 
 bool engine::writing_without_peer() const {
-    std::lock_guard lk(p_->mu);
-    return p_->primary && p_->link != link_state::connected && p_->link != link_state::sync_source;
+    auto l = p_->link.load();
+    return p_->primary && l != link_state::connected && l != link_state::sync_source;
 }
 
 bool engine::outdate(const std::string& why, bool stopping) {
     std::lock_guard lk(p_->mu);
     auto& s = p_->st();
-    auto l = p_->link;
+    link_state l = p_->link;
     bool apart = l == link_state::connecting || l == link_state::refused || l == link_state::stopped;
     if (p_->primary || (s.flags & md_outdated) || !(s.flags & md_consistent) ||
         !(apart || (stopping && l == link_state::connected)))
@@ -1533,9 +1532,9 @@ result<void> engine::flush() {
     // Protocol C acknowledges after the peer's write; a flush waits for every ack
     // and then asks the peer to flush its cache too.
     std::unique_lock lk(p.mu);
+    // Writes held by the fence have not completed, so a flush does not wait for
+    // them (and the front end's flush on a loop attach never waits on heartbeats).
     p.acked.wait(lk, [&] { return p.pending.empty(); });
-    // Writes the peer never acknowledged are durable only here: not before the peer is fenced.
-    if (!p.hold_writes(lk, false)) return make_error_code(std::errc::operation_canceled);
     if (p.link != link_state::connected || p.conn_fd < 0) return {};
     auto seq = ++p.tx_seq;
     int fd = p.conn_fd;

@@ -174,13 +174,15 @@ TEST_CASE("replication: over an IPv6 crossover link; a pulled crossover stops re
     CHECK(c.ns("a").exec_ok("ss -Htn state established '( dport = :7789 or sport = :7789 )'").find("10.77.0.") ==
           std::string::npos);
 
-    // The cable is pulled on beta's side: replication stops; heartbeats do not, so no failover.
+    // The cable is pulled on beta's side: replication stops; heartbeats do
+    // not, so no failover, and beta's copy is outdated (fencing).
     auto seq = c.last_seq("b");
     c.ns("b").exec_ok("ip link set xo down");  // IPv6 drops the address of a link that goes down
     REQUIRE(c.wait("b", "event=replication.disconnected", 20s, seq));
+    REQUIRE(c.wait("b", "event=replication.outdated", 10s, seq));
     CHECK(r.repl("b")["link"] != "connected");
     CHECK(c.state("a") == "ACTIVE");
-    CHECK(c.state("b") == "STANDBY");
+    CHECK(c.status("b")["local"]["sync"] == "OUTDATED");
     // Plugged in again, with its address back (as systemd-networkd would): the engine reconnects over it.
     seq = c.last_seq("b");
     c.ns("b").exec_ok("ip link set xo up");
@@ -189,6 +191,65 @@ TEST_CASE("replication: over an IPv6 crossover link; a pulled crossover stops re
     REQUIRE(r.sync("b").status == 0);
     CHECK(r.va.sha256() == r.vb.sha256());
     CHECK(c.state("a") == "ACTIVE");
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+}
+
+TEST_CASE("replication: fencing — a standby that misses the active's writes is OUTDATED, never takes over by "
+          "itself, and takeover --force is the operator's way out",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    replicated r(64 * mib);
+    auto& c = r.c;
+    r.up();
+    REQUIRE(c.wait("a", "state=ACTIVE", soon));
+    // Alpha's promotion reconnects, so that beta learns the role.
+    REQUIRE(wait_until([&] { return r.repl("a")["link"] == "connected"; }, 20s));
+
+    // A clean stop of the standby while alpha is active: its copy is outdated
+    // first, and alpha's writes go on as soon as beta's last heartbeats say so.
+    auto seq_a = c.last_seq("a");
+    c.stop("b");
+    REQUIRE(c.wait("a", "event=replication.fenced", soon, seq_a));
+    CHECK_THAT(c.log("a"), Catch::Contains("the peer reports its copy OUTDATED"));
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    CHECK(c.status("b")["local"]["sync"] == "UPTODATE");
+    CHECK(r.va.sha256() == r.vb.sha256());
+
+    // Only the replication link fails; the heartbeats go on. Alpha holds its
+    // writes until beta's heartbeats report the copy OUTDATED.
+    seq_a = c.last_seq("a");
+    auto seq_b = c.last_seq("b");
+    c.ns("b").nft(cut_7789);
+    REQUIRE(c.wait("b", "event=replication.outdated", 20s, seq_b));
+    REQUIRE(c.wait("a", "event=replication.fenced", 20s, seq_a));
+    REQUIRE(c.wait("b", "state=SYNCHRONIZING", soon, seq_b));
+    CHECK(c.status("b")["local"]["sync"] == "OUTDATED");
+    CHECK(r.repl("b")["outdated"] == true);
+    CHECK(r.repl("a")["fence_pending"] == false);
+    CHECK(c.state("a") == "ACTIVE");
+    CHECK(c.ctl("b", "takeover").status == 1);
+    auto early = c.ctl("b", "takeover --force");
+    CHECK(early.status == 1);  // alpha is heard: it holds the newer data
+    CHECK_THAT(early.out, Catch::Contains("the peer is heard"));
+
+    // Alpha crashes. Beta does not take over, and says why, once.
+    seq_b = c.last_seq("b");
+    c.kill9("a");
+    c.ns("a").exec_ok("ip link set eth0 down");
+    REQUIRE(c.wait("b", "event=failover.blocked", soon, seq_b));
+    CHECK_THAT(c.log("b"), Catch::Contains("this node's data is OUTDATED: no takeover"));
+    CHECK(c.state("b") == "SYNCHRONIZING");
+
+    // The operator knows alpha is gone for good and forces it.
+    auto forced = c.ctl("b", "takeover --force");
+    INFO(forced.out);
+    REQUIRE(forced.status == 0);
+    REQUIRE(c.wait("b", "state=ACTIVE", soon));
+    CHECK(r.repl("b")["outdated"] == false);
+    CHECK(r.repl("b")["primary"] == true);
+    CHECK_THAT(c.log("b"), Catch::Contains("replication.outdated_overridden"));
 }
 
 TEST_CASE("replication: a split brain stops replication until the operator discards one side",

@@ -85,6 +85,11 @@ private:
     void maybe_finish_shutdown();
     void notify_status();
     void on_replication_event(const std::string& kind, const std::string& detail);
+    // Fencing with the engine (docs/replication-engine.md, "Fencing"): lets the
+    // held writes go once the peer reports a copy it cannot promote, is lost,
+    // or is too old to be told.
+    void check_fence();
+    nlohmann::json force_takeover();
     [[nodiscard]] sync_state replication_sync() const;
     [[nodiscard]] nlohmann::json replication_status() const;
     [[nodiscard]] nlohmann::json store_section() const;
