@@ -164,7 +164,6 @@ struct engine::impl {
     void raise_fence(std::string_view why) {
         if (!cfg.fencing || fence_pending) return;
         fence_pending = true;
-        log::warning("replication.fencing", "{}: application writes wait until the peer is outdated or lost", why);
         emit("replication.fencing", fmt::format("{}: writes wait until the peer is outdated or lost", why));
     }
     void lower_fence() {
@@ -1377,7 +1376,6 @@ bool engine::fence_pending() const { return p_->fence_pending; }
 void engine::peer_fenced(const std::string& how) {
     std::lock_guard lk(p_->mu);
     if (!p_->fence_pending) return;
-    log::notice("replication.fenced", "{}: application writes go on without the peer", how);
     p_->emit("replication.fenced", how + ": writes go on without the peer");
     p_->lower_fence();
 }
@@ -1397,7 +1395,6 @@ bool engine::outdate(const std::string& why, bool stopping) {
         return false;
     s.flags |= md_outdated;
     p_->commit_or_log("outdated");
-    log::warning("replication.outdated", "{}: {}; not promotable until a resync", p_->cfg.device, why);
     p_->emit("replication.outdated", fmt::format("this copy is outdated: {}; not promotable until the replication "
                                                  "link is back and a resync brings it up to date",
                                                  why));
@@ -1409,11 +1406,7 @@ bool engine::clear_outdated() {
     auto& s = p_->st();
     if (!(s.flags & md_outdated)) return false;
     s.flags &= ~md_outdated;
-    p_->commit_or_log("outdated mark overridden");
-    log::warning("replication.outdated_overridden",
-                 "{}: promoted by the operator although outdated: the peer's writes since the replication link "
-                 "went down are not in this copy",
-                 p_->cfg.device);
+    p_->commit_or_log("outdated mark overridden");  // the caller reports it (replication.outdated_overridden)
     return true;
 }
 
