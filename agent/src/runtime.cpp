@@ -1207,10 +1207,9 @@ json node_runtime::force_takeover() {
         return refuse(fmt::format("the peer is heard ({}): it holds the newer data. Let the replication link "
                                   "reconnect and resync this node, then take over without --force",
                                   to_string(machine_.peer()->state)));
-    if (!engine_->status().outdated)
+    if (!engine_->clear_outdated())
         return refuse(fmt::format("this node's copy is not OUTDATED (data {}); there is nothing to force",
                                   to_string(machine_.local_sync())));
-    engine_->clear_outdated();
     bus_.publish({"replication.outdated_overridden",
                   fmt::format("takeover --force: this node's outdated copy is promoted; what {} wrote after the "
                               "replication link went down is not in it",
