@@ -1209,11 +1209,13 @@ void engine::impl::on_connection_end() {
     // The new generation is durable before any write waiting for the peer
     // completes without it.
     diverge_if_primary();
+    bool was_in_sync = primary && link == link_state::connected;
+    if (link != link_state::refused) link = link_state::connecting;
     // Before the writes that were waiting for the peer complete: they wait for the fence.
-    if (primary && link == link_state::connected) raise_fence("the replication connection to the peer in sync ended");
+    // (The link is apart first: whoever sees the fencing event sees writing_without_peer().)
+    if (was_in_sync) raise_fence("the replication connection to the peer in sync ended");
     fail_pending();
     open_gate();
-    if (link != link_state::refused) link = link_state::connecting;
 }
 
 void engine::impl::run() {
