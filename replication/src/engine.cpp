@@ -136,7 +136,19 @@ struct engine::impl {
     std::optional<metadata_file> md;
 
     mutable std::mutex mu;             // everything below up to the send lock
-    std::condition_variable acked;     // a pending write completed
+    // A pending write completed. Its own writer waits on the entry's cv and is
+    // woken alone; `acked` is for the rarer waits on the set as a whole (an
+    // overlapping write, a flush, protocol A's window, a demotion), and is
+    // signalled only while one of them waits.
+    std::condition_variable acked;
+    unsigned acked_waiters = 0;
+    template <class Pred>
+    void wait_acked(std::unique_lock<std::mutex>& lk, Pred done) {
+        if (done()) return;
+        ++acked_waiters;
+        acked.wait(lk, done);
+        --acked_waiters;
+    }
     // Written under mu; atomic so that heartbeats read them without the lock
     // (a checkpoint may hold it through an fdatasync).
     std::atomic<link_state> link{link_state::stopped};
@@ -199,6 +211,7 @@ struct engine::impl {
     struct pending_write {
         std::uint64_t offset = 0;
         std::uint32_t length = 0;
+        std::condition_variable* writer = nullptr;  // the thread waiting for this ack, if one does
     };
     std::map<std::uint64_t, pending_write> pending;  // seq -> write waiting for the peer's ack
     std::uint64_t tx_seq = 0;
@@ -330,6 +343,7 @@ struct engine::impl {
             mark_dirty(w.offset, w.length);
             al_end(w.offset, w.length);
             if (w.length && cfg.protocol == write_protocol::c) unreplicated.insert(seq);  // its writer waits
+            if (w.writer) w.writer->notify_one();
         }
         pending.clear();
         acked.notify_all();
@@ -890,8 +904,9 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                     log::error("replication.peer_write_failed", "{}", last_error);
                 }
                 al_end(it->second.offset, it->second.length);
+                if (it->second.writer) it->second.writer->notify_one();
                 pending.erase(it);
-                acked.notify_all();
+                if (acked_waiters) acked.notify_all();
                 break;
             }
             case msg_type::digest_request:
@@ -1361,7 +1376,9 @@ result<void> engine::demote() {
     std::unique_lock lk(p_->mu);
     if (!p_->primary) return {};
     // Writes already sent finish first: a demotion is clean only when nothing is in flight.
+    ++p_->acked_waiters;
     p_->acked.wait_for(lk, p_->cfg.peer_timeout, [&] { return p_->pending.empty(); });
+    --p_->acked_waiters;
     if (::fdatasync(p_->vol->fd()) != 0) return errno_error();
     p_->primary = false;
     p_->crashed_primary = false;
@@ -1462,6 +1479,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
     auto& p = *p_;
     if (bytes.empty() || offset % wire_sector || bytes.size() % wire_sector) return make_error_code(errc::misaligned);
     if (offset + bytes.size() > p.vol->size() || offset + bytes.size() < offset) return make_error_code(errc::out_of_range);
+    std::condition_variable ack_cv;  // protocol C: the peer's ack for this thread's piece wakes it alone
     for (std::size_t done = 0; done < bytes.size();) {
         auto piece = bytes.subspan(done, std::min<std::size_t>(max_data_length, bytes.size() - done));
         std::uint64_t off = offset + done;
@@ -1474,7 +1492,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
             if (!p.hold_writes(lk)) return make_error_code(std::errc::operation_canceled);
             // A write over blocks that another one still has in flight to the peer
             // waits for it: the two nodes then apply them in the same order.
-            p.acked.wait(lk, [&] { return !p.overlaps_pending(off, piece.size()); });
+            p.wait_acked(lk, [&] { return !p.overlaps_pending(off, piece.size()); });
             if (!p.primary) return make_error_code(errc::role_conflict);
             if (auto al = p.al_begin(off, piece.size()); !al) {
                 p.al_end(off, piece.size());
@@ -1484,7 +1502,8 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
                 seq = ++p.tx_seq;
                 fd = p.conn_fd;
                 gen = p.conn_gen;
-                p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size())};
+                p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size()),
+                                  p.cfg.protocol == write_protocol::c ? &ack_cv : nullptr};
             } else {
                 p.mark_dirty(off, piece.size());
                 ++p.local_inflight;
@@ -1503,12 +1522,12 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
         if (fd >= 0) {
             std::unique_lock lk(p.mu);
             if (p.cfg.protocol == write_protocol::c) {
-                p.acked.wait(lk, [&] { return !p.pending.count(seq); });
+                ack_cv.wait(lk, [&] { return !p.pending.count(seq); });
                 // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
                 if (p.unreplicated.erase(seq) && !p.hold_writes(lk, false))
                     return make_error_code(std::errc::operation_canceled);
             } else {
-                p.acked.wait(lk, [&] { return p.pending.size() <= p.cfg.protocol_a_window; });
+                p.wait_acked(lk, [&] { return p.pending.size() <= p.cfg.protocol_a_window; });
             }
         } else {
             std::lock_guard lk(p.mu);
@@ -1529,18 +1548,19 @@ result<void> engine::flush() {
     std::unique_lock lk(p.mu);
     // Writes held by the fence have not completed, so a flush does not wait for
     // them (and the front end's flush on a loop attach never waits on heartbeats).
-    p.acked.wait(lk, [&] { return p.pending.empty(); });
+    p.wait_acked(lk, [&] { return p.pending.empty(); });
     if (p.link != link_state::connected || p.conn_fd < 0) return {};
     auto seq = ++p.tx_seq;
     int fd = p.conn_fd;
     std::uint64_t gen = p.conn_gen;
-    p.pending[seq] = {0, 0};
+    std::condition_variable ack_cv;
+    p.pending[seq] = {0, 0, &ack_cv};
     lk.unlock();
     std::array<std::byte, frame_header_size> buf{};
     (void)encode_flush(buf, seq);
     p.send_if_current(fd, gen, buf);
     lk.lock();
-    p.acked.wait(lk, [&] { return !p.pending.count(seq); });
+    ack_cv.wait(lk, [&] { return !p.pending.count(seq); });
     return {};
 }
 
