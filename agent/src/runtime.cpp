@@ -420,6 +420,19 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
     // then updates the sync state, and our heartbeats say OUTDATED).
     if ((hb.flags & hb_peer_outdated) && engine_)
         (void)engine_->outdate(fmt::format("{} (primary) writes without this node", cfg_.peer.name));
+    // A takeover the peer asks for releases /store here: not from under a running
+    // application, as for giveback. The machine does not see the request, which
+    // lapses on the peer (takeover.expired); the refusal is said here, once.
+    if (!(p.flags & hb_request_takeover)) {
+        peer_takeover_refused_ = false;
+    } else if (store_ && machine_.state() == host_state::active && !machine_.busy()) {
+        if (auto why = store_->busy(); !why.empty()) {
+            p.flags &= ~hb_request_takeover;
+            if (!std::exchange(peer_takeover_refused_, true))
+                bus_.publish({"command.refused", fmt::format("the takeover {} asked for is refused: {}", cfg_.peer.name, why),
+                              {{"command", "takeover"}, {"from", cfg_.peer.name}, {"reason", why}}});
+        }
+    }
     apply(machine_.on_heartbeat(now(), p));
 }
 

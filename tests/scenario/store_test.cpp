@@ -364,6 +364,18 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
         CHECK(r.out.find("cwd") != std::string::npos);
         CHECK(c.state("a") == "ACTIVE");
         CHECK(c.status("a")["store"]["mounted"] == true);
+
+        // The standby's takeover asks alpha to release: alpha refuses it for the
+        // same reason, and beta's request lapses.
+        auto a_since = c.last_seq("a"), b_since = c.last_seq("b");
+        REQUIRE(c.ctl("b", "takeover").status == 0);
+        REQUIRE(c.wait("a", "event=command.refused", soon, a_since));
+        CHECK_THAT(c.log("a"), Catch::Contains("the takeover beta asked for is refused") &&
+                                   Catch::Contains(fmt::format("pid {}", holder.pid)));
+        CHECK(c.wait("b", "event=takeover.expired", soon, b_since));
+        CHECK(c.state("a") == "ACTIVE");
+        CHECK(c.state("b") == "STANDBY");
+        CHECK(c.status("a")["store"]["mounted"] == true);
     }
     auto since = c.last_seq("b");
     REQUIRE(c.ctl("a", "giveback").status == 0);

@@ -136,6 +136,7 @@ private:
     std::array<std::uint64_t, static_cast<std::size_t>(drop_reason::count_)> drops_{};
     std::string last_status_;
     bool stopping_ = false;
+    bool peer_takeover_refused_ = false;  // the peer's current takeover request was refused (once)
     nlohmann::json last_sequence_;
 
     struct probe_state;
