@@ -261,6 +261,8 @@ int main(int argc, char** argv) {
     std::string store_run;
     std::string addr_src = "10.88.0.1", meta_dir = "/tmp";
     double seconds = 3;
+    std::uint32_t chunk = 0;  // pump_options' defaults unless given
+    unsigned depth = 0;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         auto next = [&] { return i + 1 < argc ? std::string(argv[++i]) : (die("missing value for " + a), ""); };
@@ -278,6 +280,8 @@ int main(int argc, char** argv) {
         else if (a == "--meta-dir") meta_dir = next();
         else if (a == "--seconds") seconds = std::stod(next());
         else if (a == "--store-run") store_run = next();
+        else if (a == "--chunk") chunk = static_cast<std::uint32_t>(std::stoul(next()));
+        else if (a == "--depth") depth = static_cast<unsigned>(std::stoul(next()));
         else die("unknown argument " + a);
     }
     if (do_fill) {
@@ -292,6 +296,8 @@ int main(int argc, char** argv) {
     pump_options opt;
     opt.end = bytes ? bytes : sv->size();
     opt.zero_copy = zero_copy;
+    if (chunk) opt.chunk = chunk;
+    if (depth) opt.depth = depth;
 
     // Target: listen in its namespace; source: connect from its own.
     unique_fd listener;
