@@ -221,9 +221,18 @@ TEST_CASE("replication: fencing — a standby that misses the active's writes is
     // writes until beta's heartbeats report the copy OUTDATED.
     seq_a = c.last_seq("a");
     auto seq_b = c.last_seq("b");
+    auto cut_at = mono_now_ns();
     c.ns("b").nft(cut_7789);
     REQUIRE(c.wait("b", "event=replication.outdated", 20s, seq_b));
     REQUIRE(c.wait("a", "event=replication.fenced", 20s, seq_a));
+    // How long alpha's writes would wait: from the link's loss (the fence) to beta's OUTDATED.
+    auto fence = c.event_after_ms("a", "replication.fencing", "", cut_at);
+    auto fenced = c.event_after_ms("a", "replication.fenced", "", cut_at);
+    REQUIRE(fence);
+    REQUIRE(fenced);
+    CHECK(*fenced >= *fence);
+    WARN(fmt::format("replication link cut: lost after {:.1f} ms, peer outdated after {:.1f} ms: writes held {:.1f} ms",
+                     *fence, *fenced, *fenced - *fence));
     REQUIRE(c.wait("b", "state=SYNCHRONIZING", soon, seq_b));
     CHECK(c.status("b")["local"]["sync"] == "OUTDATED");
     CHECK(r.repl("b")["outdated"] == true);
