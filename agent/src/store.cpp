@@ -14,10 +14,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 namespace tandem::agent {
@@ -126,17 +128,28 @@ std::string describe(const std::vector<store_holder>& hs) {
 store_phase::store_phase(const config& c, replication::engine* e, const drbd::backend* d) : c_(c), e_(e), d_(d) {}
 store_phase::~store_phase() = default;
 
-bool store_phase::mounted() const {
-    if (c_.store.mount.empty()) return false;
+namespace {
+
+// The device of what is mounted at `mount` (its major and minor from
+// /proc/self/mountinfo), or nothing when `mount` is not a mount point.
+std::optional<std::pair<unsigned, unsigned>> mount_device(const std::string& mount) {
+    if (mount.empty()) return std::nullopt;
     std::ifstream in("/proc/self/mountinfo");
     for (std::string line; std::getline(in, line);) {
         std::istringstream ls(line);
         std::string id, parent, devno, root, point;
         ls >> id >> parent >> devno >> root >> point;
-        if (point == c_.store.mount) return true;
+        if (point != mount) continue;
+        unsigned maj = 0, min = 0;
+        if (std::sscanf(devno.c_str(), "%u:%u", &maj, &min) != 2) return std::pair{0u, 0u};
+        return std::pair{maj, min};
     }
-    return false;
+    return std::nullopt;
 }
+
+}  // namespace
+
+bool store_phase::mounted() const { return mount_device(c_.store.mount).has_value(); }
 
 store_status store_phase::status() const {
     store_status s;
@@ -170,13 +183,21 @@ void store_phase::recover_stale() {
         return;
     }
     if (!e_) return;
-    // A FUSE mount whose server died answers with ENOTCONN; so does the file
-    // system mounted on top of it, through the loop device. Both go.
-    struct stat st {};
-    auto dir = c_.node.state_dir + "/fuse";
-    if (::stat(dir.c_str(), &st) == 0 || errno != ENOTCONN) return;
-    if (mounted() && ::umount2(c_.store.mount.c_str(), MNT_DETACH) == 0)
-        log::warning("store.stale", "detached {} left mounted on the volume of a crashed tandemd", c_.store.mount);
+    // No tandemd serves the volume yet, so a /store mounted now sits on a front
+    // end of an earlier one: a crashed tandemd (its FUSE mount answers ENOTCONN)
+    // or one stopped while /store was busy (it detached its FUSE mount, the file
+    // system stayed). Either way reads and writes fail there: detach it, lazily,
+    // as its holders still have it open. Anything else mounted there is not ours.
+    if (auto dev = mount_device(c_.store.mount)) {
+        auto what = replication::stale_frontend_device(dev->first, dev->second, c_.node.state_dir);
+        if (what.empty())
+            log::error("store.stale", "{} is mounted on device {}:{}, which is not this node's replicated volume: "
+                       "unmount it, or this node cannot become active", c_.store.mount, dev->first, dev->second);
+        else if (::umount2(c_.store.mount.c_str(), MNT_DETACH) == 0)
+            log::warning("store.stale", "detached {} left mounted on {}", c_.store.mount, what);
+        else
+            log::error("store.stale", "cannot detach {} left mounted on {}: {}", c_.store.mount, what, std::strerror(errno));
+    }
     replication::clean_stale_frontend(c_.node.state_dir);
 }
 
@@ -222,6 +243,9 @@ asio::awaitable<phase_outcome> store_phase::prepare_file_system(const std::strin
 asio::awaitable<phase_outcome> store_phase::acquire() {
     std::string why;
     std::string what;
+    if (e_ && !fe_ && mounted())
+        co_return phase_outcome::failed(last_error_ = fmt::format(
+            "{} is already mounted, and not on this node's replicated volume: unmount it and retry", c_.store.mount));
     if (e_) {
         if (auto r = e_->promote(why); !r)
             co_return phase_outcome::failed(last_error_ = "cannot promote the replicated volume: " + why);

@@ -142,12 +142,17 @@ struct engine::impl {
     // signalled only while one of them waits.
     std::condition_variable acked;
     unsigned acked_waiters = 0;
+    // Waits for `done`, at most `limit` when one is given; returns done().
     template <class Pred>
-    void wait_acked(std::unique_lock<std::mutex>& lk, Pred done) {
-        if (done()) return;
+    bool wait_acked(std::unique_lock<std::mutex>& lk, Pred done,
+                    std::optional<std::chrono::milliseconds> limit = std::nullopt) {
+        if (done()) return true;
         ++acked_waiters;
-        acked.wait(lk, done);
+        bool ok = true;
+        if (limit) ok = acked.wait_for(lk, *limit, done);
+        else acked.wait(lk, done);
         --acked_waiters;
+        return ok;
     }
     // Written under mu; atomic so that heartbeats read them without the lock
     // (a checkpoint may hold it through an fdatasync).
@@ -320,7 +325,8 @@ struct engine::impl {
         st().bitmap.mark(off, len);
         if (redirty) redirty->mark(off, len);
     }
-    // A primary that writes without its peer starts a new generation first (once).
+    // A primary that writes without its peer starts a new generation first (once):
+    // at its first write while apart, or when the link ends with writes in flight.
     void diverge_if_primary() {
         auto& g = st().gen;
         if (!primary || g.current == gen_none || g.bitmap != gen_none) return;
@@ -1222,8 +1228,11 @@ void engine::impl::on_connection_end() {
     verify_running = false;
     verify_outstanding.reset();
     // The new generation is durable before any write waiting for the peer
-    // completes without it.
-    diverge_if_primary();
+    // completes without it. With none waiting, it starts at the next write
+    // (engine::write): a primary that loses its peer and writes nothing more,
+    // as when it stops, still holds the peer's generation, and the two can
+    // meet again without a false split brain.
+    if (!pending.empty()) diverge_if_primary();
     bool was_in_sync = primary && link == link_state::connected;
     if (link != link_state::refused) link = link_state::connecting;
     // Before the writes that were waiting for the peer complete: they wait for the fence.
@@ -1376,9 +1385,7 @@ result<void> engine::demote() {
     std::unique_lock lk(p_->mu);
     if (!p_->primary) return {};
     // Writes already sent finish first: a demotion is clean only when nothing is in flight.
-    ++p_->acked_waiters;
-    p_->acked.wait_for(lk, p_->cfg.peer_timeout, [&] { return p_->pending.empty(); });
-    --p_->acked_waiters;
+    p_->wait_acked(lk, [&] { return p_->pending.empty(); }, p_->cfg.peer_timeout);
     if (::fdatasync(p_->vol->fd()) != 0) return errno_error();
     p_->primary = false;
     p_->crashed_primary = false;
@@ -1505,6 +1512,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
                 p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size()),
                                   p.cfg.protocol == write_protocol::c ? &ack_cv : nullptr};
             } else {
+                p.diverge_if_primary();  // durable before the first write without the peer
                 p.mark_dirty(off, piece.size());
                 ++p.local_inflight;
             }

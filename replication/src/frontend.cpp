@@ -5,9 +5,18 @@
 
 #include "tandem/base/log.hpp"
 
+#include <linux/major.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 
 namespace tandem::replication {
 
@@ -18,7 +27,44 @@ bool exists(const char* path) {
     return ::stat(path, &st) == 0;
 }
 
+std::string first_line(const std::string& path) {
+    std::ifstream in(path);
+    std::string line;
+    std::getline(in, line);
+    return line;
+}
+
 }  // namespace
+
+std::string stale_frontend_device(unsigned major_no, unsigned minor_no, const std::string& work_dir) {
+    auto sys = fmt::format("/sys/dev/block/{}:{}", major_no, minor_no);
+    if (major_no == LOOP_MAJOR) {
+        // The FUSE front end's file is <work_dir>/fuse/volume. Once a stopping
+        // tandemd has detached its FUSE mount, the kernel can no longer name the
+        // file from the root and shows it from the mount's own root: "/volume".
+        // While that tandemd serves it, the file answers; once it is gone, the
+        // FUSE mount answers ENOTCONN, or is no longer there at all.
+        auto file = first_line(sys + "/loop/backing_file");
+        std::error_code ec;  // the kernel names the file by its canonical path
+        auto ours = (std::filesystem::weakly_canonical(work_dir, ec) / "fuse" / "volume").string();
+        struct stat st {};
+        if (file == ours && ::stat(file.c_str(), &st) != 0)
+            return fmt::format("/dev/loop{} over the FUSE volume of a tandemd that is gone", minor_no);
+        if (file == "/volume" && ::stat(file.c_str(), &st) != 0)
+            return fmt::format("/dev/loop{} over the detached FUSE volume of a tandemd that is gone", minor_no);
+        return "";
+    }
+    if (major_no == NBD_MAJOR) {
+        // nbd.ko shows the pid of the process that connected the device while it
+        // is connected. A tandemd that starts serves no device yet: any other
+        // NBD device whose server is alive belongs to someone else.
+        auto pid = first_line(sys + "/pid");
+        if (!pid.empty() && (::kill(static_cast<pid_t>(std::strtol(pid.c_str(), nullptr, 10)), 0) == 0 || errno != ESRCH))
+            return "";
+        return fmt::format("/dev/nbd{} with no server{}", minor_no, pid.empty() ? "" : " (pid " + pid + " is gone)");
+    }
+    return "";
+}
 
 // nbd.ko loaded, or loadable: modprobe quietly, as systemd-modules-load would.
 bool have_nbd() {

@@ -383,6 +383,46 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
     CHECK(c.status("b")["store"]["mounted"] == true);
 }
 
+TEST_CASE("a tandemd stopped with /store busy leaves it on a dead device, and its next start detaches it",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    auto before = s.write_random("a", "before", 4);
+    {
+        store_holder_process holder(c.pid("a"), s.mount("a"));
+        REQUIRE(wait_until([&] {
+            return run(fmt::format("readlink /proc/{}/cwd", holder.pid)).out.find(s.mount("a")) == 0;
+        }));
+        // The stop cannot unmount /store; beta takes over, and alpha's mount stays
+        // behind on a loop device whose server has exited.
+        auto since = c.last_seq("b");
+        CHECK(c.stop("a") == 0);
+        REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+        pid_t keeper = s.keepers["a"];
+        CHECK(run(fmt::format("nsenter -t {} -m -- mountpoint -q {}", keeper, s.mount("a"))).status == 0);
+
+        // Alpha starts again in the same mount namespace, as on a host.
+        c.start("a", {}, {"nsenter", "-t", std::to_string(keeper), "-m", "--"});
+        auto synced = c.ctl("a", fmt::format("sync --timeout {}s", sync_limit.count()));
+        INFO(synced.out << "\nlog of alpha:\n" << c.log("a"));
+        REQUIRE(synced.status == 0);
+        REQUIRE(c.wait("a", "state=STANDBY", soon));
+        // The start-up detached it before anything else (before the control socket).
+        CHECK_THAT(c.log("a"), Catch::Contains("over the detached FUSE volume of a tandemd that is gone"));
+        CHECK(run(fmt::format("nsenter -t {} -m -- mountpoint -q {}", keeper, s.mount("a"))).status != 0);
+    }
+    auto meanwhile = s.write_random("b", "meanwhile", 4);
+    // Before the fix, alpha's acquire took the dead mount for its own ("already mounted").
+    auto since = c.last_seq("a");
+    REQUIRE(c.ctl("b", "giveback").status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    CHECK(c.status("a")["store"]["mounted"] == true);
+    CHECK(s.sha256("a", "before") == before);
+    CHECK(s.sha256("a", "meanwhile") == meanwhile);
+}
+
 TEST_CASE("shared storage: the new active mounts the shared device after a crash, and a read-only /store is a "
           "failover trigger",
           "[scenario][store]") {

@@ -7,9 +7,12 @@
 #include "support/tempdir.hpp"
 
 #include <endian.h>
+#include <fcntl.h>
 #include <linux/nbd.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
@@ -183,4 +186,50 @@ TEST_CASE("the NBD front end attaches through nbd.ko's netlink family", "[kernel
     REQUIRE((*fe)->close());
     REQUIRE(p.a.eng->flush());
     CHECK(p.a.vol.digest() == p.b.vol.digest());
+}
+
+TEST_CASE("a file system left mounted on the FUSE front end by a stop while it was busy is known as stale",
+          "[kernel][store][frontend]") {
+    REQUIRE_DIRECT_IO();
+    if (!std::filesystem::exists("/dev/fuse")) TANDEM_SKIP("no /dev/fuse on this machine");
+    pair_in_sync p;
+    temp_dir dir;
+    std::string why;
+    auto fe = replication::expose_fuse(*p.a.eng, {replication::frontend_kind::fuse, dir.path().string(), 2}, why);
+    INFO(why);
+    REQUIRE(fe);
+    auto dev = (*fe)->device();
+    run_ok(fmt::format("mkfs.ext4 -q -F {}", dev));
+    auto mnt = (dir.path() / "store").string();
+    mounted m(dev, mnt);
+    struct stat st {};
+    REQUIRE(::stat(dev.c_str(), &st) == 0);
+    auto major_no = major(st.st_rdev), minor_no = minor(st.st_rdev);
+    // While the front end serves it, the device is live, not stale.
+    CHECK(replication::stale_frontend_device(major_no, minor_no, dir.path().string()).empty());
+
+    // A holder keeps the file system busy, so the front end stops under it, as
+    // tandemd does when it is stopped with /store in use.
+    int held = ::open((mnt + "/held").c_str(), O_CREAT | O_RDWR, 0600);
+    REQUIRE(held >= 0);
+    (void)(*fe)->close();
+    fe->reset();
+    auto stale = replication::stale_frontend_device(major_no, minor_no, dir.path().string());
+    INFO(run("cat /sys/dev/block/" + std::to_string(major_no) + ":" + std::to_string(minor_no) + "/loop/backing_file").out);
+    CHECK(stale.find(dev) == 0);
+    ::close(held);
+}
+
+TEST_CASE("a loop device over any other file is not taken for a stale front end", "[kernel][store][frontend]") {
+    temp_dir dir;
+    auto file = (dir.path() / "volume").string();
+    run_ok("truncate -s 16M " + file);
+    auto dev = run_ok("losetup -f --show " + file);
+    while (!dev.empty() && dev.back() == '\n') dev.pop_back();
+    struct stat st {};
+    REQUIRE(::stat(dev.c_str(), &st) == 0);
+    CHECK(replication::stale_frontend_device(major(st.st_rdev), minor(st.st_rdev), dir.path().string()).empty());
+    // Not even when the file is called "volume" under a directory named like ours.
+    CHECK(replication::stale_frontend_device(major(st.st_rdev), minor(st.st_rdev), "/elsewhere").empty());
+    run_ok("losetup -d " + dev);
 }

@@ -49,6 +49,13 @@ public:
 // whose server is gone. Detached lazily so that a restart starts clean.
 void clean_stale_frontend(const std::string& work_dir);
 
+// Whether the block device `major:minor` (a mount's source) is a front end that
+// an earlier tandemd left behind, serving nothing now: a loop device over the
+// FUSE volume of `work_dir`, or an NBD device whose server is gone. Returns
+// what it is ("/dev/loop3 over the FUSE volume of a stopped tandemd"), or ""
+// when the device is anything else, which Tandem must not touch.
+[[nodiscard]] std::string stale_frontend_device(unsigned major_no, unsigned minor_no, const std::string& work_dir);
+
 // The FUSE front end and the NBD one, each on its own (tests and benchmarks).
 [[nodiscard]] result<std::unique_ptr<frontend>> expose_fuse(engine& e, const frontend_config& cfg, std::string& why_not);
 [[nodiscard]] result<std::unique_ptr<frontend>> expose_nbd(engine& e, const frontend_config& cfg, std::string& why_not);
