@@ -1241,6 +1241,10 @@ json node_runtime::handle(const json& req) {
     if (cmd == "reload") return reload();
     if (cmd == "latency") return {{"ok", true}, {"latency", latency_section(true)}};
     if (cmd == "sync-rate") return set_sync_rate(req);
+    if (drbd_ && cmd == "verify" && req.value("repair", false))
+        return {{"ok", false},
+                {"error", "with DRBD, verify marks what differs as out of sync; 'drbdadm disconnect' and 'drbdadm "
+                          "connect' of the resource then resynchronize it (verify --repair is for the uring backend)"}};
     if (drbd_ && (cmd == "verify" || cmd == "discard-local")) {
         // discard-local after a split brain: reconnect discarding this node's
         // changes since the split. Without one (a restore, a disk to refill):
@@ -1287,8 +1291,9 @@ json node_runtime::handle(const json& req) {
     if (cmd == "verify") {
         if (!engine_) return {{"ok", false}, {"error", "no replication engine: replication.backend is not \"uring\""}};
         std::string why;
-        if (!engine_->verify(why)) return {{"ok", false}, {"error", why}};
-        return {{"ok", true}, {"message", "verify started"}};
+        bool repair = req.value("repair", false);
+        if (!engine_->verify(why, repair)) return {{"ok", false}, {"error", why}};
+        return {{"ok", true}, {"message", repair ? "verify started; what differs is resent from this node" : "verify started"}};
     }
     if (cmd == "takeover" && req.value("force", false)) return force_takeover();
     if (cmd == "discard-local") {

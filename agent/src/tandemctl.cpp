@@ -44,7 +44,9 @@ constexpr const char* usage =
     "  reload                    re-read the configuration; applies what needs no re-pairing, refuses the rest\n"
     "  sync [--timeout 24h]      follow the /store resync with a progress bar until both nodes are in sync\n"
     "  sync-rate MB/S            change the disk synchronization rate now (1..4096)\n"
-    "  verify [--timeout 24h]    compare /store with the peer online; exit 1 and list the ranges that differ\n"
+    "  verify [--repair] [--timeout 24h]\n"
+    "                            compare /store with the peer online; exit 1 and list the ranges that differ;\n"
+    "                            --repair (on the active node) then resends them from this node\n"
     "  discard-local             after a split brain: discard THIS node's /store data; a full resync follows\n"
     "  wait state=STATE|event=ID [--timeout 30s] [--since SEQ]\n"
     "                            block until this node reaches a state or emits an event;\n"
@@ -414,7 +416,7 @@ int main(int argc, char** argv) {
             connection events(sock);
             events.send({{"cmd", "events"}, {"follow", true}, {"backlog", 0}});
             connection c(sock);
-            auto r = c.request({{"cmd", "verify"}});
+            auto r = c.request({{"cmd", "verify"}, {"repair", flag("--repair")}});
             if (!r.value("ok", false)) return print_reply(r);
             auto deadline = std::chrono::steady_clock::now() + timeout;
             while (auto l = events.line(deadline)) {

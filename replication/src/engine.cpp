@@ -255,6 +255,7 @@ struct engine::impl {
 
     // Online verify (under mu): requested by verify(), driven by the engine thread.
     bool verify_requested = false, verify_running = false;
+    bool verify_repair = false;  // differing chunks are marked, and a reconnect resends them
     std::uint64_t verify_next = 0, verify_done = 0, verify_total = 0, verify_bad = 0;
     std::optional<digest_request_msg> verify_outstanding;
     std::vector<byte_range> verify_ranges;
@@ -550,14 +551,15 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     mine.node_name = cfg.node_name;
     mine.volume_size = vol->size();
     mine.block_size = vol->logical_block();
-    mine.features = feat_verify | feat_digest_resync;
+    mine.features = feat_verify | feat_digest_resync | feat_resend;
     sync_party me;
     {
         std::lock_guard lk(mu);
         mine.gen = st().gen;
         auto bit = [](bool on, std::uint32_t flag) { return on ? flag : 0u; };
         mine.flags = bit(primary, hello_primary) | bit(st().flags & md_consistent, hello_consistent) |
-                     bit(crashed_primary, hello_crashed_primary) | bit(st().flags & md_split_brain, hello_split_brain);
+                     bit(crashed_primary, hello_crashed_primary) | bit(st().flags & md_split_brain, hello_split_brain) |
+                     bit(primary && st().gen.bitmap == gen_none && st().bitmap.dirty_bytes() > 0, hello_resend);
         me = {st().gen, primary, (st().flags & md_consistent) != 0, crashed_primary};
     }
     send_frame(fd, [&](std::span<std::byte> b) { return encode_hello(b, 1, mine); });
@@ -597,6 +599,9 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     ++connections;
     sync_party them{peer.gen, (peer.flags & hello_primary) != 0, (peer.flags & hello_consistent) != 0,
                     (peer.flags & hello_crashed_primary) != 0};
+    // Both sides read the flag only when both offer it, so both decide alike.
+    me.resend = (features & feat_resend) && (mine.flags & hello_resend);
+    them.resend = (features & feat_resend) && (peer.flags & hello_resend);
     sync_verdict v;
     if (me.gen.current == gen_none && them.gen.current == gen_none) {
         // A new cluster: the dialer (the primary-role node) holds the first copy.
@@ -1052,6 +1057,18 @@ void engine::impl::verify_step(int fd, std::uint64_t size, std::uint64_t& seq) {
                             : fmt::format("verify finished: {} bytes differ from {} in {} range(s) (offset+length):{}{}",
                                           verify_bad, peer_name, verify_ranges.size(), list,
                                           verify_ranges.size() >= max_reported_mismatches ? " ..." : "");
+            if (verify_repair && verify_bad > 0) {
+                // The marks are durable before the reconnect that sends them; the
+                // hello then asks for a bitmap resync on the same generation.
+                if (primary) {
+                    commit_or_log("verify: differing blocks marked for resend");
+                    drop_reason = fmt::format("verify: reconnecting to resend the {} bytes that differ", verify_bad);
+                    ::shutdown(fd, SHUT_RDWR);
+                    text += fmt::format("; resending them to {} (a bitmap resync follows)", peer_name);
+                } else {
+                    text += "; not repaired: this node is no longer primary";
+                }
+            }
             emit("replication.verify_done", text);
             return;
         }
@@ -1079,6 +1096,7 @@ void engine::impl::verify_reply(const digest_reply_msg& m) {
         std::uint64_t off = m.offset + i * m.chunk_size;
         std::uint64_t len = std::min<std::uint64_t>(m.chunk_size, m.offset + m.length - off);
         verify_bad += len;
+        if (verify_repair) mark_dirty(off, len);
         if (!verify_ranges.empty() && verify_ranges.back().offset + verify_ranges.back().length == off)
             verify_ranges.back().length += len;
         else if (verify_ranges.size() < max_reported_mismatches)
@@ -1461,9 +1479,14 @@ result<void> engine::discard_local(std::string& why_not) {
     return {};
 }
 
-result<void> engine::verify(std::string& why_not) {
+result<void> engine::verify(std::string& why_not, bool repair) {
     {
         std::lock_guard lk(p_->mu);
+        if (repair && !p_->primary) {
+            why_not = "verify --repair sends this node's copy over the peer's, so it runs on the primary; "
+                      "this node is secondary";
+            return make_error_code(errc::role_conflict);
+        }
         if (p_->link != link_state::connected) {
             why_not = fmt::format("replication is {}: verify needs a connected peer in sync", to_string(p_->link));
             return make_error_code(errc::bad_field);
@@ -1476,7 +1499,12 @@ result<void> engine::verify(std::string& why_not) {
             why_not = "a verify is already running";
             return make_error_code(errc::bad_field);
         }
+        if (repair && !(p_->features & feat_resend)) {
+            why_not = "the peer does not offer resending (an older tandemd): verify without --repair";
+            return make_error_code(errc::bad_field);
+        }
         p_->verify_requested = true;
+        p_->verify_repair = repair;
     }
     p_->nudge();
     return {};

@@ -104,6 +104,8 @@ std::string_view to_string(sync_decision d) noexcept {
 //                                                  unfinished (it is the target) or one side
 //                                                  crashed as primary (it is the source: its
 //                                                  last writes may not have reached the peer)
+//                                                  or the primary has blocks to resend (it is
+//                                                  the source: a verify repair)
 //   5 peer's bitmap id == local current            bitmap, peer -> local: the peer moved on from us
 //   6 local bitmap id == peer's current            bitmap, local -> peer
 //   7 local current in peer's history              full, peer -> local: we are older than its bitmap
@@ -133,6 +135,8 @@ sync_verdict decide_sync(const sync_party& local, const sync_party& peer) noexce
             return {sync_decision::split_brain, "same generation, both crashed as primary"};
         if (local.crashed_primary) return {sync_decision::bitmap_source, "same generation, local crashed as primary"};
         if (peer.crashed_primary) return {sync_decision::bitmap_target, "same generation, peer crashed as primary"};
+        if (local.resend) return {sync_decision::bitmap_source, "same generation, local has blocks to resend"};
+        if (peer.resend) return {sync_decision::bitmap_target, "same generation, peer has blocks to resend"};
         return {sync_decision::none, "same generation"};
     }
 

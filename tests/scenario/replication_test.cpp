@@ -348,4 +348,25 @@ TEST_CASE("replication: online verify finds a block corrupted on the secondary",
     CHECK(v["mismatched_bytes"] == 4096);
     CHECK(v["mismatches"][0]["offset"] == 5 * mib);
     CHECK(c.ctl("b", "verify --timeout 60s").status == 1);  // from either side
+
+    // The repair runs on the primary only: its copy is the one kept.
+    auto refused = c.ctl("b", "verify --repair --timeout 60s");
+    CHECK(refused.status == 1);
+    CHECK_THAT(refused.out, Catch::Contains("runs on the primary"));
+    auto before = r.repl("a")["resync_bytes_sent"].get<std::uint64_t>();
+    auto since = c.last_seq("a");
+    auto repaired = c.ctl("a", "verify --repair --timeout 60s");
+    INFO(repaired.out);
+    CHECK(repaired.status == 1);  // it found a difference
+    CHECK_THAT(repaired.out, Catch::Contains("5242880+4096") && Catch::Contains("resending them to beta"));
+    auto done = c.ctl("a", fmt::format("wait event=replication.sync_done --timeout 30s --since {}", since));
+    INFO(done.out << "\nlog of alpha:\n" << c.log("a"));
+    REQUIRE(done.status == 0);
+    CHECK_THAT(c.log("a"), Catch::Contains("same generation, local has blocks to resend"));
+    // Exactly the differing block went over, and the copies are equal again.
+    CHECK(r.repl("a")["resync_bytes_sent"].get<std::uint64_t>() - before == 4096);
+    auto after = c.ctl("a", "verify --timeout 60s");
+    INFO(after.out);
+    CHECK(after.status == 0);
+    CHECK(r.va.sha256() == r.vb.sha256());
 }

@@ -119,6 +119,19 @@ TEST_CASE("decide_sync: in sync means nothing to do", "[unit][replication]") {
     CHECK(decide(a, b) == sync_decision::none);
 }
 
+TEST_CASE("decide_sync: a primary with blocks to resend on the shared generation is the bitmap source",
+          "[unit][replication]") {
+    auto [a, b] = synced_pair();
+    a.p.resend = true;  // verify --repair marked what differs
+    CHECK(decide(a, b) == sync_decision::bitmap_source);
+    // Rules that say more win: an unfinished resync into a, and a crash of b as primary.
+    a.p.consistent = false;
+    CHECK(decide(a, b) == sync_decision::bitmap_target);
+    a.p.consistent = true;
+    b.crash_as_primary();
+    CHECK(decide(a, b) == sync_decision::bitmap_target);
+}
+
 TEST_CASE("decide_sync: the secondary dies, the primary goes on, the secondary returns", "[unit][replication]") {
     auto [a, b] = synced_pair();
     a.write_alone();

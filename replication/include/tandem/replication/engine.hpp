@@ -145,8 +145,10 @@ public:
     // Online verify: compares both sides chunk by chunk (XXH3 per 4 KiB) while
     // connected and in sync, and reports the ranges that differ (status and a
     // replication.verify_done event). Writes during the verify may show as
-    // differences in the blocks they touch.
-    [[nodiscard]] result<void> verify(std::string& why_not);
+    // differences in the blocks they touch. With `repair` (on the primary only),
+    // the differing chunks are marked in the bitmap and the engine reconnects:
+    // the hello's resend flag brings a bitmap resync of exactly those chunks.
+    [[nodiscard]] result<void> verify(std::string& why_not, bool repair = false);
 
     // An application write of `bytes` at `offset` (multiples of 512). Returns
     // when it is complete under the write protocol. data_fua: durable on both

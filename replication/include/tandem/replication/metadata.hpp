@@ -59,6 +59,7 @@ struct sync_party {
     bool primary = false;          // primary now
     bool consistent = false;       // its data is a usable copy (not a resync target mid-way)
     bool crashed_primary = false;  // it was primary when it last stopped and did not demote cleanly
+    bool resend = false;           // primary on the same generation with dirty blocks (verify repair)
 };
 
 enum class sync_decision : std::uint8_t {

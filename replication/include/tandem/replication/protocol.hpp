@@ -86,7 +86,8 @@ enum feature_bits : std::uint64_t {
     feat_zero_copy = 1ull << 0,      // the receiver reads data payloads straight into the write buffer
     feat_digest_resync = 1ull << 1,  // resync compares digest_request/digest_reply before sending data
     feat_verify = 1ull << 2,         // online verify with digest_request/digest_reply
-    feat_all_known = 0x7,
+    feat_resend = 1ull << 3,         // hello_resend: a bitmap resync on an unchanged generation
+    feat_all_known = 0xf,
 };
 
 enum hello_flags : std::uint32_t {
@@ -94,7 +95,8 @@ enum hello_flags : std::uint32_t {
     hello_consistent = 1u << 1,       // the sender's data is a usable copy
     hello_crashed_primary = 1u << 2,  // the sender was primary and did not demote cleanly
     hello_split_brain = 1u << 3,      // the sender has an unresolved split brain recorded
-    hello_known_flags = 0xf,
+    hello_resend = 1u << 4,           // the sender is primary, on the peer's generation, with blocks to resend
+    hello_known_flags = 0x1f,
 };
 
 inline constexpr std::size_t node_name_size = 32;
