@@ -49,6 +49,21 @@ struct pair_in_sync {
     pair_in_sync() { in_sync_with_alpha_primary(a, b, log); }
 };
 
+// The pair, with alpha's volume exposed through FUSE + loop at `dev`.
+struct fuse_on_alpha : pair_in_sync {
+    temp_dir dir;
+    std::unique_ptr<replication::frontend> fe;
+    std::string dev;
+    explicit fuse_on_alpha(unsigned threads) {
+        std::string why;
+        auto f = replication::expose_fuse(*a.eng, {replication::frontend_kind::fuse, dir.path().string(), threads}, why);
+        INFO(why);
+        REQUIRE(f);
+        fe = std::move(*f);
+        dev = fe->device();
+    }
+};
+
 // One NBD request as nbd.ko would send it, and its reply.
 struct nbd_client {
     int fd;
@@ -87,13 +102,10 @@ TEST_CASE("an ext4 file system on the FUSE front end survives unmount, remount a
           "[kernel][store][frontend]") {
     REQUIRE_DIRECT_IO();
     if (!std::filesystem::exists("/dev/fuse")) TANDEM_SKIP("no /dev/fuse on this machine");
-    pair_in_sync p;
-    temp_dir dir;
-    std::string why;
-    auto fe = replication::expose_fuse(*p.a.eng, {replication::frontend_kind::fuse, dir.path().string(), 4}, why);
-    INFO(why);
-    REQUIRE(fe);
-    auto dev = (*fe)->device();
+    fuse_on_alpha p(4);
+    auto& dir = p.dir;
+    auto& fe = p.fe;
+    const auto& dev = p.dev;
     CHECK(dev.rfind("/dev/loop", 0) == 0);
 
     run_ok(fmt::format("mkfs.ext4 -q -F {}", dev));
@@ -113,7 +125,7 @@ TEST_CASE("an ext4 file system on the FUSE front end survives unmount, remount a
     auto fsck = run(fmt::format("e2fsck -fn {}", dev));
     INFO(fsck.out);
     CHECK(fsck.status == 0);
-    REQUIRE((*fe)->close());
+    REQUIRE(fe->close());
 
     // Protocol C: every write the file system completed is on beta too.
     REQUIRE(p.a.eng->flush());
@@ -192,13 +204,10 @@ TEST_CASE("a file system left mounted on the FUSE front end by a stop while it w
           "[kernel][store][frontend]") {
     REQUIRE_DIRECT_IO();
     if (!std::filesystem::exists("/dev/fuse")) TANDEM_SKIP("no /dev/fuse on this machine");
-    pair_in_sync p;
-    temp_dir dir;
-    std::string why;
-    auto fe = replication::expose_fuse(*p.a.eng, {replication::frontend_kind::fuse, dir.path().string(), 2}, why);
-    INFO(why);
-    REQUIRE(fe);
-    auto dev = (*fe)->device();
+    fuse_on_alpha p(2);
+    auto& dir = p.dir;
+    auto& fe = p.fe;
+    const auto& dev = p.dev;
     run_ok(fmt::format("mkfs.ext4 -q -F {}", dev));
     auto mnt = (dir.path() / "store").string();
     mounted m(dev, mnt);
@@ -212,8 +221,8 @@ TEST_CASE("a file system left mounted on the FUSE front end by a stop while it w
     // tandemd does when it is stopped with /store in use.
     int held = ::open((mnt + "/held").c_str(), O_CREAT | O_RDWR, 0600);
     REQUIRE(held >= 0);
-    (void)(*fe)->close();
-    fe->reset();
+    (void)fe->close();
+    fe.reset();
     auto stale = replication::stale_frontend_device(major_no, minor_no, dir.path().string());
     INFO(run("cat /sys/dev/block/" + std::to_string(major_no) + ":" + std::to_string(minor_no) + "/loop/backing_file").out);
     CHECK(stale.find(dev) == 0);
