@@ -47,12 +47,9 @@ std::string stale_frontend_device(unsigned major_no, unsigned minor_no, const st
         auto file = first_line(sys + "/loop/backing_file");
         std::error_code ec;  // the kernel names the file by its canonical path
         auto ours = (std::filesystem::weakly_canonical(work_dir, ec) / "fuse" / "volume").string();
-        struct stat st {};
-        if (file == ours && ::stat(file.c_str(), &st) != 0)
-            return fmt::format("/dev/loop{} over the FUSE volume of a tandemd that is gone", minor_no);
-        if (file == "/volume" && ::stat(file.c_str(), &st) != 0)
-            return fmt::format("/dev/loop{} over the detached FUSE volume of a tandemd that is gone", minor_no);
-        return "";
+        if ((file != ours && file != "/volume") || exists(file.c_str())) return "";
+        return fmt::format("/dev/loop{} over the {}FUSE volume of a tandemd that is gone", minor_no,
+                           file == ours ? "" : "detached ");
     }
     if (major_no == NBD_MAJOR) {
         // nbd.ko shows the pid of the process that connected the device while it
