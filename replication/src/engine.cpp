@@ -142,17 +142,15 @@ struct engine::impl {
     // signalled only while one of them waits.
     std::condition_variable acked;
     unsigned acked_waiters = 0;
-    // Waits for `done`, at most `limit` when one is given; returns done().
+    // Waits for `done`, at most `limit` when one is given.
     template <class Pred>
-    bool wait_acked(std::unique_lock<std::mutex>& lk, Pred done,
+    void wait_acked(std::unique_lock<std::mutex>& lk, Pred done,
                     std::optional<std::chrono::milliseconds> limit = std::nullopt) {
-        if (done()) return true;
+        if (done()) return;
         ++acked_waiters;
-        bool ok = true;
-        if (limit) ok = acked.wait_for(lk, *limit, done);
+        if (limit) acked.wait_for(lk, *limit, done);
         else acked.wait(lk, done);
         --acked_waiters;
-        return ok;
     }
     // Written under mu; atomic so that heartbeats read them without the lock
     // (a checkpoint may hold it through an fdatasync).
