@@ -428,7 +428,7 @@ config validate(const toml::table& root, const std::string& path) {
             c.announce.refresh = *d;
     }
 
-    auto* st = r.section(root, "store", false, {"mount", "fstype", "options", "frontend", "fsck", "threads"});
+    auto* st = r.section(root, "store", false, {"mount", "fstype", "options", "frontend", "fsck", "threads", "kill_after"});
     if (auto m = r.string(st, "store", "mount", false)) {
         if (!m->empty() && ((*m)[0] != '/' || *m == "/"))
             r.problem(st->get("mount"), "store.mount", "must be an absolute path other than \"/\" (or \"\" for no mount)");
@@ -446,6 +446,7 @@ config validate(const toml::table& root, const std::string& path) {
         else r.problem(st->get("fsck"), "store.fsck", "must be true or false");
     }
     if (auto v = r.integer(st, "store", "threads", 1, 64)) c.store.threads = static_cast<unsigned>(*v);
+    if (auto d = r.duration(st, "store", "kill_after", milliseconds(0), milliseconds(600'000))) c.store.kill_after = *d;
     if (c.replication.backend == backend_kind::shared && c.store.mount.empty())
         r.problem_at("store.mount", "missing: backend \"shared\" mounts the shared device there on the active node");
 
@@ -549,6 +550,7 @@ reload_plan plan_reload(const config& a, const config& b) {
             p.refused.push_back(fmt::format("{}: read when /store is mounted; restart tandemd while it is the standby "
                                             "to use the new value", key));
     applied("store.fsck", a.store.fsck ? "true" : "false", b.store.fsck ? "true" : "false");
+    applied("store.kill_after", format_duration(a.store.kill_after), format_duration(b.store.kill_after));
     if (a.heartbeat.probe != b.heartbeat.probe)
         p.refused.push_back("heartbeat.probe: chosen when each link's probe starts; restart tandemd to use another");
     if (a.node.state_dir != b.node.state_dir)

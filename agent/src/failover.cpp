@@ -26,7 +26,7 @@ public:
     asio::awaitable<phase_outcome> acquire() override {
         co_return phase_outcome::nothing("replication backend \"none\": /store is local, nothing to promote");
     }
-    asio::awaitable<phase_outcome> release() override {
+    asio::awaitable<phase_outcome> release(release_kind) override {
         co_return phase_outcome::nothing("replication backend \"none\": nothing to demote");
     }
 };
@@ -37,7 +37,7 @@ public:
     explicit services_phase(const config& c) : c_(c) {}
     std::string_view name() const override { return "services"; }
     asio::awaitable<phase_outcome> acquire() override { return hook(c_.services.start, "start"); }
-    asio::awaitable<phase_outcome> release() override { return hook(c_.services.stop, "stop"); }
+    asio::awaitable<phase_outcome> release(release_kind) override { return hook(c_.services.stop, "stop"); }
 
 private:
     std::vector<std::pair<std::string, std::string>> env(const std::string& what) const {
@@ -71,10 +71,14 @@ std::vector<std::string> failover_sequence::names() const {
     return v;
 }
 
-asio::awaitable<sequence_report> failover_sequence::acquire(event_bus& bus) { return run(bus, true); }
-asio::awaitable<sequence_report> failover_sequence::release(event_bus& bus) { return run(bus, false); }
+asio::awaitable<sequence_report> failover_sequence::acquire(event_bus& bus) {
+    return run(bus, true, release_kind::requested);
+}
+asio::awaitable<sequence_report> failover_sequence::release(event_bus& bus, release_kind how) {
+    return run(bus, false, how);
+}
 
-asio::awaitable<sequence_report> failover_sequence::run(event_bus& bus, bool acquiring) {
+asio::awaitable<sequence_report> failover_sequence::run(event_bus& bus, bool acquiring, release_kind how) {
     sequence_report rep;
     auto t0 = std::chrono::steady_clock::now();
     std::vector<failover_phase*> order;
@@ -88,7 +92,7 @@ asio::awaitable<sequence_report> failover_sequence::run(event_bus& bus, bool acq
         try {
             // Not a ?: expression: GCC 12 miscompiles co_await inside one.
             if (acquiring) out = co_await p->acquire();
-            else out = co_await p->release();
+            else out = co_await p->release(how);
         } catch (const std::exception& e) {
             out = phase_outcome::failed(e.what());
         }

@@ -111,12 +111,14 @@ void ha_machine::claim(const std::string& why, effects& e) {
                         {{"generation", std::to_string(generation_)}, {"reason", why}}});
 }
 
-void ha_machine::release(host_state then, host_mode mode_after, bool handover, const std::string& why, effects& e) {
+void ha_machine::release(host_state then, host_mode mode_after, bool handover, bool forced, const std::string& why,
+                         effects& e) {
     busy_ = sequence_kind::release;
     release_to_ = then;
     release_mode_ = mode_after;
     release_handover_ = handover;
     e.sequence = sequence_kind::release;
+    e.forced_release = forced;
     e.send_now = true;
     e.events.push_back({"release.start", "releasing: announce, services, VIP, alias, storage", {{"reason", why}}});
 }
@@ -321,7 +323,7 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
 void ha_machine::evaluate_active(steady_time now, effects& e) {
     const bool alive = peer_alive(now);
     if (!health_ok_) {
-        release(host_state::failed, mode_, true, "local health check failed: " + health_detail_, e);
+        release(host_state::failed, mode_, true, true, "local health check failed: " + health_detail_, e);
         return;
     }
     if (alive && peer_->state == host_state::active) {
@@ -339,7 +341,7 @@ void ha_machine::evaluate_active(steady_time now, effects& e) {
                                  {"peer_generation", std::to_string(peer_->generation)},
                                  {"winner", we_win ? "local" : "peer"}}});
         }
-        if (!we_win) release(host_state::standby, mode_, false, "collision: the peer keeps the VIP", e);
+        if (!we_win) release(host_state::standby, mode_, false, true, "collision: the peer keeps the VIP", e);
         return;
     }
     if (collision_ && (!alive || peer_->state != host_state::active)) {
@@ -349,7 +351,7 @@ void ha_machine::evaluate_active(steady_time now, effects& e) {
     std::string why_not;
     if (alive && (peer_->flags & hb_request_takeover)) {
         if (peer_can_take_over(now, why_not))
-            release(host_state::standby, mode_, true, "the peer asked to take over", e);
+            release(host_state::standby, mode_, true, false, "the peer asked to take over", e);
         return;
     }
     if (p_.connectivity_configured && test_running_ == test_purpose::none && now >= next_test_at_)
@@ -454,7 +456,7 @@ effects ha_machine::on_sequence_done(steady_time now, bool ok, const std::string
             acquire_failed_ = true;
             transition(host_state::failed,
                        "failover sequence failed: " + detail + "; fix the cause, then run 'tandemctl online'", e);
-            release(host_state::failed, mode_, true, "undoing a failed acquire", e);
+            release(host_state::failed, mode_, true, true, "undoing a failed acquire", e);
             return e;
         }
     } else if (kind == sequence_kind::release) {
@@ -482,7 +484,7 @@ effects ha_machine::on_shutdown(steady_time now) {
     shutting_down_ = true;
     e.send_now = true;
     if (state_ == host_state::active && busy_ == sequence_kind::none)
-        release(host_state::standby, mode_, true, "tandemd is stopping", e);
+        release(host_state::standby, mode_, true, false, "tandemd is stopping", e);
     (void)now;
     return e;
 }
@@ -521,7 +523,7 @@ std::pair<command_reply, effects> ha_machine::on_command(steady_time now, comman
             if (state_ != host_state::active)
                 return refuse(fmt::format("giveback runs on the ACTIVE node; this node is {}", to_string(state_)));
             if (!peer_can_take_over(now, why)) return refuse(why + "; it cannot take over");
-            release(host_state::standby, mode_, true, "operator giveback", e);
+            release(host_state::standby, mode_, true, false, "operator giveback", e);
             return accept("releasing; the peer takes over");
         case command::offline:
             if (mode_ == host_mode::offline) return refuse("this node is already OFFLINE");
@@ -529,7 +531,7 @@ std::pair<command_reply, effects> ha_machine::on_command(steady_time now, comman
                 if (!peer_can_take_over(now, why))
                     return refuse(why + "; setting the active node offline would leave no node active");
                 transition(host_state::setting_offline, "operator: set offline (manual failover)", e);
-                release(host_state::standby, host_mode::offline, true, "operator set the active node offline", e);
+                release(host_state::standby, host_mode::offline, true, false, "operator set the active node offline", e);
                 return accept("releasing; the peer takes over; this node stays OFFLINE");
             }
             // A node that holds nothing changes mode at once; Setting Offline is

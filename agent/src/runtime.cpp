@@ -450,7 +450,8 @@ void node_runtime::apply(effects e) {
     }
     if (heal) reannounce("the peer is heard again");
     if (e.run_connectivity_test) start_connectivity_test();
-    if (e.sequence != sequence_kind::none) start_sequence(e.sequence);
+    if (e.sequence != sequence_kind::none)
+        start_sequence(e.sequence, e.forced_release ? release_kind::forced : release_kind::requested);
     if (e.send_now) send_timer_.cancel();
     watchdog_timer_.cancel();  // the deadline may have moved
     check_fence();
@@ -482,14 +483,14 @@ asio::awaitable<void> node_runtime::watchdog_loop() {
     }
 }
 
-void node_runtime::start_sequence(sequence_kind k) {
+void node_runtime::start_sequence(sequence_kind k, release_kind how) {
     asio::co_spawn(
         io_,
-        [this, k]() -> asio::awaitable<void> {
+        [this, k, how]() -> asio::awaitable<void> {
             bool acquire = k == sequence_kind::acquire;
             sequence_report rep;  // not a ?: expression: GCC 12 miscompiles co_await inside one
             if (acquire) rep = co_await sequence_->acquire(bus_);
-            else rep = co_await sequence_->release(bus_);
+            else rep = co_await sequence_->release(bus_, how);
             last_sequence_ = {{"direction", acquire ? "acquire" : "release"},
                               {"ok", rep.ok},
                               {"total_us", rep.total.count()},

@@ -2,6 +2,7 @@
 #include "tandem/agent/store.hpp"
 
 #include "tandem/agent/process.hpp"
+#include "tandem/base/duration.hpp"
 #include "tandem/base/log.hpp"
 
 #include <dirent.h>
@@ -295,10 +296,44 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
                                               fs.detail.empty() ? "" : ", " + fs.detail));
 }
 
-asio::awaitable<phase_outcome> store_phase::release() {
+asio::awaitable<std::string> store_phase::stop_holders() {
+    std::string done;
+    // A supervisor may start a holder again: those found after the first round
+    // get no grace, and three rounds are the limit (the unmount then says busy).
+    for (int round = 0; round < 3; ++round) {
+        auto hs = store_holders(c_.store.mount);
+        if (hs.empty()) break;
+        auto grace = round == 0 ? c_.store.kill_after : std::chrono::milliseconds(0);
+        log::warning("store.holders", "{} must be released now: {} {}{}", c_.store.mount,
+                     grace.count() ? "SIGTERM to" : "SIGKILL to", describe(hs),
+                     grace.count() ? fmt::format(", SIGKILL after {}", format_duration(grace)) : "");
+        std::vector<pid_t> pids;
+        for (auto& h : hs) pids.push_back(h.pid);
+        auto ended = co_await stop_processes(pids, grace);
+        for (std::size_t i = 0; i < ended.size(); ++i) {
+            using how = stopped_process::how;
+            auto e = ended[i].end;
+            done += fmt::format("{}pid {} ({}) {}", done.empty() ? "" : ", ", hs[i].pid, hs[i].comm,
+                                e == how::terminated ? "ended on SIGTERM"
+                                : e == how::killed   ? "killed"
+                                : e == how::gone     ? "had exited"
+                                                     : "survived SIGKILL");
+        }
+    }
+    if (!done.empty()) log::notice("store.holders_stopped", "stopped the processes holding {}: {}", c_.store.mount, done);
+    co_return done;
+}
+
+asio::awaitable<phase_outcome> store_phase::release(release_kind how) {
+    std::string stopped;
     if (mounted()) {
-        // Never pull the file system from under a running application.
-        if (auto b = busy(); !b.empty()) co_return phase_outcome::failed(last_error_ = b);
+        // Never pull the file system from under a running application: a release
+        // that may wait is refused; one that cannot (the node must give up
+        // ACTIVE) ends the holders first, as the copies would diverge otherwise.
+        if (auto b = busy(); !b.empty()) {
+            if (how == release_kind::requested) co_return phase_outcome::failed(last_error_ = b);
+            stopped = co_await stop_holders();
+        }
         // In a child, not here: the unmount writes the file system back through
         // our own FUSE server. Were tandemd killed meanwhile, a umount2() of ours
         // would wait for that server inside the kernel, forever; the child's
@@ -310,6 +345,7 @@ asio::awaitable<phase_outcome> store_phase::release() {
                                                                        b.empty() ? "" : "; " + b));
         }
     }
+    auto stopped_note = stopped.empty() ? std::string() : "; stopped its holders: " + stopped;
     if (fe_) {
         if (auto r = fe_->close(); !r) log::warning("store.detach", "detaching {}: {}", device_, r.error().message());
         fe_.reset();
@@ -319,15 +355,16 @@ asio::awaitable<phase_outcome> store_phase::release() {
         auto r = co_await d_->run(drbd::action::secondary);
         if (!r.ok())
             co_return phase_outcome::failed(last_error_ = "drbdadm secondary " + d_->res().name + " " + r.describe());
-        co_return phase_outcome::done(c_.store.mount.empty() ? "DRBD secondary" : c_.store.mount + " unmounted; DRBD secondary");
+        co_return phase_outcome::done(
+            (c_.store.mount.empty() ? "DRBD secondary" : c_.store.mount + " unmounted; DRBD secondary") + stopped_note);
     }
     if (e_) {
         if (auto r = e_->demote(); !r)
             co_return phase_outcome::failed(last_error_ = "demoting the replicated volume: " + r.error().message());
-        co_return phase_outcome::done(c_.store.mount.empty() ? "volume secondary"
-                                                              : c_.store.mount + " unmounted; volume secondary");
+        co_return phase_outcome::done(
+            (c_.store.mount.empty() ? "volume secondary" : c_.store.mount + " unmounted; volume secondary") + stopped_note);
     }
-    co_return phase_outcome::done(c_.store.mount + " unmounted");
+    co_return phase_outcome::done(c_.store.mount + " unmounted" + stopped_note);
 }
 
 }  // namespace tandem::agent

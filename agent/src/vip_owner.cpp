@@ -110,7 +110,7 @@ public:
     explicit alias_phase(vip_owner& v) : v_(v) {}
     std::string_view name() const override { return "alias"; }
     asio::awaitable<phase_outcome> acquire() override { co_return check(); }
-    asio::awaitable<phase_outcome> release() override { co_return released(); }
+    asio::awaitable<phase_outcome> release(release_kind) override { co_return released(); }
 
 private:
     // On Linux the alias is the VIP's IFA_LABEL: it exists with the address. This
@@ -133,7 +133,7 @@ public:
     explicit vip_phase(vip_owner& v) : v_(v) {}
     std::string_view name() const override { return "vip"; }
     asio::awaitable<phase_outcome> acquire() override { co_return add(); }
-    asio::awaitable<phase_outcome> release() override { co_return remove(); }
+    asio::awaitable<phase_outcome> release(release_kind) override { co_return remove(); }
 
 private:
     phase_outcome add() {
@@ -156,7 +156,7 @@ public:
     explicit announce_phase(vip_owner& v) : v_(v) {}
     std::string_view name() const override { return "announce"; }
     asio::awaitable<phase_outcome> acquire() override { co_return send(); }
-    asio::awaitable<phase_outcome> release() override { co_return stop(); }
+    asio::awaitable<phase_outcome> release(release_kind) override { co_return stop(); }
 
 private:
     phase_outcome send() {

@@ -17,6 +17,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <random>
 #include <set>
@@ -44,6 +45,8 @@ template <class Body>
 pid_t spawn_in_mounts_of(pid_t target, Body body) {
     pid_t pid = ::fork();
     if (pid != 0) return pid;
+    // Catch2's handlers would report a signal to the child as the test's failure.
+    for (int sig : {SIGTERM, SIGINT, SIGABRT, SIGSEGV, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
     int ns = ::open(fmt::format("/proc/{}/ns/mnt", target).c_str(), O_RDONLY | O_CLOEXEC);
     if (ns < 0 || ::setns(ns, CLONE_NEWNS) != 0) ::_exit(120);
     ::_exit(body());
@@ -88,16 +91,29 @@ struct record_writer {
     ~record_writer() { kill9(); }
 };
 
-// A process that keeps its working directory on /store until killed.
+// A process that keeps its working directory on /store until killed; `deaf`: it ignores SIGTERM.
 struct store_holder_process {
     pid_t pid;
-    store_holder_process(pid_t target, const std::string& dir) {
+    store_holder_process(pid_t target, const std::string& dir, bool deaf = false) {
         pid = spawn_in_mounts_of(target, [&] {
+            if (deaf) ::signal(SIGTERM, SIG_IGN);  // before the chdir that holds() waits for
             if (::chdir(dir.c_str()) != 0) return 125;
             for (;;) ::pause();
         });
     }
+    // Whether its working directory is on `dir` (it is in place, and not yet ended).
+    bool holds(const std::string& dir) const {
+        return run(fmt::format("readlink /proc/{}/cwd", pid)).out.find(dir) == 0;
+    }
+    // Waits for its end (someone else ends it); the signal that ended it, or 0.
+    int end_signal() {
+        int status = 0;
+        ::waitpid(pid, &status, 0);
+        pid = -1;
+        return WIFSIGNALED(status) ? WTERMSIG(status) : 0;
+    }
     ~store_holder_process() {
+        if (pid <= 0) return;
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
     }
@@ -162,8 +178,11 @@ struct live_store {
                 return fmt::format("[replication]\nbackend = \"shared\"\ndevice = \"{}\"\n"
                                    "[store]\nmount = \"{}/store-{}\"\n[health]\ninterval = \"1s\"\n",
                                    dev, dir, node);
-            return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{}\"\nmetadata = \"{}\"\nrate = 4096\n"
-                               "[store]\nmount = \"{}/store-{}\"\nfrontend = \"fuse\"\nthreads = 4\n{}",
+            // A node is made unhealthy by creating DIR/sick-NODE.
+            return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{0}\"\nmetadata = \"{1}\"\nrate = 4096\n"
+                               "[store]\nmount = \"{2}/store-{3}\"\nfrontend = \"fuse\"\nthreads = 4\n"
+                               "kill_after = \"2s\"\n{4}"
+                               "[health]\ninterval = \"1s\"\ncheck_command = \"test ! -e {2}/sick-{3}\"\n",
                                dev, md(dev), dir, node, fs);
         };
         o.extra_a = section(a, "a");
@@ -353,10 +372,7 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
 
     {
         store_holder_process holder(c.pid("a"), s.mount("a"));
-        // The holder is in place once its cwd is on /store.
-        REQUIRE(wait_until([&] {
-            return run(fmt::format("readlink /proc/{}/cwd", holder.pid)).out.find(s.mount("a")) == 0;
-        }));
+        REQUIRE(wait_until([&] { return holder.holds(s.mount("a")); }));
         auto r = c.ctl("a", "giveback");
         INFO(r.out);
         CHECK(r.status == 1);
@@ -383,6 +399,47 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
     CHECK(c.status("b")["store"]["mounted"] == true);
 }
 
+TEST_CASE("a health failure with /store busy ends its holders, hands over, and the copies stay one history",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    auto before = s.write_random("a", "before", 4);
+    {
+        store_holder_process polite(c.pid("a"), s.mount("a")), deaf(c.pid("a"), s.mount("a"), true);
+        REQUIRE(wait_until([&] { return polite.holds(s.mount("a")) && deaf.holds(s.mount("a")); }));
+        // Alpha's health check fails: the release cannot wait for an operator, so
+        // the holders get SIGTERM, the one that ignores it SIGKILL ([store] kill_after).
+        auto since = c.last_seq("b");
+        std::ofstream(s.dir.path() / "sick-a") << "";
+        REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+        CHECK(polite.end_signal() == SIGTERM);
+        CHECK(deaf.end_signal() == SIGKILL);
+        auto log = c.log("a");
+        INFO(log);
+        CHECK_THAT(log, Catch::Contains("must be released now: SIGTERM to") && Catch::Contains("SIGKILL after 2s"));
+        CHECK_THAT(log, Catch::Contains("ended on SIGTERM") && Catch::Contains("killed"));
+        CHECK(c.state("a") == "FAILED");
+        CHECK(c.status("a")["store"]["mounted"] == false);
+        CHECK(s.in_store("a", "mountpoint -q " + s.mount("a")).status != 0);
+    }
+    // Alpha demoted before beta promoted: what beta writes now replicates to
+    // alpha in real time, with no split brain.
+    auto meanwhile = s.write_random("b", "meanwhile", 4);
+    auto synced = c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count()));
+    INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump());
+    REQUIRE(synced.status == 0);
+    CHECK(c.status("a")["replication"]["split_brain"] == false);
+    std::filesystem::remove(s.dir.path() / "sick-a");
+    REQUIRE(c.wait("a", "state=STANDBY", soon));
+    auto since = c.last_seq("a");
+    REQUIRE(c.ctl("b", "giveback").status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    CHECK(s.sha256("a", "before") == before);
+    CHECK(s.sha256("a", "meanwhile") == meanwhile);
+}
+
 TEST_CASE("a tandemd stopped with /store busy leaves it on a dead device, and its next start detaches it",
           "[scenario][store]") {
     REQUIRE_FRONT_END();
@@ -392,9 +449,7 @@ TEST_CASE("a tandemd stopped with /store busy leaves it on a dead device, and it
     auto before = s.write_random("a", "before", 4);
     {
         store_holder_process holder(c.pid("a"), s.mount("a"));
-        REQUIRE(wait_until([&] {
-            return run(fmt::format("readlink /proc/{}/cwd", holder.pid)).out.find(s.mount("a")) == 0;
-        }));
+        REQUIRE(wait_until([&] { return holder.holds(s.mount("a")); }));
         // The stop cannot unmount /store; beta takes over, and alpha's mount stays
         // behind on a loop device whose server has exited.
         auto since = c.last_seq("b");

@@ -119,6 +119,8 @@ TEST_CASE_METHOD(fixture, "bad values name file, line, key, value and what is al
         {"backend = \"none\"", "backend = \"zfs\"", "must be one of: none, uring, drbd, shared"},
         {"backend = \"none\"", "backend = \"shared\"\ndevice = \"/dev/sdb\"\n[store]\nmount = \"\"",
          "store.mount: missing: backend \"shared\" mounts the shared device there on the active node"},
+        {"backend = \"none\"", "backend = \"none\"\n[store]\nkill_after = \"1h\"",
+         "store.kill_after = \"1h\": must be a duration such as \"50ms\", \"10s\" or \"2min\", from 0ms to 10min"},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.77.0.100\"", "cluster.vip = \"10.77.0.100\": must be an IPv4 or IPv6 address with a prefix"},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.77.0.100/33\"", "cluster.vip = \"10.77.0.100/33\""},
         {"vip = \"10.77.0.100/24\"", "vip = \"10.78.0.100/24\"", "node.address: \"10.77.0.1\" is not in the VIP's subnet 10.78.0.100/24"},

@@ -23,6 +23,7 @@ struct node {
     bool reach_targets = true;  // result of its connectivity test
     bool auto_complete = true;  // sequences finish at once
     int acquires = 0, releases = 0, tests = 0;
+    int forced_releases = 0;  // releases that may end /store's holders
     bool acquire_ok = true;  // what the failover sequence reports
     std::vector<event> log;
     sequence_kind pending = sequence_kind::none;
@@ -65,6 +66,7 @@ struct cluster {
         }
         if (e.sequence != sequence_kind::none) {
             (e.sequence == sequence_kind::acquire ? n.acquires : n.releases)++;
+            n.forced_releases += e.forced_release;
             bool ok = e.sequence == sequence_kind::release || n.acquire_ok;
             if (n.auto_complete) apply(n, n.m->on_sequence_done(clock.now(), ok, ok ? "" : "services: start hook exited 1"));
             else n.pending = e.sequence;
@@ -194,6 +196,8 @@ TEST_CASE("takeover and giveback swap roles only with a synchronized standby", "
     c.run(500ms);
     CHECK(c.a.m->state() == S::active);
     CHECK(c.b.m->state() == S::standby);
+    // Both releases were asked for: a busy /store refuses them, it is not emptied.
+    CHECK(c.a.forced_releases + c.b.forced_releases == 0);
 
     // An unsynchronized standby may not take over.
     c.apply(c.b, c.b.m->on_local_sync(c.clock.now(), sync_state::synchronizing));
@@ -280,6 +284,7 @@ TEST_CASE("a failed health check on the active moves the service to the standby"
     c.run(300ms);
     CHECK(c.a.m->state() == S::failed);
     CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.forced_releases == 1);  // it cannot wait for /store's holders
     c.apply(c.a, c.a.m->on_health(c.clock.now(), true, ""));
     c.run(300ms);
     CHECK(c.a.m->state() == S::standby);  // repaired, but no automatic failback

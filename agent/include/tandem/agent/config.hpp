@@ -78,6 +78,8 @@ struct config {
         std::string frontend = "auto";  // "auto", "fuse" or "nbd" (backend "uring")
         bool fsck = true;               // check the file system before every mount
         unsigned threads = 8;           // front-end workers
+        // A forced release: how long processes holding /store have after SIGTERM before SIGKILL.
+        std::chrono::milliseconds kill_after{10'000};
     } store;
     struct {
         std::string interface;  // empty: no crossover link

@@ -23,6 +23,11 @@ struct phase_outcome {
     static phase_outcome failed(std::string d) { return {kind::failed, std::move(d)}; }
 };
 
+// Whether a release may stop short of done: one the operator or the peer asked
+// for leaves a busy /store alone and fails; a forced one (a health failure, a
+// lost collision, undoing a failed acquire) cannot wait, and ends its holders.
+enum class release_kind : std::uint8_t { requested, forced };
+
 // One step of the seeds' "HA Failover Event Sequence". acquire() and release()
 // are idempotent: release() after a partial acquire undoes what exists.
 class failover_phase {
@@ -30,7 +35,7 @@ public:
     virtual ~failover_phase() = default;
     [[nodiscard]] virtual std::string_view name() const = 0;
     virtual boost::asio::awaitable<phase_outcome> acquire() = 0;
-    virtual boost::asio::awaitable<phase_outcome> release() = 0;
+    virtual boost::asio::awaitable<phase_outcome> release(release_kind how) = 0;
 };
 
 struct sequence_report {
@@ -46,11 +51,11 @@ class failover_sequence {
 public:
     explicit failover_sequence(std::vector<std::unique_ptr<failover_phase>> phases) : phases_(std::move(phases)) {}
     boost::asio::awaitable<sequence_report> acquire(event_bus& bus);
-    boost::asio::awaitable<sequence_report> release(event_bus& bus);
+    boost::asio::awaitable<sequence_report> release(event_bus& bus, release_kind how);
     [[nodiscard]] std::vector<std::string> names() const;
 
 private:
-    boost::asio::awaitable<sequence_report> run(event_bus& bus, bool acquiring);
+    boost::asio::awaitable<sequence_report> run(event_bus& bus, bool acquiring, release_kind how);
     std::vector<std::unique_ptr<failover_phase>> phases_;
 };
 

@@ -50,6 +50,10 @@ struct effects {
     sequence_kind sequence = sequence_kind::none;
     bool run_connectivity_test = false;
     bool send_now = false;  // state changed: tell the peer without waiting for the interval
+    // With sequence == release: the release cannot wait for the operator (a
+    // health failure, a lost collision, a failed acquire), so processes still
+    // holding /store after the stop hook are terminated rather than refused.
+    bool forced_release = false;
 };
 
 enum class command : std::uint8_t { takeover, giveback, offline, online };
@@ -102,7 +106,7 @@ private:
     void evaluate_active(steady_time now, effects& e);
     void transition(host_state to, const std::string& why, effects& e);
     void claim(const std::string& why, effects& e);
-    void release(host_state then, host_mode mode_after, bool handover, const std::string& why, effects& e);
+    void release(host_state then, host_mode mode_after, bool handover, bool forced, const std::string& why, effects& e);
     void start_test(test_purpose why, effects& e);
     void block(const std::string& why, effects& e);  // report once why a failover does not happen
     [[nodiscard]] std::optional<std::string> pairing_problem() const;

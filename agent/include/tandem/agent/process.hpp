@@ -3,7 +3,10 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <sys/types.h>
+
 #include <chrono>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -25,5 +28,19 @@ struct process_result {
 boost::asio::awaitable<process_result> run_command(std::string command,
                                                    std::vector<std::pair<std::string, std::string>> env,
                                                    std::chrono::milliseconds timeout);
+
+// A process stop_processes() was asked to end, and how it ended.
+struct stopped_process {
+    pid_t pid = -1;
+    enum class how : std::uint8_t { gone, terminated, killed, running } end = how::running;
+    // gone: it had exited before the signal; running: it survived SIGKILL (it
+    // sleeps uninterruptibly in the kernel) for 5 s.
+};
+
+// Ends processes this daemon did not start: SIGTERM, then SIGKILL to those still
+// running after `grace` (at once when `grace` is 0), each through a pidfd so that no
+// signal reaches a recycled PID, their exits awaited inside the io_context.
+boost::asio::awaitable<std::vector<stopped_process>> stop_processes(std::vector<pid_t> pids,
+                                                                     std::chrono::milliseconds grace);
 
 }  // namespace tandem::agent

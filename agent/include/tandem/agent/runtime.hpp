@@ -75,7 +75,7 @@ private:
 
     void apply(effects e);
     void send_heartbeats();
-    void start_sequence(sequence_kind k);
+    void start_sequence(sequence_kind k, release_kind how);
     void start_connectivity_test();
     void on_datagram(link_state& l, std::span<const std::byte> data, std::optional<std::uint64_t> rx_mono_ns);
     void drop(drop_reason r, const std::string& link);

@@ -46,7 +46,7 @@ public:
     ~store_phase() override;
     std::string_view name() const override { return "storage"; }
     boost::asio::awaitable<phase_outcome> acquire() override;
-    boost::asio::awaitable<phase_outcome> release() override;
+    boost::asio::awaitable<phase_outcome> release(release_kind how) override;
 
     [[nodiscard]] store_status status() const;
     // Why /store cannot be released now ("" when it can): the holders, named.
@@ -57,6 +57,9 @@ public:
 private:
     [[nodiscard]] bool mounted() const;
     boost::asio::awaitable<phase_outcome> prepare_file_system(const std::string& dev);
+    // A forced release: SIGTERM, then SIGKILL after [store] kill_after, to the
+    // processes holding /store; what happened to each, for the phase's detail.
+    boost::asio::awaitable<std::string> stop_holders();
     const config& c_;
     replication::engine* e_;
     const drbd::backend* d_;
