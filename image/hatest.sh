@@ -52,7 +52,9 @@ primary)
     ;;
 standby)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
-    say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
+    # The replication engine's name for this node's volume (uring: recorded in new metadata).
+    volume=$(journalctl -b -u tandemd -o cat | sed -n 's/.*volume identity recorded in [^:]*: //p' | head -1 | tr ' ' ':')
+    say "STANDBY vip=$(vip) store=$(store) volume=${volume:-none} $($ctl cstate)"
     $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "no takeover: $($ctl cstate 2>&1)"
     acquired
     say "TOOK-OVER vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
@@ -65,7 +67,9 @@ standby)
     ;;
 rejoin | repair | refill)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
-    say "STANDBY vip=$(vip) store=$(store) $($ctl cstate)"
+    # The replication engine's name for this node's volume (uring: recorded in new metadata).
+    volume=$(journalctl -b -u tandemd -o cat | sed -n 's/.*volume identity recorded in [^:]*: //p' | head -1 | tr ' ' ':')
+    say "STANDBY vip=$(vip) store=$(store) volume=${volume:-none} $($ctl cstate)"
     progress
     $ctl sync --timeout 10s > /dev/null || fail "not in sync after rejoining"
     # SYNCHRONIZING while the resync runs; STANDBY once it is over.

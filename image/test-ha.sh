@@ -150,6 +150,14 @@ boot beta standby
 t=$(date +%s.%N)
 standby=$(await beta STANDBY)
 say "beta: $standby"
+if [[ $backend == uring ]]; then
+    # The engine names beta's volume by the GPT entry of its store partition, as udev read it.
+    part_uuid=$(sfdisk -J "$work/beta.img" | python3 -c 'import json, sys
+print(next(p["uuid"] for p in json.load(sys.stdin)["partitiontable"]["partitions"] if p.get("name") == "store"))')
+    # (sfdisk prints the UUID in capitals, udev in small letters)
+    [[ $(field volume "$standby") == "partition:${part_uuid,,}" ]] ||
+        die "beta's volume identity is $(field volume "$standby"), not its store partition's entry partition:${part_uuid,,}"
+fi
 ready=$(await alpha READY)
 say "alpha: $ready"
 boot_to_ready=$(since "$t")

@@ -6,6 +6,7 @@
 #include "tandem/agent/version.hpp"
 #include "tandem/base/kmod.hpp"
 #include "tandem/base/log.hpp"
+#include "tandem/replication/engine.hpp"
 #include "tandem/replication/frontend.hpp"
 
 #include <netinet/in.h>
@@ -30,9 +31,12 @@ namespace {
 constexpr const char* usage =
     "usage: tandemd [-c FILE] [--debug]\n"
     "       tandemd --check-config FILE\n"
+    "       tandemd -c FILE --adopt-volume\n"
     "       tandemd --version\n"
     "  -c, --config FILE      configuration (default /etc/tandem/tandem.toml)\n"
     "      --check-config FILE  validate FILE and the key it names, then exit\n"
+    "      --adopt-volume     the replicated device holds the same data as before (restored, moved,\n"
+    "                         renamed): record its identity in the metadata, then exit (tandemd stopped)\n"
     "      --debug            log debug messages too\n";
 
 // Features checked once at start-up, each failure naming what is missing.
@@ -84,6 +88,7 @@ void check_features(const config& c, bool starting) {
 int main(int argc, char** argv) {
     std::string path = "/etc/tandem/tandem.toml";
     bool check_only = false;
+    bool adopt = false;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if ((a == "-c" || a == "--config") && i + 1 < argc) {
@@ -91,6 +96,8 @@ int main(int argc, char** argv) {
         } else if (a == "--check-config" && i + 1 < argc) {
             path = argv[++i];
             check_only = true;
+        } else if (a == "--adopt-volume") {
+            adopt = true;
         } else if (a == "--debug") {
             log::set_min_level(log::level::debug);
         } else if (a == "--version") {
@@ -122,6 +129,24 @@ int main(int argc, char** argv) {
                                  path, cfg.cluster.name, netlink::to_string(cfg.cluster.vip), cfg.cluster.interface,
                                  cfg.node.name, to_string(cfg.node.role), cfg.peer.name,
                                  netlink::address_string(cfg.peer.address));
+        return 0;
+    }
+    if (adopt) {
+        if (cfg.replication.backend != backend_kind::uring) {
+            std::cerr << path << ": --adopt-volume is for replication.backend \"uring\"; this node's backend is \""
+                      << to_string(cfg.replication.backend) << "\"\n";
+            return 1;
+        }
+        auto r = replication::engine::adopt_volume(cfg.replication.device, cfg.replication.metadata);
+        if (!r) {
+            std::cerr << fmt::format("tandemd: cannot adopt {} into {}: {}{}\n", cfg.replication.device,
+                                     cfg.replication.metadata, r.error().message(),
+                                     r.error() == std::errc::resource_unavailable_try_again
+                                         ? " (tandemd is running: stop it first)"
+                                         : "");
+            return 1;
+        }
+        std::cout << "tandemd: " << *r << "\n";
         return 0;
     }
     log::set_tag(cfg.node.name);

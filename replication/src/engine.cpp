@@ -1300,6 +1300,47 @@ void engine::impl::run() {
 
 // ---- the public face ----------------------------------------------------------------------------
 
+namespace {
+
+// A replaced disk at the same path must not inherit the old disk's state: its
+// metadata would say "consistent, in sync" over blank or foreign blocks, and no
+// resync would ever come. The metadata records the volume's identity the first
+// time it is known, and a different one later refuses the start.
+result<void> check_identity(const volume& vol, metadata_file& md, const std::string& md_path) {
+    const auto& now = vol.identity();
+    auto& known = md.state().volume_identity;
+    if (now.empty() || known == now) return {};
+    if (!known.empty()) {
+        log::error("replication.volume_changed",
+                   "{} is not the volume its metadata {} describes: that was {}, this is {}. If its disk was "
+                   "replaced, remove the metadata and start again: the peer sends the whole volume. If it holds "
+                   "the same data (restored, moved or renamed), run tandemd --adopt-volume to keep the metadata",
+                   vol.path(), md_path, known, now);
+        return make_error_code(errc::volume_changed);
+    }
+    known = now;
+    if (auto ok = md.commit(); !ok) return ok.error();
+    log::info("replication.volume_identity", "{}: volume identity recorded in {}: {}", vol.path(), md_path, now);
+    return {};
+}
+
+}  // namespace
+
+result<std::string> engine::adopt_volume(const std::string& device, const std::string& metadata_path) {
+    auto v = volume::open(device);
+    if (!v) return v.error();
+    auto md = metadata_file::open(metadata_path);
+    if (!md) return md.error();
+    if (md->state().volume_size != v->size()) return make_error_code(errc::bad_geometry);
+    auto was = md->state().volume_identity;
+    if (v->identity().empty()) return fmt::format("{} has no identity this machine can read; nothing to adopt", device);
+    if (was == v->identity()) return fmt::format("{} is already the volume {} describes ({})", device, metadata_path, was);
+    md->state().volume_identity = v->identity();
+    if (auto ok = md->commit(); !ok) return ok.error();
+    return fmt::format("{} now describes {} ({}; it described {})", metadata_path, device, v->identity(),
+                       was.empty() ? "no identity" : was);
+}
+
 engine::engine(std::unique_ptr<impl> p) : p_(std::move(p)) {}
 engine::~engine() { stop(); }
 
@@ -1322,6 +1363,7 @@ result<std::unique_ptr<engine>> engine::open(engine_config cfg, engine_event_fn 
                    cfg.device, p->vol->size(), cfg.metadata_path, md->state().volume_size);
         return make_error_code(errc::bad_geometry);
     }
+    if (auto ok = check_identity(*p->vol, *md, cfg.metadata_path); !ok) return ok.error();
     p->md.emplace(std::move(*md));
     if (p->md->state().flags & md_primary) {
         p->crashed_primary = true;

@@ -29,6 +29,8 @@ const char* describe(int ev) noexcept {
         case errc::no_valid_slot: return "neither metadata slot is valid";
         case errc::bad_geometry: return "volume size or bitmap granularity not usable";
         case errc::stream_failed: return "the replication stream failed earlier and cannot continue";
+        case errc::volume_changed:
+            return "the device is not the volume its replication metadata describes (was its disk replaced?)";
     }
     return "unknown replication error";
 }
@@ -74,6 +76,7 @@ std::string_view to_string(errc e) noexcept {
         case errc::no_valid_slot: return "no_valid_slot";
         case errc::bad_geometry: return "bad_geometry";
         case errc::stream_failed: return "stream_failed";
+        case errc::volume_changed: return "volume_changed";
     }
     return "unknown";
 }

@@ -14,6 +14,7 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <cstring>
 #include <bit>
 #include <cerrno>
 #include <filesystem>
@@ -328,12 +329,14 @@ result<void> dirty_bitmap::merge_words(std::uint64_t start_block, std::span<cons
 //   24 u64 slot size       32 u64 volume size 40 u32 granularity  44 u32 flags
 //   48 u64 current  56 u64 bitmap id  64 u64 history[0]  72 u64 history[1]
 //   80 u64 resync cursor   88 u64 bitmap word count
-//   96..4095 zero
+//   96 u8 volume identity length (<= 120)   97 the identity, printable ASCII (version 2; zero in 1)
+//   217..4095 zero
 //   4096 the bitmap words (u64 each), then zero up to the slot size (a multiple of 4096)
 
 namespace {
 constexpr std::size_t off_checksum = 16;
-constexpr std::size_t header_used = 96;
+constexpr std::size_t off_identity = 96;
+constexpr std::size_t header_used = off_identity + 1 + max_volume_identity;
 
 std::uint64_t round_up_4k(std::uint64_t n) noexcept { return (n + 4095) / 4096 * 4096; }
 
@@ -364,6 +367,9 @@ result<std::size_t> encode_metadata_slot(std::span<std::byte> out, const metadat
     const auto& bm = s.bitmap;
     if (bm.volume_size() != s.volume_size || bm.granularity() != s.granularity) return fail(errc::bad_geometry);
     if ((s.flags & ~md_known_flags) != 0) return fail(errc::bad_flags);
+    if (s.volume_identity.size() > max_volume_identity ||
+        !std::all_of(s.volume_identity.begin(), s.volume_identity.end(), [](char c) { return c >= ' ' && c <= '~'; }))
+        return fail(errc::bad_field);
     if (out.size() < *size) return fail(errc::buffer_too_small);
     auto b = out.first(static_cast<std::size_t>(*size));
     std::fill(b.begin(), b.end(), std::byte{0});
@@ -382,6 +388,8 @@ result<std::size_t> encode_metadata_slot(std::span<std::byte> out, const metadat
     store_be<std::uint64_t>(b.subspan(80), s.resync_cursor);
     auto words = bm.words();
     store_be<std::uint64_t>(b.subspan(88), words.size());
+    b[off_identity] = static_cast<std::byte>(s.volume_identity.size());
+    std::memcpy(b.data() + off_identity + 1, s.volume_identity.data(), s.volume_identity.size());
     for (std::size_t i = 0; i < words.size(); ++i) store_be<std::uint64_t>(b.subspan(metadata_header_size + 8 * i), words[i]);
     store_be<std::uint64_t>(b.subspan(off_checksum), slot_checksum(b));
     return b.size();
@@ -390,7 +398,8 @@ result<std::size_t> encode_metadata_slot(std::span<std::byte> out, const metadat
 result<decoded_slot> decode_metadata_slot(std::span<const std::byte> in) {
     if (in.size() < metadata_header_size) return fail(errc::truncated);
     if (load_be<std::uint32_t>(in) != metadata_magic) return fail(errc::bad_magic);
-    if (load_be<std::uint16_t>(in.subspan(4)) != metadata_version) return fail(errc::bad_version);
+    auto version = load_be<std::uint16_t>(in.subspan(4));
+    if (version != 1 && version != metadata_version) return fail(errc::bad_version);
     if (load_be<std::uint16_t>(in.subspan(6)) != metadata_header_size) return fail(errc::bad_field);
     std::uint64_t size = load_be<std::uint64_t>(in.subspan(24));
     if (size < metadata_header_size || size % 4096 != 0) return fail(errc::bad_field);
@@ -411,6 +420,15 @@ result<decoded_slot> decode_metadata_slot(std::span<const std::byte> in) {
     s.gen.history[1] = load_be<std::uint64_t>(slot.subspan(72));
     s.resync_cursor = load_be<std::uint64_t>(slot.subspan(80));
     std::uint64_t word_count = load_be<std::uint64_t>(slot.subspan(88));
+    // Version 1 had zeros here: no identity, which the check below enforces.
+    auto id_len = std::to_integer<std::size_t>(slot[off_identity]);
+    if (id_len > max_volume_identity) return fail(errc::bad_field);
+    if (version == 1 && id_len != 0) return fail(errc::bad_reserved);
+    auto id = slot.subspan(off_identity + 1, id_len);
+    if (!std::all_of(id.begin(), id.end(), [](std::byte c) { return c >= std::byte{' '} && c <= std::byte{'~'}; }))
+        return fail(errc::bad_field);
+    s.volume_identity.assign(reinterpret_cast<const char*>(id.data()), id.size());
+    if (!all_zero(slot.subspan(off_identity + 1 + id_len, max_volume_identity - id_len))) return fail(errc::bad_reserved);
 
     auto expect = metadata_slot_size(s.volume_size, s.granularity);
     if (!expect) return expect.error();

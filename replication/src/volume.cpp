@@ -5,10 +5,64 @@
 
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
 
 namespace tandem::replication {
+
+namespace {
+
+// The first line of a sysfs attribute, trimmed; empty when absent.
+std::string attribute(const std::filesystem::path& p) {
+    std::ifstream in(p);
+    std::string s;
+    std::getline(in, s);
+    auto keep = [](unsigned char c) { return c > ' ' && c < 0x7f; };
+    auto b = std::find_if(s.begin(), s.end(), keep);
+    auto e = std::find_if(s.rbegin(), s.rend(), keep).base();
+    return b < e ? std::string(b, e) : std::string();
+}
+
+std::string file_identity(dev_t dev, ino_t ino) {
+    return fmt::format("inode {} on {}:{}", ino, major(dev), minor(dev));
+}
+
+}  // namespace
+
+std::string block_device_identity(unsigned maj, unsigned min, int fd, const std::string& udev_dir) {
+    namespace fs = std::filesystem;
+    fs::path sys = fmt::format("/sys/dev/block/{}:{}", maj, min);
+    std::error_code ec;
+    auto real = fs::canonical(sys, ec);
+    if (ec) return "";
+    // A loop device is its backing file.
+    if (fs::exists(real / "loop")) {
+        loop_info64 li{};
+        if (fd >= 0 && ::ioctl(fd, LOOP_GET_STATUS64, &li) == 0)
+            return file_identity(static_cast<dev_t>(li.lo_device), static_cast<ino_t>(li.lo_inode));
+        return "";
+    }
+    if (auto uuid = attribute(real / "dm" / "uuid"); !uuid.empty()) return "dm " + uuid;
+    // A partition: its entry in the partition table, as udev read it. Nothing
+    // else, so that one device never has two names (udev ready or not).
+    if (fs::exists(real / "partition")) {
+        std::ifstream db(fmt::format("{}/b{}:{}", udev_dir, maj, min));
+        for (std::string line; std::getline(db, line);)
+            if (line.rfind("E:ID_PART_ENTRY_UUID=", 0) == 0) return "partition " + line.substr(21);
+        return "";
+    }
+    for (const char* a : {"device/wwid", "wwid", "serial", "device/serial"})
+        if (auto id = attribute(real / a); !id.empty()) return "disk " + id;
+    return "";
+}
 
 result<volume> volume::open(const std::string& path) {
     unique_fd fd(::open(path.c_str(), O_RDWR | O_DIRECT | O_CLOEXEC));
@@ -34,7 +88,12 @@ result<volume> volume::open(const std::string& path) {
     } else {
         return errno_error(ENOTBLK);
     }
-    return volume(std::move(fd), size, block, blockdev, path);
+    std::string id = blockdev ? block_device_identity(major(st.st_rdev), minor(st.st_rdev), fd.get())
+                              : file_identity(st.st_dev, st.st_ino);
+    if (id.size() > max_volume_identity) id.resize(max_volume_identity);
+    for (auto& c : id)
+        if (c < ' ' || c > '~') c = '?';
+    return volume(std::move(fd), size, block, blockdev, path, std::move(id));
 }
 
 }  // namespace tandem::replication

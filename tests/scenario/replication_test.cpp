@@ -8,6 +8,8 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
+
 using namespace tandem::test;
 using namespace std::chrono_literals;
 
@@ -150,6 +152,64 @@ TEST_CASE("replication: after a failover the old primary rejoins with a bitmap r
     CHECK(r.sent("b") == 0);
     CHECK(r.va.sha256() == r.vb.sha256());
     CHECK(c.state("b") == "ACTIVE");  // no automatic failback
+}
+
+TEST_CASE("replication: a replaced disk is refused by its old metadata; the operator adopts a copy or resyncs a "
+          "blank one",
+          "[scenario][replication]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    constexpr std::uint64_t size = 64 * mib;
+    replicated r(size);
+    auto& c = r.c;
+    r.up();
+    auto sent0 = r.sent("a");  // the first full sync
+    auto adopt_cmd = fmt::format("{}/tandemd -c {} --adopt-volume", bin_dir(), c.config_path("b"));
+    // Not while beta's tandemd has the metadata.
+    auto busy = run(adopt_cmd);
+    CHECK(busy.status == 1);
+    CHECK_THAT(busy.out, Catch::Contains("tandemd is running: stop it first"));
+    auto md_b = fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), r.vb.dev.substr(r.vb.dev.rfind('/') + 1));
+    // Beta's disk is swapped behind the same device name while tandemd is stopped.
+    auto replace_disk = [&](const std::string& how) {
+        REQUIRE(c.stop("b") == 0);
+        run_ok(fmt::format("losetup -d {0} && {1} && losetup {0} {2}", r.vb.dev, how, r.vb.file));
+    };
+    auto refused_start = [&] {
+        c.start("b");
+        auto st = c.exit_status("b", soon);
+        INFO(c.log("b"));
+        REQUIRE(st.has_value());
+        CHECK(*st != 0);
+        CHECK_THAT(c.log("b"), Catch::Contains("is not the volume its metadata") &&
+                                   Catch::Contains("tandemd --adopt-volume"));
+    };
+
+    // 1. The same data on a new disk (a copy: another inode). The start is
+    //    refused; the operator, who knows it is a copy, adopts it, and beta
+    //    rejoins with nothing resent.
+    replace_disk(fmt::format("cp {0} {0}.new && mv {0}.new {0}", r.vb.file));
+    refused_start();
+    auto adopt = run(adopt_cmd);
+    INFO(adopt.out);
+    REQUIRE(adopt.status == 0);
+    CHECK_THAT(adopt.out, Catch::Contains("now describes " + r.vb.dev));
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    CHECK(r.sent("a") == sent0);
+
+    // 2. A blank disk. Without the check, beta's metadata would call it in sync
+    //    with alpha. The start is refused; the operator removes the metadata,
+    //    and alpha sends the whole volume.
+    replace_disk(fmt::format("rm {0} && truncate -s {1} {0}", r.vb.file, size));
+    refused_start();
+    REQUIRE(std::filesystem::remove(md_b));
+    c.start("b");
+    REQUIRE(r.sync("b").status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    CHECK(r.repl("b")["decision"] == "full_target");
+    CHECK(r.sent("a") - sent0 == size);
+    CHECK(r.va.sha256() == r.vb.sha256());
 }
 
 TEST_CASE("replication: over an IPv6 crossover link; a pulled crossover stops replication, not the cluster",

@@ -1,7 +1,9 @@
 // tests: starting, stopping and querying tandemd nodes in the test cluster.
 #include "support/cluster.hpp"
 
+#include <poll.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,6 +62,21 @@ void daemon_process::kill9() {
 int daemon_process::terminate() {
     if (pid_ <= 0) return -1;
     ::kill(pid_, SIGTERM);
+    int st = 0;
+    ::waitpid(pid_, &st, 0);
+    pid_ = -1;
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::optional<int> daemon_process::wait_exit(std::chrono::milliseconds limit) {
+    if (pid_ <= 0) return std::nullopt;
+    // A pidfd turns readable when the process exits: no polling of waitpid.
+    int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid_, 0));
+    if (fd < 0) return std::nullopt;
+    pollfd p{fd, POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(limit.count()));
+    ::close(fd);
+    if (n != 1) return std::nullopt;
     int st = 0;
     ::waitpid(pid_, &st, 0);
     pid_ = -1;
@@ -186,6 +203,9 @@ void test_cluster::up() {
 
 void test_cluster::kill9(const std::string& node) { procs_.at(node)->kill9(); }
 int test_cluster::stop(const std::string& node) { return procs_.at(node)->terminate(); }
+std::optional<int> test_cluster::exit_status(const std::string& node, std::chrono::milliseconds limit) {
+    return procs_.at(node)->wait_exit(limit);
+}
 
 cmd_result test_cluster::ctl(const std::string& node, const std::string& args) const {
     return run(bin_dir() + "/tandemctl -s " + socket(node) + " " + args);

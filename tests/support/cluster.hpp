@@ -33,6 +33,8 @@ public:
     void kill9();
     // SIGTERM and reap; returns the exit status.
     int terminate();
+    // Waits up to `limit` for it to exit by itself and reaps it; its exit status, or nothing.
+    std::optional<int> wait_exit(std::chrono::milliseconds limit);
     [[nodiscard]] pid_t pid() const { return pid_; }
 
 private:
@@ -89,6 +91,8 @@ public:
     // tandemd's pid on a node (its mount namespace is where the node's /store is mounted), or -1.
     [[nodiscard]] pid_t pid(const std::string& node) const;
     int stop(const std::string& node);  // SIGTERM
+    // The exit status of a node's tandemd that ends by itself (a refused start) within `limit`.
+    std::optional<int> exit_status(const std::string& node, std::chrono::milliseconds limit);
     // Runs tandemctl against a node; returns status and output.
     cmd_result ctl(const std::string& node, const std::string& args) const;
     // `tandemctl wait COND --timeout T`: true if reached in time. On timeout the

@@ -8,6 +8,7 @@
 #include "support/tempdir.hpp"
 
 #include <catch2/catch.hpp>
+#include <xxhash.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -469,6 +470,61 @@ TEST_CASE("a metadata slot refuses each kind of damage", "[unit][replication]") 
     CHECK(code_of(damaged(8191, std::byte{1})) == errc::bad_checksum);     // the padding
     CHECK(code_of(decode_metadata_slot(std::span(good).first(4095))) == errc::truncated);
     CHECK(code_of(decode_metadata_slot(std::span(good).first(6000))) == errc::truncated);
+}
+
+namespace {
+// Recomputes a slot's checksum after a test changed it (the damage then reaches the field checks).
+void reseal(std::vector<std::byte>& slot) {
+    for (int i = 0; i < 8; ++i) slot[16 + i] = std::byte{0};
+    store_be<std::uint64_t>(std::span(slot).subspan(16), XXH3_64bits(slot.data(), slot.size()));
+}
+}  // namespace
+
+TEST_CASE("a metadata slot keeps the volume identity, reads version 1 without one, and checks the field",
+          "[unit][replication]") {
+    auto s = sample_state();
+    s.volume_identity = "partition 0b3f6a4e-2d1c-4f8e-9a51-6c2d7e8f9a0b";
+    auto slot = slot_of(s, 7);
+    CHECK(load_be<std::uint16_t>(std::span<const std::byte>(slot).subspan(4)) == 2);
+    CHECK(std::to_integer<std::size_t>(slot[96]) == s.volume_identity.size());
+    auto d = decode_metadata_slot(slot);
+    REQUIRE(d);
+    CHECK(d->state.volume_identity == s.volume_identity);
+
+    // Version 1, as tandemd wrote it before: no identity, and it still loads.
+    s.volume_identity.clear();
+    auto v1 = slot_of(s, 7);
+    store_be<std::uint16_t>(std::span(v1).subspan(4), 1);
+    reseal(v1);
+    d = decode_metadata_slot(v1);
+    REQUIRE(d);
+    CHECK(d->state.volume_identity.empty());
+    auto v1_with = v1;
+    v1_with[96] = std::byte{1};
+    v1_with[97] = std::byte{'x'};
+    reseal(v1_with);
+    CHECK(code_of(decode_metadata_slot(v1_with)) == errc::bad_reserved);
+
+    // Damage the checksum does not catch (a writer's bug): each refused.
+    auto with = slot;
+    with[97] = std::byte{'\n'};
+    reseal(with);
+    CHECK(code_of(decode_metadata_slot(with)) == errc::bad_field);
+    with = slot;
+    with[96] = std::byte{121};
+    reseal(with);
+    CHECK(code_of(decode_metadata_slot(with)) == errc::bad_field);
+    with = slot;
+    with[97 + 119] = std::byte{'z'};  // past the identity's length
+    reseal(with);
+    CHECK(code_of(decode_metadata_slot(with)) == errc::bad_reserved);
+
+    // The encoder refuses what the decoder would.
+    std::vector<std::byte> out(slot.size());
+    s.volume_identity = std::string(121, 'a');
+    CHECK(code_of(encode_metadata_slot(out, s, 1)) == errc::bad_field);
+    s.volume_identity = "disk\tserial";
+    CHECK(code_of(encode_metadata_slot(out, s, 1)) == errc::bad_field);
 }
 
 TEST_CASE("a metadata image loads the valid slot with the highest sequence number", "[unit][replication]") {

@@ -101,7 +101,13 @@ class engine {
 public:
     // Opens the volume and its metadata (creating fresh metadata on first use) and
     // checks that they belong together. Nothing runs until start().
+    // Fails with errc::volume_changed when `device` is not the volume the
+    // metadata was made for (volume::identity(), recorded the first time it is known).
     [[nodiscard]] static result<std::unique_ptr<engine>> open(engine_config cfg, engine_event_fn on_event);
+    // The operator's answer to volume_changed when the data is the same (restored,
+    // moved, renamed): records the device's current identity in the metadata.
+    // Not while an engine has the metadata open (it is locked). Says what it did.
+    [[nodiscard]] static result<std::string> adopt_volume(const std::string& device, const std::string& metadata_path);
     ~engine();
     engine(const engine&) = delete;
     engine& operator=(const engine&) = delete;

@@ -33,6 +33,7 @@ enum class errc : int {
     no_valid_slot,        // neither metadata slot passes its checks
     bad_geometry,         // volume size or bitmap granularity Tandem cannot use
     stream_failed,        // frame_reader: an earlier error left the stream unusable
+    volume_changed,       // the device is not the volume its metadata describes (a replaced disk?)
 };
 
 [[nodiscard]] const boost::system::error_category& replication_category() noexcept;

@@ -3,6 +3,7 @@
 
 #include "tandem/base/result.hpp"
 #include "tandem/base/unique_fd.hpp"
+#include "tandem/replication/volume.hpp"
 
 #include <array>
 #include <cstddef>
@@ -165,7 +166,7 @@ private:
 // ---- the metadata file -------------------------------------------------------------------------
 
 inline constexpr std::uint32_t metadata_magic = 0x544E444D;  // "TNDM"
-inline constexpr std::uint16_t metadata_version = 1;
+inline constexpr std::uint16_t metadata_version = 2;  // 2 added the volume identity; 1 is still read
 inline constexpr std::size_t metadata_header_size = 4096;  // the bitmap starts 4 KiB-aligned
 
 enum metadata_flags : std::uint32_t {
@@ -188,6 +189,9 @@ struct metadata_state {
     generation_ids gen;
     std::uint64_t resync_cursor = 0;   // bytes of the volume resynced so far, in order
     dirty_bitmap bitmap;
+    // volume::identity() of the volume this state describes ("": not known yet):
+    // a replaced disk behind the same path must not inherit the old one's state.
+    std::string volume_identity;
 
     bool operator==(const metadata_state&) const = default;
 };

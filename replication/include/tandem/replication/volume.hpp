@@ -4,10 +4,14 @@
 #include "tandem/base/result.hpp"
 #include "tandem/base/unique_fd.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
 namespace tandem::replication {
+
+// volume::identity() is printable ASCII of at most this many bytes (the metadata's field).
+inline constexpr std::size_t max_volume_identity = 120;
 
 class volume {
 public:
@@ -21,15 +25,27 @@ public:
     [[nodiscard]] std::uint32_t logical_block() const noexcept { return block_; }
     [[nodiscard]] bool is_block_device() const noexcept { return blockdev_; }
     [[nodiscard]] const std::string& path() const noexcept { return path_; }
+    // What tells this volume from a replacement at the same path, as the kernel
+    // (and udev) name it: a partition's GPT/MBR entry UUID, a disk's WWID or
+    // serial, a device-mapper UUID, or the inode of the file (a loop device's
+    // backing file). Empty when none is known: then nothing is checked.
+    [[nodiscard]] const std::string& identity() const noexcept { return identity_; }
 
 private:
-    volume(unique_fd fd, std::uint64_t size, std::uint32_t block, bool blockdev, std::string path)
-        : fd_(std::move(fd)), size_(size), block_(block), blockdev_(blockdev), path_(std::move(path)) {}
+    volume(unique_fd fd, std::uint64_t size, std::uint32_t block, bool blockdev, std::string path, std::string id)
+        : fd_(std::move(fd)), size_(size), block_(block), blockdev_(blockdev), path_(std::move(path)),
+          identity_(std::move(id)) {}
     unique_fd fd_;
     std::uint64_t size_ = 0;
     std::uint32_t block_ = 512;
     bool blockdev_ = false;
     std::string path_;
+    std::string identity_;
 };
+
+// The identity of the block device major:minor (see volume::identity()); `udev_dir`
+// is where udev keeps its device database (a parameter for the tests).
+[[nodiscard]] std::string block_device_identity(unsigned major, unsigned minor, int fd,
+                                                const std::string& udev_dir = "/run/udev/data");
 
 }  // namespace tandem::replication
