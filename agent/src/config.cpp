@@ -428,7 +428,8 @@ config validate(const toml::table& root, const std::string& path) {
             c.announce.refresh = *d;
     }
 
-    auto* st = r.section(root, "store", false, {"mount", "fstype", "options", "frontend", "fsck", "threads", "kill_after"});
+    auto* st = r.section(root, "store", false, {"mount", "fstype", "options", "frontend", "fsck", "fsck_repair", "threads",
+                                            "kill_after"});
     if (auto m = r.string(st, "store", "mount", false)) {
         if (!m->empty() && ((*m)[0] != '/' || *m == "/"))
             r.problem(st->get("mount"), "store.mount", "must be an absolute path other than \"/\" (or \"\" for no mount)");
@@ -444,6 +445,13 @@ config validate(const toml::table& root, const std::string& path) {
     if (st && st->get("fsck")) {
         if (auto b = st->get("fsck")->value<bool>()) c.store.fsck = *b;
         else r.problem(st->get("fsck"), "store.fsck", "must be true or false");
+    }
+    if (auto f = r.choice<std::string>(st, "store", "fsck_repair", {{"preen", "preen"}, {"yes", "yes"}, {"no", "no"}})) {
+        if (*f != "preen" && c.store.fstype == "xfs")
+            r.problem(st->get("fsck_repair"), "store.fsck_repair",
+                      "must be \"preen\" with fstype \"xfs\" (fsck.xfs checks nothing; repair xfs with xfs_repair by hand)");
+        else
+            c.store.fsck_repair = *f;
     }
     if (auto v = r.integer(st, "store", "threads", 1, 64)) c.store.threads = static_cast<unsigned>(*v);
     if (auto d = r.duration(st, "store", "kill_after", milliseconds(0), milliseconds(600'000))) c.store.kill_after = *d;
@@ -550,6 +558,7 @@ reload_plan plan_reload(const config& a, const config& b) {
             p.refused.push_back(fmt::format("{}: read when /store is mounted; restart tandemd while it is the standby "
                                             "to use the new value", key));
     applied("store.fsck", a.store.fsck ? "true" : "false", b.store.fsck ? "true" : "false");
+    applied("store.fsck_repair", a.store.fsck_repair, b.store.fsck_repair);
     applied("store.kill_after", format_duration(a.store.kill_after), format_duration(b.store.kill_after));
     if (a.heartbeat.probe != b.heartbeat.probe)
         p.refused.push_back("heartbeat.probe: chosen when each link's probe starts; restart tandemd to use another");

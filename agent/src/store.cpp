@@ -229,14 +229,26 @@ asio::awaitable<phase_outcome> store_phase::prepare_file_system(const std::strin
         co_return phase_outcome::failed(fmt::format(
             "{} holds no {} file system ([store] fstype) and is not blank: refusing to format it", dev, c_.store.fstype));
     if (c_.store.fsck) {
-        // -p repairs what is safe to repair without a question; 0 and 1 mean usable.
-        auto r = co_await run_command(fmt::format("fsck.{} -p {}", c_.store.fstype, quote(dev)), {},
+        // [store] fsck_repair, as systemd's fsck.repair: -p repairs what is safe
+        // without a question, -y everything, -n nothing. 0 to 2 mean usable. A repair
+        // writes through the front end, so the peer's copy receives it too.
+        const auto& how = c_.store.fsck_repair;
+        auto flag = how == "yes" ? "-y" : how == "no" ? "-n" : "-p";
+        if (how == "yes")
+            log::warning("store.fsck", "checking {} with fsck.{} -y: it repairs whatever it finds without asking "
+                         "([store] fsck_repair = \"yes\"; set it back to \"preen\" once the file system is repaired)",
+                         dev, c_.store.fstype);
+        auto r = co_await run_command(fmt::format("fsck.{} {} {}", c_.store.fstype, flag, quote(dev)), {},
                                       std::chrono::minutes(30));
         if (!r.started || r.timed_out || r.exit_code > 2)
-            co_return phase_outcome::failed(fmt::format("fsck.{} -p {} {}: the file system needs a manual check",
-                                                        c_.store.fstype, dev, r.describe()));
-        if (r.exit_code != 0) log::warning("store.fsck", "fsck.{} corrected errors on {} ({})", c_.store.fstype, dev, r.describe());
-        co_return phase_outcome::done("checked");
+            co_return phase_outcome::failed(fmt::format(
+                "fsck.{} {} {} {}: {}", c_.store.fstype, flag, dev, r.describe(),
+                how == "yes" ? "the file system could not be repaired (the journal has fsck's output)"
+                             : "the file system needs a manual check: set [store] fsck_repair = \"yes\", run tandemctl "
+                               "reload, then tandemctl online, and fsck -y repairs it through the replicated volume"));
+        if (r.exit_code != 0)
+            log::warning("store.fsck", "fsck.{} {} corrected errors on {} ({})", c_.store.fstype, flag, dev, r.describe());
+        co_return phase_outcome::done(r.exit_code != 0 ? "repaired" : "checked");
     }
     co_return phase_outcome::done("");
 }

@@ -399,6 +399,78 @@ TEST_CASE("the standby does not mount /store, and a giveback with /store busy is
     CHECK(c.status("b")["store"]["mounted"] == true);
 }
 
+TEST_CASE("a file system that fsck -p cannot repair fails both acquires; fsck_repair = \"yes\" repairs it once, "
+          "through the replicated volume, so the peer's copy is repaired too",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    auto kept = s.write_random("a", "kept", 1);
+    (void)s.write_random("a", "other", 1);
+    // Both down, beta first (alpha keeps /store until its own stop unmounts it).
+    for (auto node : {"b", "a"}) {
+        REQUIRE(c.stop(node) == 0);
+        s.release_keeper(node);
+    }
+    // A fault in the data itself: "other" claims the blocks of "kept" and the file
+    // system is marked with errors. fsck -p stops at multiply-claimed blocks.
+    auto inode = [&](const std::string& f) {
+        auto r = run_ok(fmt::format("debugfs -R 'stat /{}' {} 2>/dev/null", f, s.va.dev));
+        auto at = r.find("EXTENTS:\n(0");
+        REQUIRE(at != std::string::npos);
+        auto colon = r.find("):", at), dash = r.find('-', colon);
+        return r.substr(colon + 2, dash - colon - 2);
+    };
+    auto first = inode("kept");
+    run_ok(fmt::format("debugfs -w -R 'sif /other block[5] {}' {} 2>&1", first, s.va.dev));
+    run_ok(fmt::format("debugfs -w -R 'ssv state 2' {} 2>&1", s.va.dev));
+    REQUIRE(run(fmt::format("fsck.ext4 -n {} 2>&1", s.va.dev)).status == 4);
+    // The same bytes on beta: a corruption that replication faithfully copied.
+    run_ok(fmt::format("dd if={} of={} bs=1M oflag=direct status=none", s.va.dev, s.vb.dev));
+
+    s.start("a");
+    s.start("b");
+    REQUIRE(c.wait("a", "state=FAILED", soon, 0));
+    REQUIRE(c.wait("b", "state=FAILED", soon, 0));
+    for (auto node : {"a", "b"}) {
+        auto log = c.log(node);
+        INFO(log);
+        CHECK_THAT(log, Catch::Contains("-p") && Catch::Contains("exited 4") &&
+                            Catch::Contains("set [store] fsck_repair = \"yes\""));
+        CHECK(c.status(node)["store"]["mounted"] == false);
+    }
+
+    // The operator repairs alpha's copy through the engine: the repair replicates.
+    auto preen = c.opt.extra_a;
+    auto repair = preen;
+    repair.replace(repair.find("[store]\n"), 8, "[store]\nfsck_repair = \"yes\"\n");
+    c.rewrite_config("a", repair);
+    auto reload = c.ctl("a", "reload");
+    INFO(reload.out);
+    REQUIRE(reload.status == 0);
+    CHECK_THAT(reload.out, Catch::Contains("store.fsck_repair: preen -> yes"));
+    auto since = c.last_seq("a");
+    REQUIRE(c.ctl("a", "online").status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    CHECK(c.state("a") == "ACTIVE");
+    CHECK_THAT(c.log("a"), Catch::Contains("fsck.ext4 -y") && Catch::Contains("corrected errors") &&
+                               Catch::Contains("(fuse+loop, repaired)"));
+    CHECK(s.sha256("a", "kept") == kept);
+    c.rewrite_config("a", preen);
+    REQUIRE(c.ctl("a", "reload").status == 0);
+
+    // Beta's copy received the repair: after a takeover it passes fsck -p as it is.
+    REQUIRE(c.ctl("b", "online").status == 0);
+    REQUIRE(c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count())).status == 0);
+    REQUIRE(c.wait("b", "state=STANDBY", soon));
+    since = c.last_seq("b");
+    REQUIRE(c.ctl("b", "takeover").status == 0);
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    CHECK_THAT(c.log("b"), Catch::Contains("(fuse+loop, checked)"));
+    CHECK(s.sha256("b", "kept") == kept);
+}
+
 TEST_CASE("a health failure with /store busy ends its holders, hands over, and the copies stay one history",
           "[scenario][store]") {
     REQUIRE_FRONT_END();

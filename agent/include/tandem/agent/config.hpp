@@ -77,6 +77,9 @@ struct config {
         std::string options;           // mount options, as for mount -o
         std::string frontend = "auto";  // "auto", "fuse" or "nbd" (backend "uring")
         bool fsck = true;               // check the file system before every mount
+        // What the check may repair (systemd's fsck.repair): "preen" (fsck -p: what is safe
+        // without a question), "yes" (fsck -y: everything), "no" (fsck -n: nothing).
+        std::string fsck_repair = "preen";
         unsigned threads = 8;           // front-end workers
         // A forced release: how long processes holding /store have after SIGTERM before SIGKILL.
         std::chrono::milliseconds kill_after{10'000};
