@@ -827,11 +827,21 @@ void engine::impl::steady(int fd, std::uint64_t size) {
     auto ring = steady_ring::create(vol->fd(), apply_depth);
     if (!ring) throw link_down("setting up the io_uring for the peer's writes: " + ring.error().message());
     auto& q = **ring;
-    // Frames arrive into one stream buffer, as many per recv as the socket holds,
+    // Frames arrive into one stream buffer, up to stream_recv bytes per recv,
     // and are handled in place; it holds two whole frames, so the tail of a
-    // partial one always fits after it is moved to the front.
+    // partial one always fits after it is moved to the front. A data frame
+    // with at least direct_min bytes still to come has the rest of its payload
+    // received straight into its write's slot instead (`direct`): large writes
+    // are not copied from the stream buffer.
+    constexpr std::size_t stream_recv = 64 * 1024, direct_min = 32 * 1024;
     if (rx_stream.size() < 2 * max_frame_size) rx_stream.resize(2 * max_frame_size);
     std::size_t head = 0, tail = 0;
+    struct {
+        bool on = false;
+        data_msg d;                  // d.bytes: the slot, once all of it arrived
+        std::span<std::byte> into;   // the reserved slot's buffer
+        std::size_t got = 0;
+    } direct;
     std::string closed;  // why the stream ended, once what came before it is handled
     std::vector<std::byte> out;  // acks and pongs of this turn, sent together
     out.reserve(64 * 64);
@@ -948,6 +958,41 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                 throw link_down(fmt::format("an unexpected {} frame in the connected state", to_string(f.header.type)));
         }
     };
+    // Every whole frame received so far (the writes they queue go in one submit);
+    // then, if the partial frame after them is a large write, its slot is
+    // reserved and the payload goes there.
+    auto handle_stream = [&] {
+        while (tail - head >= frame_header_size) {
+            auto h = decode_frame_header(std::span(rx_stream).subspan(head, frame_header_size));
+            if (!h) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", h.error().message()));
+            std::size_t have = tail - head, whole = frame_header_size + h->length;
+            if (have >= whole) {
+                handle(frame{*h, std::span<const std::byte>(rx_stream).subspan(head + frame_header_size, h->length)});
+                head += whole;
+                continue;
+            }
+            if (h->type != msg_type::data || whole - have < direct_min || have < frame_header_size + data_header_size)
+                break;
+            {
+                std::lock_guard lk(mu);
+                if (primary) break;  // refused once whole, in handle()
+            }
+            auto d = decode_data_header(std::span(rx_stream).subspan(head + frame_header_size, data_header_size),
+                                        h->length, size);
+            if (!d) throw link_down("a bad data frame: " + d.error().message() + "; nothing of it was written");
+            auto slot = q.reserve(h->seq, d->offset, d->length, d->flags, on_applied);
+            if (!slot) throw link_down("queueing the peer's write: " + slot.error().message());
+            std::size_t start = head + frame_header_size + data_header_size;
+            std::memcpy(slot->data(), rx_stream.data() + start, tail - start);
+            direct.on = true;
+            direct.d = *d;
+            direct.into = *slot;
+            direct.got = tail - start;
+            head = tail;
+            break;
+        }
+        if (head == tail) head = tail = 0;
+    };
     for (;;) {
         if (stopping) throw link_down("stopping");
         auto now = clock::now();
@@ -961,15 +1006,6 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             throw link_down(fmt::format("the peer was silent for {} ms", cfg.peer_timeout.count()));
         verify_step(fd, size, my_seq);
 
-        // Every whole frame received so far; the writes they queue go in one submit, below.
-        while (tail - head >= frame_header_size) {
-            auto h = decode_frame_header(std::span(rx_stream).subspan(head, frame_header_size));
-            if (!h) throw link_down(fmt::format("a bad frame from the peer ({}); connection dropped", h.error().message()));
-            if (tail - head < frame_header_size + h->length) break;
-            handle(frame{*h, std::span<const std::byte>(rx_stream).subspan(head + frame_header_size, h->length)});
-            head += frame_header_size + h->length;
-        }
-        if (head == tail) head = tail = 0;
         if (!closed.empty()) throw link_down(closed);
         if (!out.empty()) {
             std::lock_guard lk(send_mu);
@@ -997,21 +1033,40 @@ void engine::impl::steady(int fd, std::uint64_t size) {
         if (ready & 2) drain_wake();
         if (ready & 4) throw link_down("the peer connected again; this connection is stale");
         if (!(ready & 1)) continue;
-        if (head > 0 && rx_stream.size() - tail < max_frame_size) {
-            std::memmove(rx_stream.data(), rx_stream.data() + head, tail - head);
-            tail -= head;
-            head = 0;
-        }
         // As much as has arrived, in a few system calls at most.
-        for (int i = 0; i < 4 && tail < rx_stream.size(); ++i) {
-            auto got = ::recv(fd, rx_stream.data() + tail, rx_stream.size() - tail, MSG_DONTWAIT);
+        for (int i = 0; i < 8; ++i) {
+            std::span<std::byte> to;
+            if (direct.on) {
+                to = direct.into.subspan(direct.got);
+            } else {
+                if (head > 0 && rx_stream.size() - tail < max_frame_size) {
+                    std::memmove(rx_stream.data(), rx_stream.data() + head, tail - head);
+                    tail -= head;
+                    head = 0;
+                }
+                to = std::span(rx_stream).subspan(tail, std::min(stream_recv, rx_stream.size() - tail));
+            }
+            auto got = ::recv(fd, to.data(), to.size(), MSG_DONTWAIT);
             if (got < 0 && (errno == EAGAIN || errno == EINTR)) break;
             if (got <= 0) {  // the frames that came before the end are handled first
                 closed = got == 0 ? "the peer closed the connection" : "receiving: " + errno_text();
                 break;
             }
-            tail += static_cast<std::size_t>(got);
             last_rx = clock::now();
+            if (!direct.on) {
+                tail += static_cast<std::size_t>(got);
+                handle_stream();
+                continue;
+            }
+            direct.got += static_cast<std::size_t>(got);
+            if (direct.got < direct.into.size()) continue;
+            direct.on = false;
+            direct.d.bytes = direct.into;
+            if (!verify_data(direct.d)) {
+                q.cancel();
+                throw link_down(fmt::format("bad checksum in the write at {}; nothing of it was written", direct.d.offset));
+            }
+            q.commit();
         }
     }
 }

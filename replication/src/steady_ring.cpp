@@ -43,36 +43,54 @@ int steady_ring::free_slot(bool data) const noexcept {
     return -1;
 }
 
-bool steady_ring::try_write(std::uint64_t seq, std::uint64_t offset, std::span<const std::byte> bytes,
-                                    std::uint32_t flags) {
-    std::uint64_t end = offset + bytes.size();
+int steady_ring::take_slot(std::uint64_t seq, std::uint64_t offset, std::uint32_t length, std::uint32_t flags) {
+    std::uint64_t end = offset + length;
     for (std::size_t i = 0; i < slots_.size() / 2; ++i) {
         const auto& s = slots_[i];
-        if (s.busy && s.offset < end && offset < s.offset + s.length) return false;  // arrival order wins
+        if (s.busy && s.offset < end && offset < s.offset + s.length) return -1;  // arrival order wins
     }
     // A preflush: everything before this write completes first (IOSQE_IO_DRAIN
     // would also wait for the polls in the ring), and the fsync linked behind
     // it makes all of it durable.
-    if ((flags & data_preflush) && data_in_flight() > 0) return false;
+    if ((flags & data_preflush) && data_in_flight() > 0) return -1;
     int i = free_slot(true);
-    if (i < 0) return false;
-    auto buf = buffers_[static_cast<std::size_t>(i)];
-    std::memcpy(buf.data(), bytes.data(), bytes.size());
+    if (i < 0) return -1;
     bool sync = flags & (data_fua | data_preflush);
+    slots_[static_cast<std::size_t>(i)] = slot{true, false, sync, sync ? 2u : 1u, 0, seq, offset, length};
+    return i;
+}
 
+void steady_ring::queue(int i) {
+    auto& s = slots_[static_cast<std::size_t>(i)];
     io_uring_sqe* w = ring_.sqe();
-    io_uring_prep_write(w, fd_, buf.data(), static_cast<unsigned>(bytes.size()), offset);
+    io_uring_prep_write(w, fd_, buffers_[static_cast<std::size_t>(i)].data(), s.length, s.offset);
     io_uring_sqe_set_data64(w, static_cast<std::uint64_t>(i) << 2);
-    if (sync) {
+    if (s.sync) {
         w->flags |= IOSQE_IO_LINK;
         io_uring_sqe* f = ring_.sqe();
         io_uring_prep_fsync(f, fd_, IORING_FSYNC_DATASYNC);
         io_uring_sqe_set_data64(f, (static_cast<std::uint64_t>(i) << 2) | fsync_bit);
     }
-    slots_[static_cast<std::size_t>(i)] = slot{true, false, sync ? 2u : 1u, 0, seq, offset,
-                                              static_cast<std::uint32_t>(bytes.size())};
     ++in_flight_;
+}
+
+bool steady_ring::try_write(std::uint64_t seq, std::uint64_t offset, std::span<const std::byte> bytes,
+                            std::uint32_t flags) {
+    int i = take_slot(seq, offset, static_cast<std::uint32_t>(bytes.size()), flags);
+    if (i < 0) return false;
+    std::memcpy(buffers_[static_cast<std::size_t>(i)].data(), bytes.data(), bytes.size());
+    queue(i);
     return true;
+}
+
+void steady_ring::commit() {
+    if (reserved_ < 0) return;
+    queue(std::exchange(reserved_, -1));
+}
+
+void steady_ring::cancel() {
+    if (reserved_ < 0) return;
+    slots_[static_cast<std::size_t>(std::exchange(reserved_, -1))].busy = false;
 }
 
 bool steady_ring::try_flush(std::uint64_t seq) {
@@ -82,7 +100,7 @@ bool steady_ring::try_flush(std::uint64_t seq) {
     io_uring_sqe* f = ring_.sqe();
     io_uring_prep_fsync(f, fd_, IORING_FSYNC_DATASYNC);
     io_uring_sqe_set_data64(f, static_cast<std::uint64_t>(i) << 2);
-    slots_[static_cast<std::size_t>(i)] = slot{true, true, 1, 0, seq, 0, 0};
+    slots_[static_cast<std::size_t>(i)] = slot{true, true, false, 1, 0, seq, 0, 0};
     ++in_flight_;
     return true;
 }

@@ -6,9 +6,15 @@
 #include "support/tempdir.hpp"
 #include "support/util.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <catch2/catch.hpp>
+
+#include <list>
 
 using namespace tandem;
 using namespace tandem::test;
@@ -29,6 +35,157 @@ struct small_fs {
     ~small_fs() { run("umount " + mnt); }
     small_fs(const small_fs&) = delete;
     small_fs& operator=(const small_fs&) = delete;
+};
+
+
+// A TCP relay standing between the dialer (the primary) and the acceptor: it
+// forwards the primary's frames one whole frame at a time, and can damage the
+// next data frame of a given length, as a faulty link or peer would: flip its
+// last byte, or send half of it and then nothing more. Once it has, new
+// connections are refused until release(), so the test can look at the
+// secondary's disk before a resync rewrites the block.
+class frame_relay {
+public:
+    enum class fault { flip_last_byte, stop_halfway };
+    frame_relay(const std::string& listen, std::string from, std::string to, std::uint16_t port)
+        : from_(std::move(from)), to_(std::move(to)), port_(port) {
+        listener_.reset(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        int one = 1;
+        ::setsockopt(listener_.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        auto a = addr(listen, port);
+        REQUIRE(::bind(listener_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        REQUIRE(::listen(listener_.get(), 4) == 0);
+        acceptor_ = std::thread([this] { accept_loop(); });
+    }
+    ~frame_relay() {
+        stopping_ = true;
+        ::shutdown(listener_.get(), SHUT_RDWR);  // wakes accept()
+        acceptor_.join();
+        std::lock_guard lk(mu_);
+        for (auto& c : conns_) c.close();
+        for (auto& c : conns_) c.join();
+    }
+    frame_relay(const frame_relay&) = delete;
+    frame_relay& operator=(const frame_relay&) = delete;
+
+    // Damages the next data frame carrying `length` bytes of data.
+    void arm(fault f, std::uint32_t length) {
+        std::lock_guard lk(mu_);
+        fault_ = f;
+        length_ = length;
+        armed_ = true;
+        fired_ = false;
+    }
+    bool fired() {
+        std::lock_guard lk(mu_);
+        return fired_;
+    }
+    void release() {
+        std::lock_guard lk(mu_);
+        fired_ = false;
+    }
+
+private:
+    struct conn {
+        unique_fd a, b;  // the primary's side, the secondary's side
+        std::thread up, down;
+        void close() {
+            ::shutdown(a.get(), SHUT_RDWR);
+            ::shutdown(b.get(), SHUT_RDWR);
+        }
+        void join() {
+            if (up.joinable()) up.join();
+            if (down.joinable()) down.join();
+        }
+    };
+    static sockaddr_in addr(const std::string& ip, std::uint16_t port) {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        ::inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+        return a;
+    }
+    static bool recv_all(int fd, std::byte* p, std::size_t n) {
+        while (n > 0) {
+            auto got = ::recv(fd, p, n, 0);
+            if (got <= 0) return false;
+            p += got;
+            n -= static_cast<std::size_t>(got);
+        }
+        return true;
+    }
+    static bool send_all(int fd, const std::byte* p, std::size_t n) {
+        while (n > 0) {
+            auto sent = ::send(fd, p, n, MSG_NOSIGNAL);
+            if (sent <= 0) return false;
+            p += sent;
+            n -= static_cast<std::size_t>(sent);
+        }
+        return true;
+    }
+    void accept_loop() {
+        for (;;) {
+            unique_fd a(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
+            if (stopping_) return;
+            if (!a) continue;
+            if (fired()) continue;  // held: the dialer tries again
+            // From the primary's address: the secondary accepts only its peer.
+            unique_fd b(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+            auto local = addr(from_, 0), peer = addr(to_, port_);
+            if (::bind(b.get(), reinterpret_cast<sockaddr*>(&local), sizeof local) != 0 ||
+                ::connect(b.get(), reinterpret_cast<sockaddr*>(&peer), sizeof peer) != 0)
+                continue;
+            std::lock_guard lk(mu_);
+            auto& c = conns_.emplace_back();
+            c.a = std::move(a);
+            c.b = std::move(b);
+            c.up = std::thread([this, &c] { forward_frames(c); });
+            c.down = std::thread([&c] {
+                std::vector<std::byte> buf(64 * 1024);
+                for (;;) {
+                    auto got = ::recv(c.b.get(), buf.data(), buf.size(), 0);
+                    if (got <= 0 || !send_all(c.a.get(), buf.data(), static_cast<std::size_t>(got))) break;
+                }
+                c.close();
+            });
+        }
+    }
+    void forward_frames(conn& c) {
+        std::vector<std::byte> f(replication::max_frame_size);
+        for (;;) {
+            if (!recv_all(c.a.get(), f.data(), replication::frame_header_size)) break;
+            auto h = replication::decode_frame_header(std::span(f).first(replication::frame_header_size));
+            if (!h || !recv_all(c.a.get(), f.data() + replication::frame_header_size, h->length)) break;
+            std::size_t n = replication::frame_header_size + h->length;
+            {
+                std::lock_guard lk(mu_);
+                if (armed_ && h->type == replication::msg_type::data &&
+                    h->length == length_ + replication::data_header_size) {
+                    armed_ = false;
+                    fired_ = true;
+                    if (fault_ == fault::flip_last_byte) {
+                        f[n - 1] ^= std::byte{1};
+                    } else {
+                        (void)send_all(c.b.get(), f.data(), n / 2);
+                        return;  // and nothing more: the secondary finds the stall
+                    }
+                }
+            }
+            if (!send_all(c.b.get(), f.data(), n)) break;
+        }
+        c.close();
+    }
+
+    std::string from_, to_;
+    std::uint16_t port_;
+    unique_fd listener_;
+    std::thread acceptor_;
+    std::atomic<bool> stopping_{false};
+    std::mutex mu_;
+    std::list<conn> conns_;
+    fault fault_ = fault::flip_last_byte;
+    std::uint32_t length_ = 0;
+    bool armed_ = false, fired_ = false;
 };
 
 }  // namespace
@@ -350,6 +507,51 @@ TEST_CASE("a write the secondary's disk fails makes its copy unpromotable until 
     REQUIRE(a.eng->flush());
     CHECK(b.eng->status().consistent);
     CHECK(a.vol.digest() == b.vol.digest());
+}
+
+TEST_CASE("a damaged or stalled data frame in the steady state is dropped whole: none of it reaches the secondary's "
+          "disk, and the resync writes the block",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 32 * mib, false), b("beta", false, 32 * mib, false);
+    a.cfg.peer_address = "127.0.0.3";  // through the relay, which connects from 127.0.0.1
+    frame_relay relay("127.0.0.3", "127.0.0.1", "127.0.0.2", a.cfg.port);
+    in_sync_with_alpha_primary(a, b, log);
+    struct damage {
+        const char* what;
+        frame_relay::fault f;
+        std::uint32_t length;
+        const char* why;
+    };
+    // A 4 KiB write is handled in the receive buffer; most of a 1 MiB write is
+    // received straight into the buffer its disk write is made from.
+    const damage cases[] = {
+        {"a flipped byte in a 4 KiB write", frame_relay::fault::flip_last_byte, 4096, "bad checksum in the write at"},
+        {"a flipped byte in a 1 MiB write", frame_relay::fault::flip_last_byte, mib, "bad checksum in the write at"},
+        {"a 1 MiB write that stops halfway", frame_relay::fault::stop_halfway, mib, "the peer was silent"},
+    };
+    std::uint64_t off = 0;
+    for (const auto& c : cases) {
+        INFO(c.what);
+        off += 4 * mib;
+        auto drops = log.count("beta replication.disconnected");
+        auto syncs = log.count("beta replication.sync_done");
+        auto data = pattern(c.length, off);
+        relay.arm(c.f, c.length);
+        std::thread writer([&] { CHECK(a.eng->write(off, data)); });  // completes when the link ends (no fencing)
+        auto why = log.wait("beta replication.disconnected", drops + 1);
+        CHECK_THAT(why, Catch::Contains(c.why));
+        CHECK(relay.fired());
+        std::vector<std::byte> zeros(c.length);
+        CHECK(b.vol.digest(off, c.length) == XXH3_64bits(zeros.data(), zeros.size()));  // as before the write
+        relay.release();
+        log.wait("beta replication.sync_done", syncs + 1);
+        writer.join();
+        REQUIRE(a.eng->flush());
+        CHECK(b.vol.digest(off, c.length) == XXH3_64bits(data.data(), data.size()));
+        CHECK(a.vol.digest() == b.vol.digest());
+    }
 }
 
 TEST_CASE("a promotion under a stream of writes reconnects and resynchronizes what was written meanwhile",

@@ -28,8 +28,10 @@ struct applied {
 // (the socket, the wake eventfd, the listener: one-shot polls) and the
 // completions of the peer's writes, which it applies to the volume with O_DIRECT,
 // up to `depth` at a time (docs/replication-engine.md, "Steady state and write
-// protocols"). The data is copied into an aligned slot first, so the receive
-// buffer can be reused at once. Ordering rules, which keep the two copies equal:
+// protocols"). A write's bytes are either copied into an aligned slot (write():
+// the receive buffer can be reused at once) or received straight into one
+// (reserve(), then commit() once they are all there and checked). Ordering
+// rules, which keep the two copies equal:
 //   - a write that overlaps one in flight waits for it (arrival order wins);
 //   - data_preflush and flush frames wait until the writes before them have
 //     completed, then the volume is fdatasync'ed (not IOSQE_IO_DRAIN: that
@@ -55,6 +57,22 @@ public:
         }
         return {};
     }
+    // Takes a slot for a write of `length` bytes under write()'s rules, waiting
+    // like it does, and returns the slot's buffer for the caller to fill; the
+    // write is queued by commit(), or the slot given back by cancel(). One
+    // reservation at a time, and nothing else queued while it is open.
+    template <class F>
+    result<std::span<std::byte>> reserve(std::uint64_t seq, std::uint64_t offset, std::uint32_t length,
+                                         std::uint32_t flags, F&& done) {
+        if (length > buffers_.size() || reserved_ >= 0) return errno_error(EINVAL);
+        while ((reserved_ = take_slot(seq, offset, length, flags)) < 0) {
+            if (auto w = wait_one(); !w) return w.error();
+            reap(done);
+        }
+        return buffers_[static_cast<std::size_t>(reserved_)].first(length);
+    }
+    void commit();  // queues the reserved write
+    void cancel();  // gives the reserved slot back, nothing written
     // Queues a flush: after every write queued before it, fdatasync.
     template <class F>
     result<void> flush(std::uint64_t seq, F&& done) {
@@ -98,6 +116,7 @@ private:
     struct slot {
         bool busy = false;
         bool flush = false;
+        bool sync = false;  // data_fua or data_preflush: an fdatasync linked behind the write
         unsigned cqes = 0;  // completions still to come (2 for a write linked to an fsync)
         int error = 0;
         std::uint64_t seq = 0, offset = 0;
@@ -106,6 +125,9 @@ private:
     steady_ring(ring r, buffer_pool b, int fd, unsigned depth);
     // False when it has to wait: no free slot, or an overlapping write in flight.
     bool try_write(std::uint64_t seq, std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags);
+    // The slot a write may use now (marked busy, not yet queued), or -1.
+    int take_slot(std::uint64_t seq, std::uint64_t offset, std::uint32_t length, std::uint32_t flags);
+    void queue(int i);  // the write in slot i, and its fsync if it has one
     bool try_flush(std::uint64_t seq);
     std::optional<applied> complete(const io_uring_cqe& c);
     result<void> wait_one();
@@ -116,7 +138,8 @@ private:
     buffer_pool buffers_;
     int fd_;
     std::vector<slot> slots_;  // data slots 0..depth-1, then one flush slot per data slot
-    unsigned in_flight_ = 0;   // busy slots
+    unsigned in_flight_ = 0;   // busy slots, not counting a reservation
+    int reserved_ = -1;        // the slot reserve() handed out, until commit() or cancel()
     std::uint32_t armed_ = 0, ready_ = 0;  // polls, by tag
 };
 
