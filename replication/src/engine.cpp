@@ -354,6 +354,59 @@ struct engine::impl {
         acked.notify_all();
     }
 
+    // One piece of an application write or zero, on the primary: held while the
+    // gate or the fence says so, after any piece in flight over the same blocks
+    // (both nodes then apply them in the same order), in the activity log; sent
+    // to the peer first (`send(fd, seq, gen)`) so that its write and ours
+    // overlap, then applied here (`apply()`), then complete under the write
+    // protocol. Without a connection in sync its blocks are marked instead.
+    // `feature`: what the peer must have negotiated for the piece's frame.
+    template <class Send, class Apply>
+    result<void> replicate(std::uint64_t off, std::uint32_t len, std::uint64_t feature, Send&& send, Apply&& apply) {
+        std::condition_variable ack_cv;  // protocol C: the peer's ack for this piece wakes this thread alone
+        std::uint64_t seq = 0, gen = 0;
+        int fd = -1;
+        {
+            std::unique_lock lk(mu);
+            if (!hold_writes(lk)) return make_error_code(std::errc::operation_canceled);
+            wait_acked(lk, [&] { return !overlaps_pending(off, len); });
+            if (!primary) return make_error_code(errc::role_conflict);
+            bool live = link == link_state::connected && conn_fd >= 0;
+            if (live && (features & feature) != feature) return make_error_code(std::errc::operation_not_supported);
+            if (auto al = al_begin(off, len); !al) {
+                al_end(off, len);
+                return al.error();
+            }
+            if (live) {
+                seq = ++tx_seq;
+                fd = conn_fd;
+                gen = conn_gen;
+                pending[seq] = {off, len, cfg.protocol == write_protocol::c ? &ack_cv : nullptr};
+            } else {
+                diverge_if_primary();  // durable before the first write without the peer
+                mark_dirty(off, len);
+                ++local_inflight;
+            }
+        }
+        if (fd >= 0) send(fd, seq, gen);
+        result<void> local = apply();
+        std::unique_lock lk(mu);
+        if (fd >= 0) {
+            if (cfg.protocol == write_protocol::c) {
+                ack_cv.wait(lk, [&] { return !pending.count(seq); });
+                // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
+                if (unreplicated.erase(seq) && !hold_writes(lk, false))
+                    return make_error_code(std::errc::operation_canceled);
+            } else {
+                wait_acked(lk, [&] { return pending.size() <= cfg.protocol_a_window; });
+            }
+        } else {
+            al_end(off, len);
+            if (--local_inflight == 0) gate_cv.notify_all();
+        }
+        return local;
+    }
+
     // ---- events ----------------------------------------------------------------------------------
     void emit(std::string_view kind, const std::string& detail) {
         if (on_event) on_event(kind, detail);
@@ -549,7 +602,7 @@ sync_decision engine::impl::handshake(int fd, frame_reader& rd, std::uint64_t& s
     mine.node_name = cfg.node_name;
     mine.volume_size = vol->size();
     mine.block_size = vol->logical_block();
-    mine.features = feat_verify | feat_digest_resync | feat_resend;
+    mine.features = feat_verify | feat_digest_resync | feat_resend | feat_zero;
     sync_party me;
     {
         std::lock_guard lk(mu);
@@ -903,6 +956,27 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                 }
                 if (auto r = q.write(f.header.seq, d->offset, d->bytes, d->flags, on_applied); !r)
                     throw link_down("queueing the peer's write: " + r.error().message());
+                break;
+            }
+            case msg_type::zero: {
+                auto z = decode_zero(f.payload, size);
+                if (!z) throw link_down("a bad zero frame: " + z.error().message() + "; nothing of it was applied");
+                bool am_primary;
+                {
+                    std::lock_guard lk(mu);
+                    am_primary = primary;
+                }
+                if (am_primary) {
+                    append([&](std::span<std::byte> b) {
+                        return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, ack_status::refused});
+                    });
+                    break;
+                }
+                // After every write queued before it (rare enough to wait for all),
+                // and before any after it: then the two copies agree.
+                q.drain(on_applied);
+                auto r = vol->zero(z->offset, z->length);
+                on_applied(applied{f.header.seq, false, r ? 0 : r.error().value(), z->offset, z->length});
                 break;
             }
             case msg_type::flush:
@@ -1609,64 +1683,43 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
     auto& p = *p_;
     if (bytes.empty() || offset % wire_sector || bytes.size() % wire_sector) return make_error_code(errc::misaligned);
     if (offset + bytes.size() > p.vol->size() || offset + bytes.size() < offset) return make_error_code(errc::out_of_range);
-    std::condition_variable ack_cv;  // protocol C: the peer's ack for this thread's piece wakes it alone
     for (std::size_t done = 0; done < bytes.size();) {
         auto piece = bytes.subspan(done, std::min<std::size_t>(max_data_length, bytes.size() - done));
         std::uint64_t off = offset + done;
-        bool last = done + piece.size() == bytes.size();
-        std::uint32_t fl = last ? flags : 0;
-        std::uint64_t seq = 0, gen = 0;
-        int fd = -1;
-        {
-            std::unique_lock lk(p.mu);
-            if (!p.hold_writes(lk)) return make_error_code(std::errc::operation_canceled);
-            // A write over blocks that another one still has in flight to the peer
-            // waits for it: the two nodes then apply them in the same order.
-            p.wait_acked(lk, [&] { return !p.overlaps_pending(off, piece.size()); });
-            if (!p.primary) return make_error_code(errc::role_conflict);
-            if (auto al = p.al_begin(off, piece.size()); !al) {
-                p.al_end(off, piece.size());
-                return al.error();
-            }
-            if (p.link == link_state::connected && p.conn_fd >= 0) {
-                seq = ++p.tx_seq;
-                fd = p.conn_fd;
-                gen = p.conn_gen;
-                p.pending[seq] = {off, static_cast<std::uint32_t>(piece.size()),
-                                  p.cfg.protocol == write_protocol::c ? &ack_cv : nullptr};
-            } else {
-                p.diverge_if_primary();  // durable before the first write without the peer
-                p.mark_dirty(off, piece.size());
-                ++p.local_inflight;
-            }
-        }
-        // The peer's copy goes out first, so that its write and ours overlap:
-        // the write takes about the longer of the two, not their sum.
-        if (fd >= 0) {
+        std::uint32_t fl = done + piece.size() == bytes.size() ? flags : 0;
+        auto send = [&](int fd, std::uint64_t seq, std::uint64_t gen) {
             std::array<std::byte, frame_header_size + data_header_size> prefix{};
             data_msg m{off, static_cast<std::uint32_t>(piece.size()), fl, data_checksum(piece), piece};
             (void)encode_data_prefix(prefix, seq, m);
             p.send_if_current(fd, gen, prefix, piece);
-        }
-        auto local = write_local(p.vol->fd(), off, piece);
-        if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
-        if (fd >= 0) {
-            std::unique_lock lk(p.mu);
-            if (p.cfg.protocol == write_protocol::c) {
-                ack_cv.wait(lk, [&] { return !p.pending.count(seq); });
-                // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
-                if (p.unreplicated.erase(seq) && !p.hold_writes(lk, false))
-                    return make_error_code(std::errc::operation_canceled);
-            } else {
-                p.wait_acked(lk, [&] { return p.pending.size() <= p.cfg.protocol_a_window; });
-            }
-        } else {
-            std::lock_guard lk(p.mu);
-            p.al_end(off, piece.size());
-            if (--p.local_inflight == 0) p.gate_cv.notify_all();
-        }
-        if (!local) return local.error();
+        };
+        auto apply = [&]() -> result<void> {
+            auto local = write_local(p.vol->fd(), off, piece);
+            if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
+            return local;
+        };
+        if (auto r = p.replicate(off, static_cast<std::uint32_t>(piece.size()), 0, send, apply); !r) return r.error();
         done += piece.size();
+    }
+    return {};
+}
+
+result<void> engine::zero(std::uint64_t offset, std::uint64_t length) {
+    auto& p = *p_;
+    if (length == 0 || offset % p.vol->logical_block() || length % p.vol->logical_block())
+        return make_error_code(errc::misaligned);
+    if (offset + length > p.vol->size() || offset + length < offset) return make_error_code(errc::out_of_range);
+    for (std::uint64_t done = 0; done < length;) {
+        auto len = static_cast<std::uint32_t>(std::min<std::uint64_t>(max_zero_length, length - done));
+        std::uint64_t off = offset + done;
+        auto send = [&](int fd, std::uint64_t seq, std::uint64_t gen) {
+            std::array<std::byte, frame_header_size + zero_size> frame{};
+            (void)encode_zero(frame, seq, zero_msg{off, len});
+            p.send_if_current(fd, gen, frame);
+        };
+        auto apply = [&] { return p.vol->zero(off, len); };
+        if (auto r = p.replicate(off, len, feat_zero, send, apply); !r) return r.error();
+        done += len;
     }
     return {};
 }

@@ -50,6 +50,7 @@ int errno_of(const error_code& ec) {
     if (ec == make_error_code(errc::role_conflict)) return EROFS;
     if (ec == make_error_code(errc::misaligned)) return EINVAL;
     if (ec == make_error_code(errc::out_of_range)) return ENOSPC;
+    if (ec == make_error_code(std::errc::operation_not_supported)) return EOPNOTSUPP;
     if (ec.category() == boost::system::system_category() || ec.category() == boost::system::generic_category())
         return ec.value();
     return EIO;
@@ -82,6 +83,7 @@ private:
     static void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info*) { fuse_reply_err(req, 0); }
     static void op_fsync(fuse_req_t req, fuse_ino_t ino, int datasync, fuse_file_info*);
     static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*);
+    static void op_fallocate(fuse_req_t req, fuse_ino_t ino, int mode, off_t off, off_t len, fuse_file_info*);
 
     engine& e_;
     frontend_config cfg_;
@@ -199,6 +201,27 @@ void fuse_frontend::op_fsync(fuse_req_t req, fuse_ino_t, int, fuse_file_info*) {
     fuse_reply_err(req, 0);
 }
 
+void fuse_frontend::op_fallocate(fuse_req_t req, fuse_ino_t, int mode, off_t off, off_t len, fuse_file_info*) {
+    // The loop device turns a discard into a punched hole and a write-zeroes
+    // into a punched hole or a zeroed range, all with KEEP_SIZE: each means
+    // "these blocks read as zeros", on both nodes (engine::zero).
+    auto& f = self(req);
+    auto o = static_cast<std::uint64_t>(off), n = static_cast<std::uint64_t>(len);
+    int what = mode & ~FALLOC_FL_KEEP_SIZE;
+    if (what == 0) {  // preallocation: the volume has a fixed size, nothing to allocate
+        return (void)fuse_reply_err(req, o + n <= f.e_.size() ? 0 : EOPNOTSUPP);
+    }
+    if (!(mode & FALLOC_FL_KEEP_SIZE) || (what != FALLOC_FL_PUNCH_HOLE && what != FALLOC_FL_ZERO_RANGE))
+        return (void)fuse_reply_err(req, EOPNOTSUPP);
+    if (auto r = f.e_.zero(o, n); !r) {
+        if (r.error() != make_error_code(errc::role_conflict) &&
+            r.error() != make_error_code(std::errc::operation_not_supported))
+            f.report("discard", o, r.error());
+        return (void)fuse_reply_err(req, errno_of(r.error()));
+    }
+    fuse_reply_err(req, 0);
+}
+
 void fuse_frontend::op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, fuse_file_info*) {
     if (ino != FUSE_ROOT_ID) return (void)fuse_reply_err(req, ENOTDIR);
     std::string out(size, '\0');
@@ -241,6 +264,7 @@ result<void> fuse_frontend::start(std::string& why_not) {
         o.release = op_release;
         o.fsync = op_fsync;
         o.readdir = op_readdir;
+        o.fallocate = op_fallocate;
         return o;
     }();
     // fsname/subtype show in /proc/mounts, so that a stale mount can be found and named.

@@ -63,6 +63,7 @@ std::uint32_t errno_of(const error_code& ec) {
     if (ec == make_error_code(errc::role_conflict)) return EROFS;
     if (ec == make_error_code(errc::misaligned)) return EINVAL;
     if (ec == make_error_code(errc::out_of_range)) return ENOSPC;
+    if (ec == make_error_code(std::errc::operation_not_supported)) return EOPNOTSUPP;
     return EIO;
 }
 
@@ -115,6 +116,9 @@ std::uint64_t nbd_serve(engine& e, int fd) {
                 break;
             case NBD_CMD_FLUSH:
                 if (auto r = e.flush(); !r) ec = r.error();
+                break;
+            case NBD_CMD_TRIM:  // the blocks then read as zeros, on both nodes
+                if (auto r = e.zero(off, len); !r) ec = r.error();
                 break;
             default:
                 ec = make_error_code(errc::unknown_type);
@@ -207,7 +211,8 @@ public:
             [&](nl_msg* m) {
                 if (nla_put_u64(m, NBD_ATTR_SIZE_BYTES, size) || nla_put_u64(m, NBD_ATTR_BLOCK_SIZE_BYTES, 4096) ||
                     nla_put_u64(m, NBD_ATTR_SERVER_FLAGS,
-                                NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_CAN_MULTI_CONN))
+                                NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_TRIM |
+                                    NBD_FLAG_CAN_MULTI_CONN))
                     return false;
                 auto* socks = nla_nest_start(m, NBD_ATTR_SOCKETS);
                 if (!socks) return false;

@@ -147,6 +147,7 @@ bool known_type(std::uint16_t t) noexcept {
         case msg_type::data_ack:
         case msg_type::flush:
         case msg_type::flush_ack:
+        case msg_type::zero:
         case msg_type::bitmap_chunk:
         case msg_type::resync_done:
         case msg_type::digest_request:
@@ -168,6 +169,7 @@ std::string_view to_string(msg_type t) noexcept {
         case msg_type::data_ack: return "data_ack";
         case msg_type::flush: return "flush";
         case msg_type::flush_ack: return "flush_ack";
+        case msg_type::zero: return "zero";
         case msg_type::bitmap_chunk: return "bitmap_chunk";
         case msg_type::resync_done: return "resync_done";
         case msg_type::digest_request: return "digest_request";
@@ -194,6 +196,7 @@ bool payload_length_ok(msg_type t, std::uint32_t n) noexcept {
         case msg_type::data: return n > data_header_size && n <= max_payload;
         case msg_type::data_ack:
         case msg_type::flush_ack: return n == ack_size;
+        case msg_type::zero: return n == zero_size;
         case msg_type::bitmap_chunk:
             return n >= bitmap_chunk_header_size + 8 && (n - bitmap_chunk_header_size) % 8 == 0 &&
                    n <= bitmap_chunk_header_size + 8 * max_bitmap_words;
@@ -479,6 +482,27 @@ result<std::size_t> encode_flush_ack(std::span<std::byte> out, std::uint64_t seq
 result<ack_msg> decode_data_ack(std::span<const std::byte> p) noexcept { return decode_ack(p); }
 result<void> decode_flush(std::span<const std::byte> p) noexcept { return check_empty(p); }
 result<ack_msg> decode_flush_ack(std::span<const std::byte> p) noexcept { return decode_ack(p); }
+
+result<std::size_t> encode_zero(std::span<std::byte> out, std::uint64_t seq, const zero_msg& m) noexcept {
+    auto p = start_frame(out, msg_type::zero, seq, zero_size);
+    if (!p) return p.error();
+    store_be<std::uint64_t>(*p, m.offset);
+    store_be<std::uint32_t>(p->subspan(8), m.length);
+    store_be<std::uint32_t>(p->subspan(12), 0);
+    return frame_header_size + zero_size;
+}
+
+result<zero_msg> decode_zero(std::span<const std::byte> p, std::uint64_t volume_size) noexcept {
+    if (p.size() != zero_size) return fail(errc::bad_length);
+    if (!all_zero(p.subspan(12, 4))) return fail(errc::bad_reserved);
+    zero_msg m;
+    m.offset = load_be<std::uint64_t>(p);
+    m.length = load_be<std::uint32_t>(p.subspan(8));
+    if (m.length == 0 || m.length > max_zero_length) return fail(errc::bad_length);
+    if (m.offset % wire_sector || m.length % wire_sector) return fail(errc::misaligned);
+    if (!range_in_volume(m.offset, m.length, volume_size)) return fail(errc::out_of_range);
+    return m;
+}
 
 // ---- resync and verify ---------------------------------------------------------------------------------
 

@@ -13,8 +13,12 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 
 namespace tandem::replication {
 
@@ -94,6 +98,32 @@ result<volume> volume::open(const std::string& path) {
     for (auto& c : id)
         if (c < ' ' || c > '~') c = '?';
     return volume(std::move(fd), size, block, blockdev, path, std::move(id));
+}
+
+result<void> volume::zero(std::uint64_t offset, std::uint64_t length) const {
+    if (length == 0 || offset % block_ || length % block_) return errno_error(EINVAL);
+    if (offset > size_ || length > size_ - offset) return errno_error(ENOSPC);
+    auto off = static_cast<off_t>(offset), len = static_cast<off_t>(length);
+    // A block device takes both modes as "zero these blocks" (the first only if
+    // it can unmap them and still read zeros); a file system frees or zeroes.
+    for (int mode : {FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE}) {
+        if (::fallocate(fd(), mode, off, len) == 0) return {};
+        if (errno != EOPNOTSUPP && errno != EINVAL) return errno_error();
+    }
+    struct freer {
+        void operator()(void* p) const { std::free(p); }
+    };
+    constexpr std::size_t chunk = 1 << 20;
+    std::unique_ptr<void, freer> zeros(std::aligned_alloc(4096, chunk));
+    if (!zeros) return errno_error(ENOMEM);
+    std::memset(zeros.get(), 0, chunk);
+    for (std::uint64_t done = 0; done < length;) {
+        auto n = ::pwrite(fd(), zeros.get(), std::min<std::uint64_t>(chunk, length - done), static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n < 0 ? errno_error() : errno_error(ENOSPC);
+        done += static_cast<std::uint64_t>(n);
+    }
+    return {};
 }
 
 }  // namespace tandem::replication

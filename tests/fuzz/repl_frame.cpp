@@ -54,6 +54,12 @@ void decode_payload(msg_type t, std::span<const std::byte> p) {
         case msg_type::flush_ack:
             if (auto m = decode_flush_ack(p)) same(encode_flush_ack(out, 1, *m), p);
             break;
+        case msg_type::zero:
+            if (auto m = decode_zero(p, volume)) {
+                if (m->length == 0 || m->length > max_zero_length || m->offset + m->length > volume) __builtin_trap();
+                same(encode_zero(out, 1, *m), p);
+            }
+            break;
         case msg_type::bitmap_chunk:
             if (auto m = decode_bitmap_chunk(p, blocks)) {
                 auto words = m->to_words();
@@ -92,7 +98,8 @@ constexpr msg_type all_types[] = {msg_type::hello,          msg_type::auth_chall
                                   msg_type::auth_ok,        msg_type::data,           msg_type::data_ack,
                                   msg_type::flush,          msg_type::flush_ack,      msg_type::bitmap_chunk,
                                   msg_type::resync_done,    msg_type::digest_request, msg_type::digest_reply,
-                                  msg_type::error,          msg_type::ping,           msg_type::pong};
+                                  msg_type::error,          msg_type::ping,           msg_type::pong,
+                                  msg_type::zero};
 
 }  // namespace
 

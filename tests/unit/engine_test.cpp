@@ -554,6 +554,41 @@ TEST_CASE("a damaged or stalled data frame in the steady state is dropped whole:
     }
 }
 
+TEST_CASE("a discard (zero) makes the range read as zeros on both nodes, live or through the next resync",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
+    in_sync_with_alpha_primary(a, b, log);
+    auto zeros = [](std::uint64_t n) {
+        std::vector<std::byte> z(n);
+        return XXH3_64bits(z.data(), z.size());
+    };
+    // Live: a range of random data, zeroed on both, the blocks around it kept.
+    REQUIRE(a.eng->zero(4 * mib + 4096, 3 * mib));
+    CHECK(a.vol.digest(4 * mib + 4096, 3 * mib) == zeros(3 * mib));
+    CHECK(b.vol.digest(4 * mib + 4096, 3 * mib) == zeros(3 * mib));
+    CHECK(a.vol.digest() == b.vol.digest());
+    CHECK(a.eng->status().dirty_bytes == 0);
+    // Refusals: misaligned and past the end, as for writes.
+    CHECK(a.eng->zero(100, 4096).error() == make_error_code(errc::misaligned));
+    CHECK(a.eng->zero(32 * mib - 4096, 8192).error() == make_error_code(errc::out_of_range));
+    CHECK(b.eng->zero(0, 4096).error() == make_error_code(errc::role_conflict));
+
+    // While apart: marked dirty, and the reconnect's resync sends the zeros.
+    b.eng.reset();
+    log.wait("alpha replication.disconnected");
+    REQUIRE(a.eng->zero(16 * mib, 2 * mib));
+    CHECK(a.eng->status().dirty_bytes == 2 * mib);
+    CHECK(b.vol.digest(16 * mib, 2 * mib) != zeros(2 * mib));
+    auto syncs = log.count("beta replication.sync_done");
+    b.start(log);
+    log.wait("beta replication.sync_done", syncs + 1);
+    REQUIRE(a.eng->flush());
+    CHECK(b.vol.digest(16 * mib, 2 * mib) == zeros(2 * mib));
+    CHECK(a.vol.digest() == b.vol.digest());
+}
+
 TEST_CASE("a promotion under a stream of writes reconnects and resynchronizes what was written meanwhile",
           "[kernel][replication][engine]") {
     REQUIRE_DIRECT_IO();

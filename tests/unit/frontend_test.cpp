@@ -94,7 +94,39 @@ struct nbd_client {
             REQUIRE(::recv(fd, data.data(), data.size(), MSG_WAITALL) == static_cast<ssize_t>(data.size()));
         return err;
     }
+    // A trim carries its length in the header and no payload.
+    std::uint32_t trim(std::uint64_t off, std::uint32_t len) {
+        return request_with_length(NBD_CMD_TRIM, off, len);
+    }
+
+private:
+    std::uint32_t request_with_length(std::uint32_t type, std::uint64_t off, std::uint32_t len) {
+        unsigned char h[28];
+        auto put32 = [](unsigned char* p, std::uint32_t v) { v = htobe32(v); std::memcpy(p, &v, 4); };
+        auto put64 = [](unsigned char* p, std::uint64_t v) { v = htobe64(v); std::memcpy(p, &v, 8); };
+        put32(h, NBD_REQUEST_MAGIC);
+        put32(h + 4, type);
+        put64(h + 8, ++handle);
+        put64(h + 16, off);
+        put32(h + 24, len);
+        REQUIRE(::write(fd, h, sizeof h) == sizeof h);
+        unsigned char r[16];
+        REQUIRE(::recv(fd, r, sizeof r, MSG_WAITALL) == sizeof r);
+        std::uint32_t err;
+        std::uint64_t got;
+        std::memcpy(&err, r + 4, 4);
+        std::memcpy(&got, r + 8, 8);
+        CHECK(be64toh(got) == handle);
+        return be32toh(err);
+    }
 };
+
+// Blocks allocated to a file, in bytes.
+std::uint64_t allocated(const std::string& path) {
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
 
 }  // namespace
 
@@ -132,6 +164,37 @@ TEST_CASE("an ext4 file system on the FUSE front end survives unmount, remount a
     CHECK(p.a.vol.digest() == p.b.vol.digest());
 }
 
+TEST_CASE("fstrim through the FUSE front end zeroes the freed blocks on both nodes and frees them in both volumes",
+          "[kernel][store][frontend]") {
+    REQUIRE_DIRECT_IO();
+    if (!std::filesystem::exists("/dev/fuse")) TANDEM_SKIP("no /dev/fuse on this machine");
+    fuse_on_alpha p(4);
+    run_ok(fmt::format("mkfs.ext4 -q -F -E nodiscard {}", p.dev));
+    auto mnt = (p.dir.path() / "store").string();
+    mounted m(p.dev, mnt);
+    run_ok(fmt::format("head -c 24M /dev/urandom > {0}/big && head -c 4M /dev/urandom > {0}/kept && sync", mnt));
+    auto before_a = allocated(p.a.vol.path), before_b = allocated(p.b.vol.path);
+    run_ok(fmt::format("rm {0}/big && sync", mnt));
+    auto trimmed = run(fmt::format("fstrim -v {}", mnt));
+    INFO(trimmed.out);
+    REQUIRE(trimmed.status == 0);
+    CHECK_THAT(trimmed.out, Catch::Contains("bytes") && Catch::Contains("trimmed"));
+    // The 24 MiB file's blocks (and the rest of the free space) are holes now in
+    // both volume files: the discard reached the secondary's disk too.
+    INFO("alpha " << before_a << " -> " << allocated(p.a.vol.path) << ", beta " << before_b << " -> "
+                  << allocated(p.b.vol.path));
+    CHECK(allocated(p.a.vol.path) + 24 * mib <= before_a);
+    CHECK(allocated(p.b.vol.path) + 24 * mib <= before_b);
+    CHECK(run(fmt::format("sha256sum {0}/kept > {1}/sum", mnt, p.dir.path().string())).status == 0);
+    m.unmount();
+    auto fsck = run(fmt::format("e2fsck -fn {}", p.dev));
+    INFO(fsck.out);
+    CHECK(fsck.status == 0);
+    REQUIRE(p.fe->close());
+    REQUIRE(p.a.eng->flush());
+    CHECK(p.a.vol.digest() == p.b.vol.digest());
+}
+
 TEST_CASE("the standby never exposes the volume", "[kernel][store][frontend]") {
     REQUIRE_DIRECT_IO();
     pair_in_sync p;
@@ -165,12 +228,19 @@ TEST_CASE("the NBD server answers reads, writes, FUA, flush and bad requests the
     CHECK(c.request(NBD_CMD_WRITE, 0, odd) == EINVAL);
     std::vector<std::byte> past(4096);
     CHECK(c.request(NBD_CMD_READ, 64 * mib, past) == ENOSPC);
-    CHECK(c.request(NBD_CMD_TRIM, 0, {}) == EINVAL);  // not offered, so refused if sent
+    // A trim of the first half of the 64 KiB: zeros there on both nodes.
+    CHECK(c.trim(1 * mib, 32 * 1024) == 0);
+    CHECK(c.trim(1 * mib + 100, 4096) == EINVAL);
+    CHECK(c.request(NBD_CMD_READ, 1 * mib, back) == 0);
+    std::vector<std::byte> zeros(32 * 1024);
+    CHECK(std::equal(zeros.begin(), zeros.end(), back.begin()));
+    CHECK(std::equal(data.begin() + 32 * 1024, data.end(), back.begin() + 32 * 1024));
     c.request(NBD_CMD_DISC, 0, {});
-    CHECK(served.get() == 7);
+    CHECK(served.get() == 9);
 
-    // Both writes reached beta (protocol C) at the offsets given.
+    // Both writes and the trim reached beta (protocol C) at the offsets given.
     CHECK(p.a.vol.digest(1 * mib, data.size()) == p.b.vol.digest(1 * mib, data.size()));
+    CHECK(p.b.vol.digest(1 * mib, zeros.size()) == XXH3_64bits(zeros.data(), zeros.size()));
     CHECK(p.b.vol.digest(2 * mib, 4096) == XXH3_64bits(fua.data(), fua.size()));
 
     // The secondary's engine refuses writes: the NBD reply says read-only.

@@ -296,7 +296,7 @@ TEST_CASE("frame headers are refused for each class of bad input", "[unit][repli
         CHECK(code_of(h()) == errc::bad_magic);
     }
     SECTION("unknown type") {
-        for (std::uint16_t t : {0, 5, 15, 20, 36, 47, 51, 0xffff}) {
+        for (std::uint16_t t : {0, 5, 15, 21, 36, 47, 51, 0xffff}) {
             store_be<std::uint16_t>(std::span(buf).subspan(4), t);
             INFO(t);
             CHECK(code_of(h()) == errc::unknown_type);
@@ -455,6 +455,30 @@ TEST_CASE("acks, bitmaps, digests, errors and pings refuse bad fields", "[unit][
         CHECK(code_of(decode_flush_ack(q)) == errc::bad_reserved);
         CHECK(code_of(decode_flush(std::span(p).first(1))) == errc::bad_length);
         CHECK(code_of(decode_auth_ok(std::span(p).first(1))) == errc::bad_length);
+    }
+    SECTION("zero: a range inside the volume, sector-aligned, at most max_zero_length") {
+        auto enc = [](zero_msg m) {
+            return frame_payload(msg_type::zero, 1, [&](auto out, auto seq) { return encode_zero(out, seq, m); });
+        };
+        auto p = enc({1 << 20, 64 << 10});
+        CHECK(p.size() == zero_size);
+        auto m = decode_zero(p, 2 << 20);
+        REQUIRE(m);
+        CHECK(m->offset == 1 << 20);
+        CHECK(m->length == 64 << 10);
+        CHECK(decode_zero(enc({0, max_zero_length}), max_zero_length));
+        CHECK(code_of(decode_zero(enc({0, max_zero_length + 512}), 1ull << 30)) == errc::bad_length);
+        CHECK(code_of(decode_zero(enc({0, 0}), 1 << 20)) == errc::bad_length);
+        CHECK(code_of(decode_zero(enc({100, 512}), 1 << 20)) == errc::misaligned);
+        CHECK(code_of(decode_zero(enc({0, 1000}), 1 << 20)) == errc::misaligned);
+        CHECK(code_of(decode_zero(enc({1 << 20, 512}), 1 << 20)) == errc::out_of_range);
+        CHECK(code_of(decode_zero(enc({~0ull - 511, 1024}), ~0ull)) == errc::out_of_range);  // no wrap-around
+        auto q = p;
+        q[15] = std::byte{1};
+        CHECK(code_of(decode_zero(q, 2 << 20)) == errc::bad_reserved);
+        CHECK(code_of(decode_zero(std::span(p).first(8), 2 << 20)) == errc::bad_length);
+        CHECK(payload_length_ok(msg_type::zero, zero_size));
+        CHECK_FALSE(payload_length_ok(msg_type::zero, zero_size + 8));
     }
     SECTION("bitmap chunk") {
         std::vector<std::uint64_t> words{1, 2};

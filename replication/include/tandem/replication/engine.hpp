@@ -160,6 +160,11 @@ public:
     // when it is complete under the write protocol. data_fua: durable on both
     // before it returns. Only the primary writes.
     [[nodiscard]] result<void> write(std::uint64_t offset, std::span<const std::byte> bytes, std::uint32_t flags = 0);
+    // A discard: makes [offset, offset + length) read as zeros on both nodes
+    // (volume::zero(); the peer's copy through zero frames of at most
+    // max_zero_length). Multiples of the logical block size; returns as write()
+    // does. operation_not_supported while connected to a peer without it.
+    [[nodiscard]] result<void> zero(std::uint64_t offset, std::uint64_t length);
     // Flush: everything written before is durable locally and (protocol C, connected) on the peer.
     [[nodiscard]] result<void> flush();
     // Reads the local copy (offset and length multiples of 512). The front end

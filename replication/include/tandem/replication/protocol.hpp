@@ -49,6 +49,7 @@ enum class msg_type : std::uint16_t {
     data_ack = 17,
     flush = 18,
     flush_ack = 19,
+    zero = 20,  // make a range read as zeros (a discard); acknowledged with data_ack
     bitmap_chunk = 32,
     resync_done = 33,
     digest_request = 34,
@@ -87,7 +88,8 @@ enum feature_bits : std::uint64_t {
     feat_digest_resync = 1ull << 1,  // resync compares digest_request/digest_reply before sending data
     feat_verify = 1ull << 2,         // online verify with digest_request/digest_reply
     feat_resend = 1ull << 3,         // hello_resend: a bitmap resync on an unchanged generation
-    feat_all_known = 0xf,
+    feat_zero = 1ull << 4,           // zero frames: discards are replicated
+    feat_all_known = 0x1f,
 };
 
 enum hello_flags : std::uint32_t {
@@ -179,6 +181,16 @@ enum class ack_status : std::uint32_t {
 };
 [[nodiscard]] std::string_view to_string(ack_status s) noexcept;
 
+//   0 u64 offset  8 u32 length  12 u32 reserved (0)
+// The receiver makes the range read as zeros, freeing the blocks where its
+// device can (a punched hole, a discard that zeroes), and acknowledges it like
+// a write. Multiples of 512, at most max_zero_length, inside the volume.
+struct zero_msg {
+    std::uint64_t offset = 0;
+    std::uint32_t length = 0;
+};
+inline constexpr std::uint32_t max_zero_length = 64u << 20;
+
 //   0 u64 acked seq  8 u32 status  12 u32 reserved      (data_ack and flush_ack)
 struct ack_msg {
     std::uint64_t seq = 0;
@@ -243,10 +255,12 @@ inline constexpr std::size_t bitmap_chunk_header_size = 16;
 inline constexpr std::size_t resync_done_size = 32;
 inline constexpr std::size_t digest_header_size = 16;
 inline constexpr std::size_t ping_size = 8;
+inline constexpr std::size_t zero_size = 16;
 static_assert(frame_header_size == 4 + 2 + 2 + 4 + 4 + 8);
 static_assert(hello_size == 2 + 2 + 4 + 8 + node_name_size + 8 + 4 + 4 + sizeof(generation_ids));
 static_assert(data_header_size == 8 + 4 + 4 + 8);
 static_assert(ack_size == 8 + 4 + 4);
+static_assert(zero_size == 8 + 4 + 4);
 static_assert(bitmap_chunk_header_size == 8 + 4 + 4);
 static_assert(resync_done_size == sizeof(generation_ids));
 static_assert(digest_header_size == 8 + 4 + 4);
@@ -273,6 +287,7 @@ static_assert(auth_response_size == 32 && auth_challenge_size == 32);
                                                      const data_msg& m) noexcept;
 [[nodiscard]] result<std::size_t> encode_data_ack(std::span<std::byte> out, std::uint64_t seq, const ack_msg& m) noexcept;
 [[nodiscard]] result<std::size_t> encode_flush(std::span<std::byte> out, std::uint64_t seq) noexcept;
+[[nodiscard]] result<std::size_t> encode_zero(std::span<std::byte> out, std::uint64_t seq, const zero_msg& m) noexcept;
 [[nodiscard]] result<std::size_t> encode_flush_ack(std::span<std::byte> out, std::uint64_t seq,
                                                    const ack_msg& m) noexcept;
 // Words in host order; 1..max_bitmap_words of them.
@@ -310,6 +325,7 @@ static_assert(auth_response_size == 32 && auth_challenge_size == 32);
 [[nodiscard]] result<ack_msg> decode_data_ack(std::span<const std::byte> payload) noexcept;
 [[nodiscard]] result<void> decode_flush(std::span<const std::byte> payload) noexcept;
 [[nodiscard]] result<ack_msg> decode_flush_ack(std::span<const std::byte> payload) noexcept;
+[[nodiscard]] result<zero_msg> decode_zero(std::span<const std::byte> payload, std::uint64_t volume_size) noexcept;
 // total_blocks: the bitmap's block count; words must stay within it (bits past it zero).
 [[nodiscard]] result<bitmap_chunk_msg> decode_bitmap_chunk(std::span<const std::byte> payload,
                                                            std::uint64_t total_blocks) noexcept;

@@ -30,6 +30,11 @@ public:
     // serial, a device-mapper UUID, or the inode of the file (a loop device's
     // backing file). Empty when none is known: then nothing is checked.
     [[nodiscard]] const std::string& identity() const noexcept { return identity_; }
+    // Makes [offset, offset + length) read as zeros (a discard that must leave
+    // both copies equal): a punched hole where the file system or device can
+    // (blocks freed, unmapped), else FALLOC_FL_ZERO_RANGE, else zeros written.
+    // Multiples of the logical block size.
+    [[nodiscard]] result<void> zero(std::uint64_t offset, std::uint64_t length) const;
 
 private:
     volume(unique_fd fd, std::uint64_t size, std::uint32_t block, bool blockdev, std::string path, std::string id)
