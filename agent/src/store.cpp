@@ -218,7 +218,10 @@ asio::awaitable<phase_outcome> store_phase::prepare_file_system(const std::strin
                 "{} is blank, but this node created /store before ({} exists): refusing to format it again; "
                 "restore the data, or remove the marker to start afresh",
                 dev, marker));
-        auto r = co_await run_command(fmt::format("mkfs.{} -q {}{}", c_.store.fstype, ext ? "-F " : "-f ", quote(dev)),
+        // Without the discard of the whole device mkfs does first: the device
+        // is blank, and through the engine a discard is zeroed on both nodes.
+        auto r = co_await run_command(fmt::format("mkfs.{} -q {}{}", c_.store.fstype,
+                                                  ext ? "-F -E nodiscard " : "-f -K ", quote(dev)),
                                       {}, std::chrono::minutes(30));
         if (!r.ok()) co_return phase_outcome::failed(fmt::format("mkfs.{} {} {}", c_.store.fstype, dev, r.describe()));
         std::ofstream(marker) << dev << "\n";
