@@ -20,6 +20,7 @@
 #include <cstring>
 #include <filesystem>
 #include <future>
+#include <optional>
 
 using namespace tandem;
 using namespace tandem::test;
@@ -68,7 +69,8 @@ struct fuse_on_alpha : pair_in_sync {
 struct nbd_client {
     int fd;
     std::uint64_t handle = 0;
-    std::uint32_t request(std::uint32_t type, std::uint64_t off, std::span<std::byte> data, std::uint32_t flags = 0) {
+    std::uint32_t request(std::uint32_t type, std::uint64_t off, std::span<std::byte> data, std::uint32_t flags = 0,
+                          std::optional<std::uint32_t> length = std::nullopt) {
         unsigned char h[28];
         auto put32 = [](unsigned char* p, std::uint32_t v) { v = htobe32(v); std::memcpy(p, &v, 4); };
         auto put64 = [](unsigned char* p, std::uint64_t v) { v = htobe64(v); std::memcpy(p, &v, 8); };
@@ -76,7 +78,7 @@ struct nbd_client {
         put32(h + 4, type | flags);
         put64(h + 8, ++handle);
         put64(h + 16, off);
-        put32(h + 24, static_cast<std::uint32_t>(data.size()));
+        put32(h + 24, length.value_or(static_cast<std::uint32_t>(data.size())));
         REQUIRE(::write(fd, h, sizeof h) == sizeof h);
         if (type == NBD_CMD_WRITE) REQUIRE(::write(fd, data.data(), data.size()) == static_cast<ssize_t>(data.size()));
         if (type == NBD_CMD_DISC) return 0;
@@ -95,30 +97,7 @@ struct nbd_client {
         return err;
     }
     // A trim carries its length in the header and no payload.
-    std::uint32_t trim(std::uint64_t off, std::uint32_t len) {
-        return request_with_length(NBD_CMD_TRIM, off, len);
-    }
-
-private:
-    std::uint32_t request_with_length(std::uint32_t type, std::uint64_t off, std::uint32_t len) {
-        unsigned char h[28];
-        auto put32 = [](unsigned char* p, std::uint32_t v) { v = htobe32(v); std::memcpy(p, &v, 4); };
-        auto put64 = [](unsigned char* p, std::uint64_t v) { v = htobe64(v); std::memcpy(p, &v, 8); };
-        put32(h, NBD_REQUEST_MAGIC);
-        put32(h + 4, type);
-        put64(h + 8, ++handle);
-        put64(h + 16, off);
-        put32(h + 24, len);
-        REQUIRE(::write(fd, h, sizeof h) == sizeof h);
-        unsigned char r[16];
-        REQUIRE(::recv(fd, r, sizeof r, MSG_WAITALL) == sizeof r);
-        std::uint32_t err;
-        std::uint64_t got;
-        std::memcpy(&err, r + 4, 4);
-        std::memcpy(&got, r + 8, 8);
-        CHECK(be64toh(got) == handle);
-        return be32toh(err);
-    }
+    std::uint32_t trim(std::uint64_t off, std::uint32_t len) { return request(NBD_CMD_TRIM, off, {}, 0, len); }
 };
 
 // Blocks allocated to a file, in bytes.
