@@ -38,6 +38,12 @@ struct small_fs {
 };
 
 
+// The digest volume_file::digest() gives a range of n zero bytes.
+std::uint64_t zeros_digest(std::uint64_t n) {
+    std::vector<std::byte> z(n);
+    return XXH3_64bits(z.data(), z.size());
+}
+
 // A TCP relay standing between the dialer (the primary) and the acceptor: it
 // forwards the primary's frames one whole frame at a time, and can damage the
 // next data frame of a given length, as a faulty link or peer would: flip its
@@ -543,8 +549,7 @@ TEST_CASE("a damaged or stalled data frame in the steady state is dropped whole:
         auto why = log.wait("beta replication.disconnected", drops + 1);
         CHECK_THAT(why, Catch::Contains(c.why));
         CHECK(relay.fired());
-        std::vector<std::byte> zeros(c.length);
-        CHECK(b.vol.digest(off, c.length) == XXH3_64bits(zeros.data(), zeros.size()));  // as before the write
+        CHECK(b.vol.digest(off, c.length) == zeros_digest(c.length));  // as before the write
         relay.release();
         log.wait("beta replication.sync_done", syncs + 1);
         writer.join();
@@ -560,14 +565,10 @@ TEST_CASE("a discard (zero) makes the range read as zeros on both nodes, live or
     event_log log;
     node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
     in_sync_with_alpha_primary(a, b, log);
-    auto zeros = [](std::uint64_t n) {
-        std::vector<std::byte> z(n);
-        return XXH3_64bits(z.data(), z.size());
-    };
     // Live: a range of random data, zeroed on both, the blocks around it kept.
     REQUIRE(a.eng->zero(4 * mib + 4096, 3 * mib));
-    CHECK(a.vol.digest(4 * mib + 4096, 3 * mib) == zeros(3 * mib));
-    CHECK(b.vol.digest(4 * mib + 4096, 3 * mib) == zeros(3 * mib));
+    CHECK(a.vol.digest(4 * mib + 4096, 3 * mib) == zeros_digest(3 * mib));
+    CHECK(b.vol.digest(4 * mib + 4096, 3 * mib) == zeros_digest(3 * mib));
     CHECK(a.vol.digest() == b.vol.digest());
     CHECK(a.eng->status().dirty_bytes == 0);
     // Refusals: misaligned and past the end, as for writes.
@@ -580,12 +581,12 @@ TEST_CASE("a discard (zero) makes the range read as zeros on both nodes, live or
     log.wait("alpha replication.disconnected");
     REQUIRE(a.eng->zero(16 * mib, 2 * mib));
     CHECK(a.eng->status().dirty_bytes == 2 * mib);
-    CHECK(b.vol.digest(16 * mib, 2 * mib) != zeros(2 * mib));
+    CHECK(b.vol.digest(16 * mib, 2 * mib) != zeros_digest(2 * mib));
     auto syncs = log.count("beta replication.sync_done");
     b.start(log);
     log.wait("beta replication.sync_done", syncs + 1);
     REQUIRE(a.eng->flush());
-    CHECK(b.vol.digest(16 * mib, 2 * mib) == zeros(2 * mib));
+    CHECK(b.vol.digest(16 * mib, 2 * mib) == zeros_digest(2 * mib));
     CHECK(a.vol.digest() == b.vol.digest());
 }
 
