@@ -259,6 +259,11 @@ struct engine::impl {
     std::vector<byte_range> verify_ranges;
     std::byte* verify_buf = nullptr;  // verify_span bytes, aligned
 
+    bool is_primary() {
+        std::lock_guard lk(mu);
+        return primary;
+    }
+
     // ---- helpers under mu ----------------------------------------------------------------------
     metadata_state& st() { return md->state(); }
     std::uint64_t extent_of(std::uint64_t off) const { return off / extent_bytes; }
@@ -940,15 +945,10 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             case msg_type::pong:
                 break;
             case msg_type::data: {
-                bool am_primary;
-                {
-                    std::lock_guard lk(mu);
-                    am_primary = primary;
-                }
                 auto d = decode_data(f.payload, size);
                 if (!d) throw link_down("a bad data frame: " + d.error().message() + "; nothing of it was written");
                 if (!verify_data(*d)) throw link_down(fmt::format("bad checksum in the write at {}; nothing of it was written", d->offset));
-                if (am_primary) {  // two writers: never apply
+                if (is_primary()) {  // two writers: never apply
                     append([&](std::span<std::byte> b) {
                         return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, ack_status::refused});
                     });
@@ -961,12 +961,7 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             case msg_type::zero: {
                 auto z = decode_zero(f.payload, size);
                 if (!z) throw link_down("a bad zero frame: " + z.error().message() + "; nothing of it was applied");
-                bool am_primary;
-                {
-                    std::lock_guard lk(mu);
-                    am_primary = primary;
-                }
-                if (am_primary) {
+                if (is_primary()) {
                     append([&](std::span<std::byte> b) {
                         return encode_data_ack(b, ++my_seq, ack_msg{f.header.seq, ack_status::refused});
                     });
@@ -1047,10 +1042,7 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             }
             if (h->type != msg_type::data || whole - have < direct_min || have < frame_header_size + data_header_size)
                 break;
-            {
-                std::lock_guard lk(mu);
-                if (primary) break;  // refused once whole, in handle()
-            }
+            if (is_primary()) break;  // refused once whole, in handle()
             auto d = decode_data_header(std::span(rx_stream).subspan(head + frame_header_size, data_header_size),
                                         h->length, size);
             if (!d) throw link_down("a bad data frame: " + d.error().message() + "; nothing of it was written");
