@@ -14,6 +14,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <exception>
+#include <functional>
 #include <list>
 
 using namespace tandem;
@@ -37,6 +39,19 @@ struct small_fs {
     small_fs& operator=(const small_fs&) = delete;
 };
 
+
+// A thread joined however the test ends: when a failed REQUIRE unwinds past
+// it, `unblock` first (a write that waits for an ack that will not come), so
+// the test fails instead of the whole run aborting on a joinable std::thread.
+struct joined_thread {
+    std::thread t;
+    std::function<void()> unblock;
+    ~joined_thread() {
+        if (!t.joinable()) return;
+        if (std::uncaught_exceptions() > 0) unblock();
+        t.join();
+    }
+};
 
 // The digest volume_file::digest() gives a range of n zero bytes.
 std::uint64_t zeros_digest(std::uint64_t n) {
@@ -545,14 +560,15 @@ TEST_CASE("a damaged or stalled data frame in the steady state is dropped whole:
         auto syncs = log.count("beta replication.sync_done");
         auto data = pattern(c.length, off);
         relay.arm(c.f, c.length);
-        std::thread writer([&] { CHECK(a.eng->write(off, data)); });  // completes when the link ends (no fencing)
+        // The write completes when the link ends (no fencing).
+        joined_thread writer{std::thread([&] { CHECK(a.eng->write(off, data)); }), [&] { a.eng->stop(); }};
         auto why = log.wait("beta replication.disconnected", drops + 1);
         CHECK_THAT(why, Catch::Contains(c.why));
         CHECK(relay.fired());
         CHECK(b.vol.digest(off, c.length) == zeros_digest(c.length));  // as before the write
         relay.release();
         log.wait("beta replication.sync_done", syncs + 1);
-        writer.join();
+        writer.t.join();
         REQUIRE(a.eng->flush());
         CHECK(b.vol.digest(off, c.length) == XXH3_64bits(data.data(), data.size()));
         CHECK(a.vol.digest() == b.vol.digest());
