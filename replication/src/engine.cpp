@@ -95,23 +95,12 @@ std::byte* bounce_buffer() {
     return buf.get();
 }
 
-result<void> write_local(int fd, std::uint64_t offset, std::span<const std::byte> bytes) {
+result<void> write_local(const volume& vol, std::uint64_t offset, std::span<const std::byte> bytes) {
     // O_DIRECT wants an aligned buffer: the caller's if it is one, else a copy.
-    const std::byte* buf = bytes.data();
-    if (reinterpret_cast<std::uintptr_t>(buf) % 4096 != 0) {
-        auto* b = bounce_buffer();
-        std::memcpy(b, bytes.data(), bytes.size());
-        buf = b;
-    }
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-        auto n = ::pwrite(fd, buf + done, bytes.size() - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return errno_error();
-        if (n == 0) return make_error_code(std::errc::no_space_on_device);
-        done += static_cast<std::size_t>(n);
-    }
-    return {};
+    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % 4096 == 0) return vol.write_all(offset, bytes);
+    auto* b = bounce_buffer();
+    std::memcpy(b, bytes.data(), bytes.size());
+    return vol.write_all(offset, std::span(b, bytes.size()));
 }
 
 }  // namespace
@@ -1686,7 +1675,7 @@ result<void> engine::write(std::uint64_t offset, std::span<const std::byte> byte
             p.send_if_current(fd, gen, prefix, piece);
         };
         auto apply = [&]() -> result<void> {
-            auto local = write_local(p.vol->fd(), off, piece);
+            auto local = write_local(*p.vol, off, piece);
             if (local && (fl & data_fua) && ::fdatasync(p.vol->fd()) != 0) local = errno_error();
             return local;
         };

@@ -114,14 +114,23 @@ result<void> volume::zero(std::uint64_t offset, std::uint64_t length) const {
         void operator()(void* p) const { std::free(p); }
     };
     constexpr std::size_t chunk = 1 << 20;
-    std::unique_ptr<void, freer> zeros(std::aligned_alloc(4096, chunk));
+    std::unique_ptr<std::byte, freer> zeros(static_cast<std::byte*>(std::aligned_alloc(4096, chunk)));
     if (!zeros) return errno_error(ENOMEM);
     std::memset(zeros.get(), 0, chunk);
-    for (std::uint64_t done = 0; done < length;) {
-        auto n = ::pwrite(fd(), zeros.get(), std::min<std::uint64_t>(chunk, length - done), static_cast<off_t>(offset + done));
+    for (std::uint64_t done = 0; done < length; done += chunk)
+        if (auto r = write_all(offset + done, std::span(zeros.get(), std::min<std::uint64_t>(chunk, length - done)));
+            !r)
+            return r;
+    return {};
+}
+
+result<void> volume::write_all(std::uint64_t offset, std::span<const std::byte> bytes) const {
+    for (std::size_t done = 0; done < bytes.size();) {
+        auto n = ::pwrite(fd(), bytes.data() + done, bytes.size() - done, static_cast<off_t>(offset + done));
         if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return n < 0 ? errno_error() : errno_error(ENOSPC);
-        done += static_cast<std::uint64_t>(n);
+        if (n < 0) return errno_error();
+        if (n == 0) return errno_error(ENOSPC);
+        done += static_cast<std::size_t>(n);
     }
     return {};
 }

@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 
 namespace tandem::replication {
@@ -35,6 +36,10 @@ public:
     // (blocks freed, unmapped), else FALLOC_FL_ZERO_RANGE, else zeros written.
     // Multiples of the logical block size.
     [[nodiscard]] result<void> zero(std::uint64_t offset, std::uint64_t length) const;
+    // Writes all of `bytes` at `offset` (a short write is continued; none at
+    // all is ENOSPC). O_DIRECT's rules apply: `bytes` aligned in memory, offset
+    // and length multiples of the logical block size.
+    [[nodiscard]] result<void> write_all(std::uint64_t offset, std::span<const std::byte> bytes) const;
 
 private:
     volume(unique_fd fd, std::uint64_t size, std::uint32_t block, bool blockdev, std::string path, std::string id)
