@@ -10,6 +10,8 @@
 #       the same writes without a peer (1 MiB sequential and 4 KiB random, QD1);
 #   (e) CPU seconds per GB, both ends together (one process runs both pumps).
 set -euo pipefail
+# shellcheck source=lib/stats.sh
+source "$(dirname "$(readlink -f "$0")")/lib/stats.sh"
 bin=$(readlink -f "${1:-build/release/bin}")
 size_mib=${SIZE_MIB:-4096}
 [[ $EUID -eq 0 ]] || { echo "bench-replication: needs root (namespaces, loop devices)"; exit 1; }
@@ -41,7 +43,6 @@ echo "filling a ${size_mib} MiB source volume ($src_dev over tmpfs) with pseudo-
 "$bin/tandem-repl-bench" --fill --source "$src_dev"
 dd if=/dev/zero of="$dst_dev" bs=1M count="$size_mib" oflag=direct status=none
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 field() { sed -n "s/.*\"$1\":\\([0-9.]*\\).*/\\1/p"; }
 pump() { "$bin/tandem-repl-bench" --source "$src_dev" --target "$dst_dev" --ns-source "$a" --ns-target "$b" "$@"; }
 

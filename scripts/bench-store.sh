@@ -10,6 +10,8 @@
 # the median of the rounds, since one round on 2 shared cores varies by a
 # quarter from the next (QD1 latency seen at 155 and 203 us with nothing changed).
 set -euo pipefail
+# shellcheck source=lib/stats.sh
+source "$(dirname "$(readlink -f "$0")")/lib/stats.sh"
 bin=$(readlink -f "${1:-build/release/bin}")
 seconds=${SECONDS_PER_JOB:-5}
 rounds=${ROUNDS:-3}
@@ -71,7 +73,6 @@ for i in $(seq "$rounds"); do
                r, s["peer"] / 1024, l["peer"], l["alone"] }' r="$i" "$work/results.$i"
 done
 
-median() { sort -n | awk '{v[NR]=$1} END {print (NR % 2) ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2}'; }
 rtt=$(cat "$work"/rtt.* | median)
 # r LABEL JOB FIELD: the median over the rounds.
 r() { cat "$work"/results.* | awk -v l="$1" -v j="$2" -v f="$3" '$1 == l && $2 == j { print $f }' | median; }
