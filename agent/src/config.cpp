@@ -348,7 +348,7 @@ config validate(const toml::table& root, const std::string& path) {
     }
 
     auto* re = r.section(root, "replication", false,
-                         {"backend", "port", "rate", "device", "metadata", "protocol"});
+                         {"backend", "port", "rate", "device", "metadata", "protocol", "lease_device"});
     if (auto b = r.choice<backend_kind>(re, "replication", "backend",
                                         {{"none", backend_kind::none},
                                          {"uring", backend_kind::uring},
@@ -376,6 +376,19 @@ config validate(const toml::table& root, const std::string& path) {
                                  to_string(c.replication.backend)));
     if (c.heartbeat.port == c.replication.port)
         r.problem_at("replication.port", "must differ from heartbeat.port");
+    if (auto l = r.string(re, "replication", "lease_device", false); l && !l->empty()) {
+        if ((*l)[0] != '/')
+            r.problem(re->get("lease_device"), "replication.lease_device", "must be an absolute path");
+        else if (c.replication.backend != backend_kind::shared)
+            r.problem(re->get("lease_device"), "replication.lease_device",
+                      "only with backend \"shared\": \"uring\" and \"drbd\" fence through their own replication "
+                      "link");
+        else if (*l == c.replication.device)
+            r.problem(re->get("lease_device"), "replication.lease_device",
+                      "must not be replication.device: the lease's slots would overwrite the file system");
+        else
+            c.replication.lease_device = *l;
+    }
 
     auto* xo = r.section(root, "crossover", false, {"interface", "address", "peer_address"});
     if (xo) {
@@ -545,6 +558,7 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("replication.device", a.replication.device != b.replication.device);
     refused("replication.metadata", a.replication.metadata != b.replication.metadata);
     refused("replication.protocol", a.replication.protocol_a != b.replication.protocol_a);
+    refused("replication.lease_device", a.replication.lease_device != b.replication.lease_device);
     refused("crossover.interface", a.crossover.interface != b.crossover.interface);
     refused("crossover.address", a.crossover.address != b.crossover.address);
     refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);

@@ -48,6 +48,14 @@ steady_time ha_machine::next_deadline() const {
         t = std::min(t, listening_ ? std::max(next_test_at_, listen_until_) : next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
     if (request_takeover_ && state_ == host_state::standby) t = std::min(t, request_until_);
+    if (lease_) {
+        // The active node's own lease must keep being renewed; a claim held
+        // back by the peer's live slot may go ahead once that slot expires.
+        // Both are checked here too, not only when the keeper reports: its
+        // thread may be stuck in I/O on a hung device.
+        if (state_ == host_state::active) t = std::min(t, lease_->renewed + p_.timeout);
+        else if (lease_->peer_changed && !listening_) t = std::min(t, *lease_->peer_changed + lease_expiry());
+    }
     return t;
 }
 
@@ -193,7 +201,8 @@ void ha_machine::evaluate(steady_time now, effects& e) {
             } else if (now >= listen_until_) {
                 // A primary whose data is not up to date (a new or replaced
                 // disk) must not claim: it waits as standby for a resync.
-                if (p_.role == node_role::primary && mode_ == host_mode::online && promotable(local_sync_))
+                if (p_.role == node_role::primary && mode_ == host_mode::online && promotable(local_sync_) &&
+                    lease_objection(now).empty())
                     claim(fmt::format("listened for {} and heard no active peer", format_duration(p_.timeout)), e);
                 else
                     transition(host_state::standby, "listened for one timeout", e);
@@ -311,6 +320,10 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
     }
     // The peer is silent on every link.
     if (listening_) return;  // just started or rejoined: listen first
+    if (auto why = lease_objection(now); !why.empty()) {
+        block("the peer is silent on every link, but " + why, e);
+        return;
+    }
     if (!p_.connectivity_configured) {
         claim(fmt::format("peer lost for {}; no connectivity targets configured", format_duration(p_.timeout)), e);
     } else if (lost_test_passed_) {
@@ -324,6 +337,17 @@ void ha_machine::evaluate_active(steady_time now, effects& e) {
     const bool alive = peer_alive(now);
     if (!health_ok_) {
         release(host_state::failed, mode_, true, true, "local health check failed: " + health_detail_, e);
+        return;
+    }
+    if (lease_ && now - lease_->renewed >= p_.timeout) {
+        // The peer may take the shared device once our slot has not changed for
+        // lease_expiry(): let go of it well before.
+        release(host_state::standby, mode_, true, true,
+                fmt::format("this node's lease on {} was not renewed for {} ({}): giving up /store before the peer "
+                            "may take it over",
+                            lease_->device, format_duration(p_.timeout),
+                            lease_->error.empty() ? "the write did not finish" : lease_->error),
+                e);
         return;
     }
     if (alive && peer_->state == host_state::active) {
@@ -477,6 +501,33 @@ effects ha_machine::on_sequence_done(steady_time now, bool ok, const std::string
     }
     evaluate(now, e);
     return e;
+}
+
+effects ha_machine::on_lease(steady_time now, const lease_info& l) {
+    effects e;
+    lease_ = l;
+    evaluate(now, e);
+    return e;
+}
+
+std::string ha_machine::lease_objection(steady_time now) const {
+    if (!p_.lease_configured) return "";
+    if (!lease_) return "the lease on the shared storage has not been read yet";
+    const auto& l = *lease_;
+    if (!l.ok)
+        return fmt::format("the lease device {} cannot be used ({}): the peer may still hold the shared device; no "
+                           "takeover",
+                           l.device, l.error);
+    if (!l.peer_alive(now, lease_expiry())) return "";
+    if (l.peer_holding)
+        return fmt::format("its slot on the lease device {} is still being written and says it holds /store: no "
+                           "takeover until the slot has not changed for {}",
+                           l.device, format_duration(lease_expiry()));
+    if (p_.role == node_role::secondary)
+        return fmt::format("its slot on the lease device {} is still being written: it is running, and of two nodes "
+                           "that cannot hear each other only the primary claims",
+                           l.device);
+    return "";  // the primary claims over a secondary that holds nothing
 }
 
 effects ha_machine::on_shutdown(steady_time now) {

@@ -148,6 +148,7 @@ machine_params params_of(const config& c) {
     p.connectivity_configured = !c.connectivity.targets.empty();
     p.connectivity_interval = c.connectivity.interval;
     p.connectivity_retry = std::max(c.heartbeat.interval, c.connectivity.timeout);
+    p.lease_configured = c.replication.backend == backend_kind::shared && !c.replication.lease_device.empty();
     return p;
 }
 
@@ -234,6 +235,12 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
         engine_ = std::move(*e);
     }
     if (cfg_.replication.backend == backend_kind::drbd) drbd_ = std::make_unique<drbd::backend>(cfg_);
+    if (machine_.params().lease_configured) {
+        lease_keeper::options lo{cfg_.replication.lease_device, cfg_.node.role, cfg_.node.name, cfg_.heartbeat.interval};
+        lease_ = std::make_unique<lease_keeper>(lo, [this](const lease_info& v) {
+            asio::post(io_, [this, v] { apply(machine_.on_lease(now(), v)); });
+        });
+    }
 }
 
 node_runtime::~node_runtime() = default;
@@ -242,7 +249,7 @@ void node_runtime::install_sequence(failover_sequence seq) { sequence_.emplace(s
 
 std::unique_ptr<failover_phase> node_runtime::make_storage_phase() {
     if (cfg_.replication.backend == backend_kind::none) return make_local_storage_phase();
-    auto p = std::make_unique<store_phase>(cfg_, engine_.get(), drbd_.get());
+    auto p = std::make_unique<store_phase>(cfg_, engine_.get(), drbd_.get(), lease_.get());
     store_ = p.get();
     return p;
 }
@@ -265,6 +272,10 @@ void node_runtime::start() {
                       {{"count", std::to_string(*n)}}});
     check_link();
     if (store_) store_->recover_stale();
+    if (lease_) {
+        apply(machine_.on_lease(now(), lease_->view()));
+        lease_->start();
+    }
     if (engine_) {
         engine_->start();
         apply(machine_.on_local_sync(now(), replication_sync()));
@@ -1156,8 +1167,22 @@ json node_runtime::replication_status() const {
 json node_runtime::store_section() const {
     if (!store_) return {{"mount", ""}, {"mounted", false}};
     auto s = store_->status();
-    return {{"mount", s.mount},   {"mounted", s.mounted},   {"fstype", s.fstype},
-            {"device", s.device}, {"frontend", s.frontend}, {"last_error", s.last_error}};
+    json j = {{"mount", s.mount},   {"mounted", s.mounted},   {"fstype", s.fstype},
+              {"device", s.device}, {"frontend", s.frontend}, {"last_error", s.last_error}};
+    if (const auto& l = machine_.lease()) {
+        auto ago = [&](steady_time t) { return std::chrono::duration_cast<std::chrono::milliseconds>(now() - t).count(); };
+        j["lease"] = {{"device", l->device},
+                      {"ok", l->ok},
+                      {"error", l->error},
+                      {"renewed_ms_ago", ago(l->renewed)},
+                      {"holding", l->holding},
+                      {"peer_node", l->peer_node},
+                      {"peer_holding", l->peer_holding},
+                      {"peer_counter", l->peer_counter},
+                      {"peer_changed_ms_ago", l->peer_changed ? json(ago(*l->peer_changed)) : json(nullptr)},
+                      {"peer_alive", l->peer_alive(now(), machine_.lease_expiry())}};
+    }
+    return j;
 }
 
 json node_runtime::set_sync_rate(const json& req) {

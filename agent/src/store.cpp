@@ -126,7 +126,8 @@ std::string describe(const std::vector<store_holder>& hs) {
     return s;
 }
 
-store_phase::store_phase(const config& c, replication::engine* e, const drbd::backend* d) : c_(c), e_(e), d_(d) {}
+store_phase::store_phase(const config& c, replication::engine* e, const drbd::backend* d, lease_keeper* lease)
+    : c_(c), e_(e), d_(d), lease_(lease) {}
 store_phase::~store_phase() = default;
 
 namespace {
@@ -272,6 +273,18 @@ asio::awaitable<phase_outcome> store_phase::acquire() {
         auto r = co_await d_->run(drbd::action::primary);
         if (!r.ok()) co_return phase_outcome::failed(last_error_ = "drbdadm primary " + d_->res().name + " " + r.describe());
         what = "DRBD " + d_->res().name + " primary";
+    } else if (lease_) {
+        // Shared storage: our slot says "holding" before fsck or mount touch the
+        // device, and the peer's slot, read again in the same turn, must not.
+        auto v = co_await lease_->write_now(true, c_.health.command_timeout);
+        if (!v.ok)
+            co_return phase_outcome::failed(last_error_ = fmt::format("cannot take the lease on {}: {}", lease_->device(), v.error));
+        if (v.peer_holding && v.peer_alive(std::chrono::steady_clock::now(), lease_expiry(c_.heartbeat.timeout)))
+            co_return phase_outcome::failed(last_error_ = fmt::format(
+                "the peer ({}) holds {} on the shared device: its slot on the lease device {} says so and is still "
+                "being written; not checking or mounting the device here",
+                v.peer_node, c_.store.mount, lease_->device()));
+        what = fmt::format("lease on {} taken", lease_->device());
     }
     if (c_.store.mount.empty()) co_return phase_outcome::done(what + "; not mounted ([store] mount is empty)");
     if (mounted()) co_return phase_outcome::nothing(what + "; " + c_.store.mount + " is already mounted");
@@ -378,6 +391,10 @@ asio::awaitable<phase_outcome> store_phase::release(release_kind how) {
             co_return phase_outcome::failed(last_error_ = "demoting the replicated volume: " + r.error().message());
         co_return phase_outcome::done(
             (c_.store.mount.empty() ? "volume secondary" : c_.store.mount + " unmounted; volume secondary") + stopped_note);
+    }
+    if (lease_) {
+        auto v = co_await lease_->write_now(false, c_.health.command_timeout);
+        if (!v.ok) log::warning("lease.not_released", "{}: the slot still says \"holding\": {}", lease_->device(), v.error);
     }
     co_return phase_outcome::done(c_.store.mount + " unmounted" + stopped_note);
 }

@@ -27,6 +27,12 @@ struct node {
     bool acquire_ok = true;  // what the failover sequence reports
     std::vector<event> log;
     sequence_kind pending = sequence_kind::none;
+    // Its lease slot on shared storage (when the cluster has one).
+    bool disk = true;  // it can write and read the lease device
+    std::uint64_t slot_counter = 0, seen_counter = 0;
+    bool slot_holding = false;
+    steady_time renewed{};
+    std::optional<steady_time> peer_changed;
 
     bool has(const std::string& id) const {
         return std::any_of(log.begin(), log.end(), [&](const event& e) { return e.id == id; });
@@ -89,9 +95,42 @@ struct cluster {
         p.version = n.m->params().version;
         return p;
     }
+    // Lease turns on shared storage (base.lease_configured): every running node
+    // writes its slot (holding while ACTIVE), then reads the other's, as
+    // lease_keeper does each interval; one that cannot reach the device reports so.
+    void lease_turns() {
+        for (node* n : {&a, &b}) {
+            if (!n->up || !n->disk) continue;
+            ++n->slot_counter;
+            n->slot_holding = n->m->state() == S::active;
+            n->renewed = clock.now();
+        }
+        for (node* n : {&a, &b}) {
+            if (!n->up) continue;
+            node& o = other(*n);
+            lease_info l;
+            l.device = "/dev/lease";
+            l.renewed = n->renewed;
+            l.holding = n->slot_holding;
+            l.peer_changed = n->peer_changed;
+            if (!n->disk) {
+                l.error = "writing slot 0: Input/output error";
+            } else {
+                l.ok = true;
+                if (o.slot_counter != n->seen_counter) {
+                    n->seen_counter = o.slot_counter;
+                    l.peer_changed = n->peer_changed = clock.now();
+                }
+                l.peer_holding = o.slot_holding;
+                l.peer_counter = o.slot_counter;
+            }
+            apply(*n, n->m->on_lease(clock.now(), l));
+        }
+    }
     // One heartbeat interval: both send, both receive, both tick.
     void step() {
         clock.advance(base.interval);
+        if (base.lease_configured) lease_turns();
         for (node* n : {&a, &b}) {
             node& o = other(*n);
             if (n->up && o.up && link) apply(o, o.m->on_heartbeat(clock.now(), info(*n)));
@@ -466,4 +505,109 @@ TEST_CASE("a primary without up-to-date data never claims, alone or with its pee
     c.run(2s);
     CHECK(c.a.m->state() == S::active);
     CHECK(c.b.m->state() == S::synchronizing);
+}
+
+namespace {
+
+// Both nodes on shared storage with a lease device.
+void with_lease(cluster& c) {
+    c.base.lease_configured = true;
+    c.restart(c.a);
+    c.restart(c.b);
+}
+
+std::string blocked_reason(const node& n) {
+    for (auto it = n.log.rbegin(); it != n.log.rend(); ++it)
+        if (it->id == "failover.blocked") return it->message;
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("with a lease, a standby cut off from the active's heartbeats does not take over while the active's slot "
+          "is written; it does once the slot has not changed for twice the timeout",
+          "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+    REQUIRE(c.b.m->state() == S::standby);
+    CHECK(c.a.slot_holding);
+
+    c.link = false;  // the heartbeat cable is cut; both still reach the storage
+    c.run(3s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.acquires == 0);
+    CHECK_THAT(blocked_reason(c.b), Catch::Contains("is still being written and says it holds /store"));
+
+    // Now the active dies: its slot stops changing.
+    c.a.up = false;
+    auto died = c.clock.now();
+    while (c.b.m->state() != S::active && c.clock.now() - died < 5s) c.step();
+    CHECK(c.b.m->state() == S::active);
+    // Not before the lease expired (600 ms after the last change b saw, which
+    // was at most one interval before the death), not much after.
+    CHECK(c.clock.now() - died >= 500ms);
+    CHECK(c.clock.now() - died <= 700ms);
+}
+
+TEST_CASE("with a lease, of two nodes that cannot hear each other only the primary claims", "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.link = false;  // from the start
+    c.run(3s);
+    CHECK(c.a.m->state() == S::active);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.acquires == 0);
+    // First "only the primary claims", then, once alpha holds it, "holds /store".
+    CHECK(c.b.has("failover.blocked"));
+    CHECK_THAT(blocked_reason(c.b), Catch::Contains("holds /store"));
+}
+
+TEST_CASE("with a lease, the secondary claims over a silent primary whose slot never changes", "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.a.up = false;  // the primary never starts: its slot stays blank
+    c.run(1s);
+    CHECK(c.b.m->state() == S::active);
+}
+
+TEST_CASE("an active node whose lease is not renewed gives up ACTIVE well before the peer's expiry",
+          "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+    c.a.disk = false;  // its writes to the lease device fail
+    auto last = c.a.renewed;
+    while (c.a.releases == 0 && c.clock.now() - last < 5s) c.step();
+    REQUIRE(c.a.releases == 1);
+    CHECK(c.a.forced_releases == 1);  // it cannot wait for /store's holders
+    CHECK(c.clock.now() - last >= 300ms);
+    CHECK(c.clock.now() - last < 600ms);  // b may claim only after 600 ms
+    bool said = false;
+    for (auto& e : c.a.log)
+        if (e.id == "release.start" && e.fields.size() && e.fields[0].second.find("was not renewed") != std::string::npos)
+            said = true;
+    CHECK(said);
+    // It handed over: the peer, which hears it, takes over.
+    c.run(500ms);
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.m->state() == S::standby);
+}
+
+TEST_CASE("with a lease device that cannot be used, a standby does not take over from a silent peer",
+          "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.run(1s);
+    c.b.disk = false;
+    c.a.up = false;
+    c.run(3s);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK_THAT(blocked_reason(c.b), Catch::Contains("cannot be used (writing slot 0: Input/output error)"));
+    c.b.disk = true;  // the storage path is back; alpha's slot has long expired
+    c.run(300ms);
+    CHECK(c.b.m->state() == S::active);
 }

@@ -70,6 +70,7 @@ struct config {
         std::string device;
         std::string metadata;  // default: <node.state_dir>/replication.meta
         bool protocol_a = false;  // "A": a write completes locally; default "C": on both nodes
+        std::string lease_device;  // backend "shared": both nodes' lease slots; empty: no lease
     } replication;
     struct {
         std::string mount = "/store";  // empty: the volume is replicated but never exposed or mounted

@@ -21,6 +21,34 @@ struct machine_params {
     bool connectivity_configured = false;
     std::chrono::milliseconds connectivity_interval{10'000};  // the active node's periodic test
     std::chrono::milliseconds connectivity_retry{1000};       // a standby's retry after a failed test
+    // Shared storage with a lease device ([replication] lease_device): a silent
+    // peer is only claimed over once its lease slot has expired (lease_info).
+    bool lease_configured = false;
+};
+
+// How long a peer's lease slot must stay unchanged before it counts as dead:
+// twice the heartbeat timeout, so an active node whose own writes stopped (it
+// gives up ACTIVE after one timeout) has let go of the shared device before.
+[[nodiscard]] constexpr std::chrono::milliseconds lease_expiry(std::chrono::milliseconds heartbeat_timeout) {
+    return 2 * heartbeat_timeout;
+}
+
+// The lease on shared storage as this node's keeper saw it at its last turn
+// (docs/shared-storage-lease.md).
+struct lease_info {
+    std::string device;
+    bool ok = false;                          // the last turn wrote our slot and read the peer's
+    std::string error;                        // why not
+    steady_time renewed{};                    // our slot last written
+    std::optional<steady_time> peer_changed;  // when the peer's slot was last seen to change
+    bool holding = false;                     // what our slot says
+    bool peer_holding = false;                // what the peer's slot says
+    std::uint64_t peer_counter = 0;
+    std::string peer_node;                    // "" while the peer's slot is blank
+    // Whether the peer's slot changed within `expiry`: its tandemd is running.
+    [[nodiscard]] bool peer_alive(steady_time now, std::chrono::milliseconds expiry) const {
+        return peer_changed && now - *peer_changed < expiry;
+    }
 };
 
 // What the peer told us in its last authenticated heartbeat.
@@ -75,6 +103,7 @@ public:
     effects on_local_sync(steady_time now, sync_state s);
     effects on_sequence_done(steady_time now, bool ok, const std::string& detail);
     effects on_shutdown(steady_time now);
+    effects on_lease(steady_time now, const lease_info& l);
     std::pair<command_reply, effects> on_command(steady_time now, command c);
     // A reload: timing and connectivity change; role and version never do
     // (plan_reload refuses those).
@@ -97,6 +126,8 @@ public:
     [[nodiscard]] const std::string& health_detail() const { return health_detail_; }
     [[nodiscard]] const std::string& blocked_reason() const { return blocked_; }
     [[nodiscard]] const machine_params& params() const { return p_; }
+    [[nodiscard]] std::chrono::milliseconds lease_expiry() const { return agent::lease_expiry(p_.timeout); }
+    [[nodiscard]] const std::optional<lease_info>& lease() const { return lease_; }
 
 private:
     enum class test_purpose : std::uint8_t { none, peer_lost, peer_asked, periodic };
@@ -117,6 +148,9 @@ private:
     [[nodiscard]] bool test_wanted() const;
     void listen(steady_time now);  // start (or restart, on rejoining) one timeout of listening  // a connectivity test is due at next_test_at_
     [[nodiscard]] bool peer_can_take_over(steady_time now, std::string& why) const;
+    // With a lease: why this node must not claim over a peer silent on every
+    // link ("" when it may).
+    [[nodiscard]] std::string lease_objection(steady_time now) const;
 
     machine_params p_;
     host_state state_ = host_state::initializing;
@@ -151,6 +185,7 @@ private:
     bool collision_ = false;
     std::uint64_t generation_ = 0;
     std::string blocked_;
+    std::optional<lease_info> lease_;
 };
 
 }  // namespace tandem::agent

@@ -8,6 +8,7 @@
 #include "tandem/agent/failover.hpp"
 #include "tandem/agent/store.hpp"
 #include "tandem/agent/heartbeat_codec.hpp"
+#include "tandem/agent/lease.hpp"
 #include "tandem/agent/machine.hpp"
 #include "tandem/agent/vip_owner.hpp"
 #include "tandem/netlink/events.hpp"
@@ -105,6 +106,7 @@ private:
     // engine until the sequence is destroyed, so the engine must outlive it.
     std::unique_ptr<replication::engine> engine_;
     std::unique_ptr<drbd::backend> drbd_;  // backend "drbd"
+    std::unique_ptr<lease_keeper> lease_;  // backend "shared" with a lease_device; outlives the storage phase too
     drbd::kernel_state drbd_state_;
     bool drbd_forcing_ = false;  // the first full sync of a new cluster is being started
     bool drbd_force_failed_ = false;  // and failed in this run: not retried

@@ -4,6 +4,7 @@
 #include "tandem/agent/config.hpp"
 #include "tandem/agent/drbd.hpp"
 #include "tandem/agent/failover.hpp"
+#include "tandem/agent/lease.hpp"
 #include "tandem/replication/engine.hpp"
 #include "tandem/replication/frontend.hpp"
 
@@ -42,7 +43,9 @@ class store_phase final : public failover_phase {
 public:
     // `e` is null for backends "drbd" (then `d` is set: drbdadm primary and
     // secondary, /dev/drbdN) and "shared" (the device is mounted as it is).
-    store_phase(const config& c, replication::engine* e, const drbd::backend* d = nullptr);
+    // `lease`: backend "shared" with a lease device; the slot says "holding"
+    // from before the device is checked until after it is unmounted.
+    store_phase(const config& c, replication::engine* e, const drbd::backend* d = nullptr, lease_keeper* lease = nullptr);
     ~store_phase() override;
     std::string_view name() const override { return "storage"; }
     boost::asio::awaitable<phase_outcome> acquire() override;
@@ -63,6 +66,7 @@ private:
     const config& c_;
     replication::engine* e_;
     const drbd::backend* d_;
+    lease_keeper* lease_;
     std::unique_ptr<replication::frontend> fe_;
     std::string device_;
     std::string last_error_;

@@ -1,0 +1,96 @@
+// agent: the lease on shared storage — each node's slot on a small shared device, written every
+// heartbeat interval, so a node cut off from its peer's heartbeats can still tell whether the
+// peer is alive and holds /store before it mounts the shared device (docs/shared-storage-lease.md).
+#pragma once
+
+#include "tandem/agent/machine.hpp"
+#include "tandem/base/unique_fd.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace tandem::agent {
+
+// One slot: 4096 bytes at offset index * 4096 of the lease device, big-endian:
+//   0 "TNDMLEAS"   8 u16 version   10 u16 slot index   12 u32 flags (bit 0: holds /store)
+//   16 u64 counter (one more at every write, kept across restarts)
+//   24 char[64] node name (zero padded)   88 u64 XXH3-64 of bytes 0..87   the rest zeros
+inline constexpr std::size_t lease_slot_size = 4096;
+inline constexpr std::uint16_t lease_version = 1;
+inline constexpr std::uint32_t lease_flag_holding = 1;
+
+struct lease_slot {
+    std::uint16_t index = 0;
+    std::uint32_t flags = 0;
+    std::uint64_t counter = 0;
+    std::string node;  // at most 63 bytes
+    bool operator==(const lease_slot&) const = default;
+};
+
+// False when the node name does not fit.
+bool encode_lease_slot(std::span<std::byte, lease_slot_size> out, const lease_slot& s);
+// The slot, or nullopt with `why` ("blank" for a slot never written: all zeros).
+std::optional<lease_slot> decode_lease_slot(std::span<const std::byte> in, std::string& why);
+
+// The slot a node writes: the primary's is 0, the secondary's 1.
+[[nodiscard]] constexpr std::uint16_t lease_index(node_role r) noexcept { return r == node_role::primary ? 0 : 1; }
+
+// Owns the lease device and a thread that, every `period`, writes this node's
+// slot (O_DIRECT, O_DSYNC) and reads the peer's. Blocking I/O on shared
+// storage can hang for minutes, so none of it runs on the io_context: each
+// turn's view goes to `on_turn` (called on the keeper's thread; post it on).
+class lease_keeper {
+public:
+    struct options {
+        std::string device;
+        node_role role = node_role::primary;
+        std::string node_name;
+        std::chrono::milliseconds period{1000};
+    };
+    // Opens the device and reads both slots once; throws std::runtime_error
+    // naming the device and what is wrong (missing, too small, unreadable).
+    lease_keeper(options o, std::function<void(const lease_info&)> on_turn);
+    ~lease_keeper();
+    lease_keeper(const lease_keeper&) = delete;
+    lease_keeper& operator=(const lease_keeper&) = delete;
+
+    void start();
+    // Sets the holding flag, runs a turn at once and completes when that turn
+    // wrote the slot and read the peer's again (or `limit` passed: then the
+    // view's `ok` is false). Failover phase 1 calls it before it checks or
+    // mounts the shared device (true) and after it unmounted it (false).
+    boost::asio::awaitable<lease_info> write_now(bool holding, std::chrono::milliseconds limit);
+    [[nodiscard]] lease_info view() const;
+    [[nodiscard]] const std::string& device() const { return o_.device; }
+
+private:
+    void run();
+    lease_info turn(bool holding);  // one write of our slot and one read of the peer's
+    options o_;
+    std::function<void(const lease_info&)> on_turn_;
+    unique_fd fd_;
+    std::byte* buf_ = nullptr;  // one aligned slot for I/O
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool stop_ = false;
+    bool holding_ = false;
+    std::uint64_t requested_ = 0, done_ = 0;  // write_now() tickets
+    std::vector<std::pair<std::uint64_t, std::function<void()>>> waiters_;  // woken once done_ reaches them
+    std::uint64_t counter_ = 0;
+    std::optional<lease_slot> peer_last_;
+    lease_info info_;
+    std::thread thread_;
+};
+
+}  // namespace tandem::agent
