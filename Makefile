@@ -180,13 +180,14 @@ tidy:
 FUZZ_OUT     := build/fuzz
 FUZZ_SECONDS ?= 20
 FUZZ_FLAGS   := -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined $(CPPFLAGS) -Inetlink/src
-FUZZERS      := heartbeat rtnl icmp repl_frame repl_metadata
+FUZZERS      := heartbeat rtnl icmp repl_frame repl_metadata lease
 fuzz_heartbeat_SRCS := agent/src/heartbeat_codec.cpp agent/src/state.cpp base/src/hmac.cpp
 fuzz_rtnl_SRCS      := netlink/src/rtnl.cpp
 fuzz_icmp_SRCS      := agent/src/icmp.cpp
 fuzz_repl_frame_SRCS    := replication/src/protocol.cpp replication/src/metadata.cpp replication/src/error.cpp \
                            base/src/hmac.cpp
 fuzz_repl_metadata_SRCS := replication/src/metadata.cpp replication/src/error.cpp
+fuzz_lease_SRCS         := agent/src/lease_slot.cpp
 $(FUZZ_OUT)/fuzz-%: tests/fuzz/%.cpp $$(fuzz_%_SRCS)
 	@mkdir -p $(@D)
 	@echo "  FUZZ    $@"

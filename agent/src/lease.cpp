@@ -2,7 +2,6 @@
 // by a thread of its own every heartbeat interval (docs/shared-storage-lease.md).
 #include "tandem/agent/lease.hpp"
 
-#include "tandem/base/bytes.hpp"
 #include "tandem/base/duration.hpp"
 #include "tandem/base/log.hpp"
 
@@ -17,7 +16,6 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <fmt/format.h>
 
@@ -34,59 +32,9 @@ namespace asio = boost::asio;
 
 namespace {
 
-constexpr std::array<char, 8> magic{'T', 'N', 'D', 'M', 'L', 'E', 'A', 'S'};
-constexpr std::size_t name_offset = 24, name_size = 64, checksum_offset = 88;
-
 std::string errno_text() { return std::strerror(errno); }
 
 }  // namespace
-
-bool encode_lease_slot(std::span<std::byte, lease_slot_size> out, const lease_slot& s) {
-    if (s.node.size() >= name_size) return false;
-    std::fill(out.begin(), out.end(), std::byte{0});
-    std::memcpy(out.data(), magic.data(), magic.size());
-    store_be<std::uint16_t>(out.subspan(8), lease_version);
-    store_be<std::uint16_t>(out.subspan(10), s.index);
-    store_be<std::uint32_t>(out.subspan(12), s.flags);
-    store_be<std::uint64_t>(out.subspan(16), s.counter);
-    std::memcpy(out.data() + name_offset, s.node.data(), s.node.size());
-    store_be<std::uint64_t>(out.subspan(checksum_offset), XXH3_64bits(out.data(), checksum_offset));
-    return true;
-}
-
-std::optional<lease_slot> decode_lease_slot(std::span<const std::byte> in, std::string& why) {
-    if (in.size() < lease_slot_size) {
-        why = fmt::format("{} bytes, a slot is {}", in.size(), lease_slot_size);
-        return std::nullopt;
-    }
-    if (std::all_of(in.begin(), in.begin() + lease_slot_size, [](std::byte b) { return b == std::byte{0}; })) {
-        why = "blank";
-        return std::nullopt;
-    }
-    if (std::memcmp(in.data(), magic.data(), magic.size()) != 0) {
-        why = "not a Tandem lease slot (wrong magic): is this the right device?";
-        return std::nullopt;
-    }
-    if (load_be<std::uint64_t>(in.subspan(checksum_offset)) != XXH3_64bits(in.data(), checksum_offset)) {
-        why = "bad checksum (a torn or damaged write)";
-        return std::nullopt;
-    }
-    if (auto v = load_be<std::uint16_t>(in.subspan(8)); v != lease_version) {
-        why = fmt::format("version {}, this tandemd reads {}", v, lease_version);
-        return std::nullopt;
-    }
-    lease_slot s;
-    s.index = load_be<std::uint16_t>(in.subspan(10));
-    s.flags = load_be<std::uint32_t>(in.subspan(12));
-    s.counter = load_be<std::uint64_t>(in.subspan(16));
-    auto name = reinterpret_cast<const char*>(in.data() + name_offset);
-    s.node.assign(name, strnlen(name, name_size));
-    if (s.node.size() == name_size) {
-        why = "the node name is not terminated";
-        return std::nullopt;
-    }
-    return s;
-}
 
 lease_keeper::lease_keeper(options o, std::function<void(const lease_info&)> on_turn)
     : o_(std::move(o)), on_turn_(std::move(on_turn)) {
@@ -116,19 +64,29 @@ lease_keeper::lease_keeper(options o, std::function<void(const lease_info&)> on_
                          2 * lease_slot_size, lease_slot_size));
     buf_ = static_cast<std::byte*>(std::aligned_alloc(lease_slot_size, lease_slot_size));
     if (!buf_) fail("no memory for an aligned slot");
-    // Go on from our own slot's counter, so the peer sees a change even after a restart.
+    // Nothing is written to a device whose slots hold anything but zeros or
+    // lease slots: a data disk named here by mistake stays as it was.
     auto mine = lease_index(o_.role);
-    if (::pread(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(mine * lease_slot_size)) !=
-        static_cast<ssize_t>(lease_slot_size))
-        fail(fmt::format("reading slot {}: {}", mine, errno_text()));
-    std::string why;
-    if (auto s = decode_lease_slot(std::span<const std::byte>(buf_, lease_slot_size), why)) {
+    std::optional<lease_slot> own;
+    for (std::uint16_t i : {static_cast<std::uint16_t>(1 - mine), mine}) {
+        if (::pread(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(i * lease_slot_size)) !=
+            static_cast<ssize_t>(lease_slot_size))
+            fail(fmt::format("reading slot {}: {}", i, errno_text()));
+        std::string why;
+        auto s = decode_lease_slot(std::span<const std::byte>(buf_, lease_slot_size), why);
+        if (!s && why.find("wrong magic") != std::string::npos)
+            fail(fmt::format("its first {} bytes hold something other than zeros or Tandem's lease slots: is it the "
+                             "right device? A new lease device must be zeroed first (dd if=/dev/zero of={} bs=4096 "
+                             "count=2)",
+                             2 * lease_slot_size, o_.device));
+        if (i == mine) own = s;
+    }
+    // Go on from our own slot's counter, so the peer sees a change even after a restart.
+    if (auto s = own) {
         counter_ = s->counter;
         if (s->node != o_.node_name)
             log::warning("lease.slot_taken", "{}: slot {} was written by node {}, and is now {}'s", o_.device, mine,
                          s->node, o_.node_name);
-    } else if (why != "blank") {
-        log::warning("lease.slot_damaged", "{}: slot {} ({}) is written afresh", o_.device, mine, why);
     }
     // One turn now: tandemd starts with a lease written and the peer's slot read, or not at all.
     auto v = turn(false);
