@@ -123,6 +123,8 @@ struct store_holder_process {
 // `shared`: backend "shared" instead, both nodes on one device (va), as with an
 // iSCSI LUN; a 1 s writability probe of /store.
 // `fstype`: [store] fstype; xfs wants volumes of at least 300 MiB.
+// `lease`: with `shared`, vb (1 MiB, zeroed) is the lease device, and the
+// heartbeat timeout is 1 s, so a stalled CI machine does not end a lease.
 struct live_store {
     bool shared;
     std::string fstype;
@@ -134,9 +136,9 @@ struct live_store {
     // tandemd the last process in it, its exit would have to unmount /store
     // through its own FUSE server, which is exiting too, and hang for good.
     std::map<std::string, pid_t> keepers;
-    explicit live_store(bool shared_device = false, std::string fs = "ext4")
+    explicit live_store(bool shared_device = false, std::string fs = "ext4", bool lease = false)
         : shared(shared_device), fstype(std::move(fs)),
-          c(options(va.dev, shared ? va.dev : vb.dev, dir.path().string(), shared, fstype)) {}
+          c(options(va.dev, shared ? va.dev : vb.dev, dir.path().string(), shared, fstype, lease ? vb.dev : "")) {}
     ~live_store() {
         for (auto node : {"a", "b"})
             if (c.pid(node) > 0) c.kill9(node);
@@ -167,17 +169,18 @@ struct live_store {
         return fmt::format("/dev/shm/tandem-md-{}-{}", ::getpid(), dev.substr(dev.rfind('/') + 1));
     }
     static test_cluster::options options(const std::string& a, const std::string& b, const std::string& dir,
-                                         bool shared, const std::string& fstype) {
+                                         bool shared, const std::string& fstype, const std::string& lease) {
         test_cluster::options o;
+        if (!lease.empty()) o.timeout = "1s";
         // Both "hosts" share this machine's kernel, and XFS refuses a second mount
         // of one file system UUID while the crashed node's mount is being torn down.
         auto fs = fstype == "ext4" ? std::string()
                                    : fmt::format("fstype = \"{}\"\n{}", fstype, fstype == "xfs" ? "options = \"nouuid\"\n" : "");
         auto section = [&](const std::string& dev, const std::string& node) -> std::string {
             if (shared)
-                return fmt::format("[replication]\nbackend = \"shared\"\ndevice = \"{}\"\n"
+                return fmt::format("[replication]\nbackend = \"shared\"\ndevice = \"{}\"\n{}"
                                    "[store]\nmount = \"{}/store-{}\"\n[health]\ninterval = \"1s\"\n",
-                                   dev, dir, node);
+                                   dev, lease.empty() ? "" : fmt::format("lease_device = \"{}\"\n", lease), dir, node);
             // A node is made unhealthy by creating DIR/sick-NODE.
             return fmt::format("[replication]\nbackend = \"uring\"\ndevice = \"{0}\"\nmetadata = \"{1}\"\nrate = 4096\n"
                                "[store]\nmount = \"{2}/store-{3}\"\nfrontend = \"fuse\"\nthreads = 4\n"
@@ -582,4 +585,48 @@ TEST_CASE("shared storage: the new active mounts the shared device after a crash
     CHECK(c.status("b")["store"]["mounted"] == false);
     REQUIRE(c.status("a")["store"]["mounted"] == true);
     CHECK(s.sha256("a", "before", fmt::format("touch {}/writable && ", s.mount("a"))) == before);
+}
+
+TEST_CASE("shared storage with a lease: a cut heartbeat cable leaves /store mounted on one node only, and the lease "
+          "expires when the active node dies",
+          "[scenario][store][lease]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    live_store s(true, "ext4", true);
+    auto& c = s.c;
+    s.up();
+    auto before = s.write_random("a", "before", 4);
+    auto la = c.status("a")["store"]["lease"];
+    INFO("alpha's lease: " << la.dump());
+    CHECK(la["ok"] == true);
+    CHECK(la["holding"] == true);
+    CHECK(la["peer_node"] == "beta");
+    CHECK(la["peer_alive"] == true);
+    // beta reads alpha's slot once per heartbeat interval: its next turn sees "holding".
+    CHECK(wait_until([&] { return c.status("b")["store"]["lease"]["peer_holding"] == true; }));
+
+    // Cut only the heartbeats: both nodes still reach the client and the storage.
+    // Without the lease, beta would now check and mount the device alpha has mounted.
+    auto since = c.last_seq("b");
+    const char* cut = "table inet p {\n chain in {\n type filter hook input priority 0;\n udp dport 694 drop\n }\n}";
+    c.ns("a").nft(cut);
+    c.ns("b").nft(cut);
+    REQUIRE(c.wait("b", "event=peer.lost", soon, since));
+    REQUIRE(c.wait("b", "event=failover.blocked", soon, since));
+    CHECK_THAT(c.ctl("b", "events").out, Catch::Contains("is still being written and says it holds /store"));
+    CHECK_FALSE(c.wait("b", "state=ACTIVE", never));
+    CHECK(c.status("b")["store"]["mounted"] == false);
+    CHECK(c.state("a") == "ACTIVE");
+    CHECK(c.status("a")["store"]["mounted"] == true);
+
+    // Now alpha dies: its slot stops changing, and once the lease has expired
+    // (twice the heartbeat timeout) beta checks and mounts the device.
+    since = c.last_seq("b");
+    s.crash("a");
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    auto lb = c.status("b")["store"];
+    INFO("beta's store: " << lb.dump());
+    CHECK(lb["mounted"] == true);
+    CHECK(lb["lease"]["holding"] == true);
+    CHECK(lb["lease"]["peer_alive"] == false);
+    CHECK(s.sha256("b", "before") == before);
 }
