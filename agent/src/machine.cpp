@@ -48,14 +48,15 @@ steady_time ha_machine::next_deadline() const {
         t = std::min(t, listening_ ? std::max(next_test_at_, listen_until_) : next_test_at_);
     if (handover_) t = std::min(t, handover_until_);
     if (request_takeover_ && state_ == host_state::standby) t = std::min(t, request_until_);
-    if (lease_) {
-        // The active node's own lease must keep being renewed; a claim held
-        // back by the peer's live slot may go ahead once that slot expires.
-        // Both are checked here too, not only when the keeper reports: its
-        // thread may be stuck in I/O on a hung device.
-        if (state_ == host_state::active) t = std::min(t, lease_->renewed + p_.timeout);
-        else if (lease_->peer_changed && !listening_) t = std::min(t, *lease_->peer_changed + lease_expiry());
-    }
+    // The active node's own lease must keep being renewed; a claim held back
+    // by the peer's live slot may go ahead once that slot expires. Both are
+    // checked here too, not only when the keeper reports: its thread may be
+    // stuck in I/O on a hung device. Neither deadline is ever in the past
+    // while it stands, or the watchdog would spin: the first starts a release
+    // (busy), the second is only set while the slot is live.
+    if (lease_ && state_ == host_state::active && busy_ == sequence_kind::none)
+        t = std::min(t, lease_->renewed + p_.timeout);
+    if (lease_wait_) t = std::min(t, *lease_wait_);
     return t;
 }
 
@@ -164,6 +165,7 @@ bool ha_machine::peer_can_take_over(steady_time now, std::string& why) const {
 
 void ha_machine::evaluate(steady_time now, effects& e) {
     const bool alive = peer_alive(now);
+    lease_wait_.reset();  // set again below while a claim waits for the peer's slot to expire
     if (peer_ && alive != peer_was_alive_) {
         peer_was_alive_ = alive;
         if (alive) {
@@ -320,7 +322,9 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
     }
     // The peer is silent on every link.
     if (listening_) return;  // just started or rejoined: listen first
+    lease_wait_.reset();
     if (auto why = lease_objection(now); !why.empty()) {
+        if (lease_ && lease_->peer_alive(now, lease_expiry())) lease_wait_ = *lease_->peer_changed + lease_expiry();
         block("the peer is silent on every link, but " + why, e);
         return;
     }

@@ -611,3 +611,15 @@ TEST_CASE("with a lease device that cannot be used, a standby does not take over
     c.run(300ms);
     CHECK(c.b.m->state() == S::active);
 }
+
+TEST_CASE("with a lease, no deadline lies in the past once the peer's slot has expired (the watchdog would spin)",
+          "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.run(1s);
+    REQUIRE(c.command(c.b, command::offline).ok);  // an OFFLINE standby does not claim
+    c.a.up = false;  // alpha's slot freezes
+    c.run(3s);
+    CHECK(c.b.m->state() == S::standby);
+    CHECK(c.b.m->next_deadline() > c.clock.now());
+}

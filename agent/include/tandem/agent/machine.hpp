@@ -186,6 +186,7 @@ private:
     std::uint64_t generation_ = 0;
     std::string blocked_;
     std::optional<lease_info> lease_;
+    std::optional<steady_time> lease_wait_;  // a claim waits for the peer's live slot to expire then
 };
 
 }  // namespace tandem::agent
