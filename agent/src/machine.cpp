@@ -322,7 +322,6 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
     }
     // The peer is silent on every link.
     if (listening_) return;  // just started or rejoined: listen first
-    lease_wait_.reset();
     if (auto why = lease_objection(now); !why.empty()) {
         if (lease_ && lease_->peer_alive(now, lease_expiry())) lease_wait_ = *lease_->peer_changed + lease_expiry();
         block("the peer is silent on every link, but " + why, e);
