@@ -78,7 +78,9 @@ rejoin | repair | refill)
     # The resync's progress as the event stream recorded it (the first checkpoint,
     # a second in): a short resync may be over before `tandemctl sync` looks.
     ck=$($ctl events --backlog 500 | grep -F replication.checkpoint | head -1 | grep -o '[0-9]* of [0-9]* bytes durable')
-    say "REJOINED vip=$(vip) store=$(store) $($ctl cstate) progress=\"$ck\" $got"
+    # What this node's own activity log added to the resync after a crash as primary (uring).
+    al=$(journalctl -b -u tandemd -o cat | sed -n 's/.*activity log marks \([0-9]*\) bytes.*/\1/p' | head -1)
+    say "REJOINED vip=$(vip) store=$(store) activity_log=${al:-0} $($ctl cstate) progress=\"$ck\" $got"
     if [ "$step" = refill ]; then
         seq=$($ctl events --backlog 1 | sed -n 's/.*"seq":\([0-9]*\).*/\1/p')
         $ctl discard-local > /dev/null 2>&1 || fail "discard-local refused: $($ctl discard-local 2>&1)"

@@ -214,7 +214,8 @@ if [[ $backend == uring ]]; then
     # store, and half of it is a clear line between the two.
     [[ -n $delta ]] || die "no replication.sync_done with the bytes alpha received"
     ((delta * 2 < store_bytes)) || die "alpha received $delta bytes of the store's $store_bytes: not a delta resync"
-    say "alpha received $delta bytes (the delta), not the whole store ($store_bytes bytes)"
+    say "alpha received $delta bytes (the delta), not the whole store ($store_bytes bytes); its activity log at" \
+        "the power cut marked $(field activity_log "$rejoined") bytes of it"
 fi
 wrote_after=$(field after "$wrote")
 if [[ $backend == drbd ]]; then

@@ -1478,9 +1478,9 @@ result<std::unique_ptr<engine>> engine::open(engine_config cfg, engine_event_fn 
     if (p->md->state().flags & md_primary) {
         p->crashed_primary = true;
         log::warning("replication.crashed_primary",
-                     "{} was primary when it stopped and did not demote cleanly; its activity log marks the blocks "
-                     "that may differ from the peer",
-                     cfg.device);
+                     "{} was primary when it stopped and did not demote cleanly; its activity log marks {} bytes "
+                     "that may differ from the peer, and they are synchronized again",
+                     cfg.device, p->md->state().bitmap.dirty_bytes());
     }
     p->progress.rate_bps = cfg.rate_bps;
     p->cfg = std::move(cfg);
