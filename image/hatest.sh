@@ -5,8 +5,10 @@
 #   primary  wait ACTIVE, wait until /store is in sync with the peer, write
 #            /store/hatest/before durably, report READY; then the host cuts power
 #   standby  wait STANDBY, report; wait ACTIVE (the takeover), check /store,
-#            report TOOK-OVER; write /store/hatest/after, report WROTE; follow
-#            the resync to the returning old primary, report RESYNCED
+#            report TOOK-OVER; write /store/hatest/after, report WROTE; (uring)
+#            kill -9 tandemd: systemd starts it again, it detaches the stale
+#            NBD mount and takes /store again, report RESTARTED; follow the
+#            resync to the returning old primary, report RESYNCED
 #   rejoin   the old primary back: wait STANDBY (no automatic failback), follow
 #            the delta resync, report REJOINED with the bytes it received
 #   repair   the same on a flattened and re-provisioned node ("Restore System"),
@@ -60,6 +62,24 @@ standby)
     say "TOOK-OVER vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
     head -c 8M /dev/urandom > /store/hatest/after && sync /store/hatest/after || fail "writing /store"
     say "WROTE after=$(sum /store/hatest/after)"
+    if grep -q '^backend = "uring"' /etc/tandem/tandem.toml; then
+        # tandemd crashes on the active node (the peer still down): systemd starts
+        # it again, and the new one finds /store on an NBD device that nobody
+        # serves, detaches it (store.stale), claims again and mounts /store afresh.
+        old=$(systemctl show -p MainPID --value tandemd)
+        kill -9 "$old"
+        i=0
+        while :; do
+            new=$(systemctl show -p MainPID --value tandemd)
+            [ "$new" != 0 ] && [ "$new" != "$old" ] && $ctl cstate > /dev/null 2>&1 && break
+            i=$((i + 1)); [ $i -lt 600 ] || fail "tandemd was not started again after kill -9"
+            sleep 0.2  # paces the look at systemd only
+        done
+        $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "not ACTIVE again after the restart: $($ctl cstate 2>&1)"
+        acquired
+        stale=$(journalctl -b -u tandemd -o cat | grep -o 'detached /store left mounted on /dev/nbd[^,;]*' | tail -1)
+        say "RESTARTED stale=\"$stale\" vip=$(vip) store=$(store) after=$(sum /store/hatest/after) $($ctl cstate)"
+    fi
     $ctl wait state=ACTIVE --timeout 1s > /dev/null || fail "no longer ACTIVE"
     progress
     $ctl sync --timeout 10s > /dev/null || fail "not in sync with the returning peer"

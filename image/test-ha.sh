@@ -8,6 +8,8 @@
 # 2. alpha's power is cut (qemu SIGKILLed): beta takes over, the VIP moves
 #    (the observer's ARP entry follows the gratuitous ARP), /store is mounted
 #    on beta and holds alpha's file; beta writes a second file;
+#    (uring) then tandemd is killed on beta: systemd starts it again, and it
+#    detaches the stale NBD mount, claims again and mounts /store with the file;
 # 3. alpha boots again: it stays STANDBY (no automatic failback) and resyncs:
 #    with uring only the delta (checked: under half the store); DRBD 8.4 resyncs what
 #    its on-disk bitmap marks, which after a power cut can be the whole device;
@@ -185,6 +187,17 @@ dev=$(field dev "$took")
 nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "the observer cannot reach the VIP on beta"
 say "the VIP moved to beta's $(mac beta 0) (gratuitous ARP), /store on $dev holds alpha's file ($before)"
 wrote=$(await beta WROTE)
+if [[ $backend == uring ]]; then
+    # tandemd crashes on beta (kill -9) while /store is mounted on NBD; alpha is still off.
+    t=$(date +%s.%N)
+    restarted=$(await beta RESTARTED)
+    say "beta: $restarted"
+    [[ $(field stale "$restarted") == \"detached* ]] || die "beta's new tandemd did not detach the stale NBD mount (store.stale)"
+    [[ $(field vip "$restarted") == 10.99.0.100/24 ]] || die "beta is ACTIVE again without the VIP"
+    [[ $(field store "$restarted") == mounted ]] || die "/store is not mounted on beta after tandemd's restart"
+    [[ $(field after "$restarted") == "$(field after "$wrote")" ]] || die "beta's file differs after tandemd's restart"
+    crash="tandemd killed on beta and back with /store in $(since "$t") s"
+fi
 
 # The old primary comes back: standby, delta only. With DRBD it then asks for
 # all of its data again (discard-local without a split brain: invalidate).
@@ -263,5 +276,5 @@ if [[ $backend == uring ]]; then
     repair="${repair} s (${full} bytes received, flatten ${flatten} s)"
 fi
 echo "image-test-ha ($backend) passed: boot to in-sync and READY ${boot_to_ready} s, failover ${failover} s (power cut" \
-    "to /store mounted on beta), rejoin and delta resync ${resync} s (${delta:-?} bytes), restore:" \
+    "to /store mounted on beta), ${crash:+$crash, }rejoin and delta resync ${resync} s (${delta:-?} bytes), restore:" \
     "${repair}, total $(since "$t0") s"
