@@ -20,7 +20,7 @@ std::string_view to_string(command c) noexcept {
     return "?";
 }
 
-ha_machine::ha_machine(machine_params p, steady_time now) : p_(std::move(p)) { listen(now); }
+ha_machine::ha_machine(machine_params p, steady_time now) : p_(std::move(p)), generation_(p_.generation) { listen(now); }
 
 void ha_machine::listen(steady_time now) {
     listen_until_ = now + p_.timeout;

@@ -106,31 +106,44 @@ std::pair<bool, std::string> blocking_store_probe(const std::string& dir) {
     return {true, ""};
 }
 
+// A number kept in the state directory across runs: read_counter() gives 0
+// when the file is missing or unreadable; save_counter() replaces it
+// atomically (written, fsync'd, renamed) and says why it could not.
+std::uint64_t read_counter(const std::string& path) {
+    std::uint64_t v = 0;
+    if (std::FILE* f = std::fopen(path.c_str(), "r")) {
+        if (std::fscanf(f, "%lu", &v) != 1) v = 0;
+        std::fclose(f);
+    }
+    return v;
+}
+
+std::optional<std::string> save_counter(const std::string& dir, const std::string& path, std::uint64_t v) {
+    ::mkdir(dir.c_str(), 0700);
+    auto tmp = path + ".tmp";
+    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    bool ok = fd >= 0;
+    if (ok) {
+        auto text = std::to_string(v) + "\n";
+        ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+        ::close(fd);
+    }
+    if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return std::string(std::strerror(errno));
+    return std::nullopt;
+}
+
+std::string generation_path(const config& c) { return c.node.state_dir + "/generation." + c.node.name; }
+
 // The boot id orders this run after every earlier one, so the peer's replay
 // window accepts it: max(realtime, last boot id + 1), kept in the state
 // directory. Either alone fails: the clock can step back, the file can be lost
 // to a reinstall. Without a writable directory the clock is all there is.
 std::uint64_t next_boot_id(const config& c) {
-    std::uint64_t id = realtime_ns();
     auto path = c.node.state_dir + "/boot-id." + c.node.name;
-    std::uint64_t last = 0;
-    if (std::FILE* f = std::fopen(path.c_str(), "r")) {
-        if (std::fscanf(f, "%lu", &last) != 1) last = 0;
-        std::fclose(f);
-    }
-    id = std::max(id, last + 1);
-    ::mkdir(c.node.state_dir.c_str(), 0700);
-    auto tmp = path + ".tmp";
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    bool ok = fd >= 0;
-    if (ok) {
-        auto text = std::to_string(id) + "\n";
-        ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-        ::close(fd);
-    }
-    if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0)
+    std::uint64_t id = std::max(realtime_ns(), read_counter(path) + 1);
+    if (auto err = save_counter(c.node.state_dir, path, id))
         log::warning("boot_id.not_saved", "cannot save the boot id in {}: {}; relying on the clock", c.node.state_dir,
-                     std::strerror(errno));
+                     *err);
     return id;
 }
 
@@ -149,6 +162,7 @@ machine_params params_of(const config& c) {
     p.connectivity_interval = c.connectivity.interval;
     p.connectivity_retry = std::max(c.heartbeat.interval, c.connectivity.timeout);
     p.lease_configured = c.replication.backend == backend_kind::shared && !c.replication.lease_device.empty();
+    p.generation = read_counter(generation_path(c));
     return p;
 }
 
@@ -449,6 +463,17 @@ void node_runtime::on_datagram(link_state& l, std::span<const std::byte> data, s
 
 // ---- decisions
 
+// The activation generation survives a restart, so a node that claimed last
+// still wins a later collision after its tandemd was restarted (a claim is
+// rare: one small fsync'd file per claim).
+void node_runtime::save_generation() {
+    if (machine_.generation() == saved_generation_) return;
+    saved_generation_ = machine_.generation();
+    if (auto err = save_counter(cfg_.node.state_dir, generation_path(cfg_), saved_generation_))
+        log::warning("generation.not_saved", "cannot save the activation generation {} in {}: {}; a restart starts "
+                     "from the peer's", saved_generation_, cfg_.node.state_dir, *err);
+}
+
 void node_runtime::apply(effects e) {
     bool heal = false;
     for (auto& ev : e.events) {
@@ -464,6 +489,7 @@ void node_runtime::apply(effects e) {
     if (e.sequence != sequence_kind::none)
         start_sequence(e.sequence, e.forced_release ? release_kind::forced : release_kind::requested);
     if (e.send_now) send_timer_.cancel();
+    save_generation();
     watchdog_timer_.cancel();  // the deadline may have moved
     check_fence();
     notify_status();

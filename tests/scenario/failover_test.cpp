@@ -57,6 +57,23 @@ TEST_CASE("cluster: crash of the active: the standby takes over after the timeou
     CHECK(c.state("b") == "ACTIVE");
 }
 
+TEST_CASE("cluster: a restarted tandemd claims with a generation above the one it had", "[scenario][failover]") {
+    TANDEM_REQUIRE_NAMESPACES();
+    test_cluster c;
+    c.up();
+    CHECK(c.status("a")["local"]["generation"] == 1);
+    c.kill9("a");
+    c.ns("a").exec_ok("ip link set eth0 down");
+    REQUIRE(c.wait("b", "state=ACTIVE", soon));
+    REQUIRE(c.status("b")["local"]["generation"] == 2);
+    // The active node's tandemd crashes and comes back alone: it claims again,
+    // from the generation kept in its state directory, not from 0.
+    c.kill9("b");
+    c.start("b");
+    REQUIRE(c.wait("b", "state=ACTIVE", soon));
+    CHECK(c.status("b")["local"]["generation"] == 3);
+}
+
 TEST_CASE("cluster: takeover and giveback swap the roles", "[scenario][failover]") {
     TANDEM_REQUIRE_NAMESPACES();
     test_cluster c;

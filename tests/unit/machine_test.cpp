@@ -56,9 +56,11 @@ struct cluster {
         restart(a);
         restart(b);
     }
-    void restart(node& n) {
+    // generation: what the runtime read from its state directory.
+    void restart(node& n, std::uint64_t generation = 0) {
         auto p = base;
         p.role = n.role;
+        p.generation = generation;
         n.m = std::make_unique<ha_machine>(p, clock.now());
         n.up = true;
     }
@@ -314,6 +316,27 @@ TEST_CASE("an equal-generation collision goes to the primary", "[unit][machine]"
     c.run(1s);
     CHECK(c.a.m->state() == S::active);
     CHECK(c.b.m->state() == S::standby);
+}
+
+TEST_CASE("a node restarted with its saved generation still wins the collision it took over last for",
+          "[unit][machine]") {
+    cluster c;
+    c.run(1s);
+    c.link = false;  // partition: the secondary takes over with generation 2
+    c.run(1s);
+    REQUIRE(c.a.m->generation() == 1);
+    REQUIRE(c.b.m->generation() == 2);
+    c.restart(c.b, c.b.m->generation());  // its tandemd restarts, still cut off
+    CHECK(c.b.m->generation() == 2);
+    c.run(1s);
+    REQUIRE(c.b.m->state() == S::active);
+    CHECK(c.b.m->generation() == 3);
+    c.link = true;
+    c.run(1s);
+    CHECK(c.one_active());
+    // Started from 0 it would have claimed with 1, tied, and lost to the primary.
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.a.m->state() == S::standby);
 }
 
 TEST_CASE("a failed health check on the active moves the service to the standby", "[unit][machine]") {

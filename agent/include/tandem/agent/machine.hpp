@@ -24,6 +24,8 @@ struct machine_params {
     // Shared storage with a lease device ([replication] lease_device): a silent
     // peer is only claimed over once its lease slot has expired (lease_info).
     bool lease_configured = false;
+    // The activation generation this node last claimed with, kept across restarts.
+    std::uint64_t generation = 0;
 };
 
 // How long a peer's lease slot must stay unchanged before it counts as dead:

@@ -130,6 +130,8 @@ private:
     boost::asio::signal_set signals_;
 
     std::uint64_t boot_id_;
+    std::uint64_t saved_generation_ = machine_.generation();  // what <state_dir>/generation.<node> holds
+    void save_generation();
     std::uint64_t tx_seq_ = 0;
     replay_window replay_;
     std::optional<std::uint64_t> peer_boot_;
