@@ -1290,14 +1290,24 @@ void engine::impl::serve(int fd) {
     set_link(link_state::handshake);
     std::uint64_t size = 0;
     auto d = handshake(fd, rd, size);
+    bool source = d == sync_decision::full_source || d == sync_decision::bitmap_source;
+    bool target = d == sync_decision::full_target || d == sync_decision::bitmap_target;
     {
         std::lock_guard lk(mu);
         conn_fd = fd;
+        if (!source && !target) {
+            // Nothing to send: settle a source that stopped between the two
+            // end-of-resync commits. Connected (and no longer outdated) before
+            // the event below: its handlers read the status once, and no later
+            // event (no resync) would tell them again.
+            st().gen = settle_after_none(st().gen, peer_gen);
+            crashed_primary = false;
+            commit_or_log("in sync");
+            enter_connected();
+        }
     }
     emit("replication.connected", fmt::format("connected to {} ({}:{}); sync decision {} ({})", peer_name,
                                               cfg.peer_address, cfg.port, decision, rule));
-    bool source = d == sync_decision::full_source || d == sync_decision::bitmap_source;
-    bool target = d == sync_decision::full_target || d == sync_decision::bitmap_target;
     if (source || target) {
         dirty_bitmap plan;
         bool by_digest;
@@ -1335,13 +1345,6 @@ void engine::impl::serve(int fd) {
         }
         if (source) resync_source(fd, size, std::move(plan));
         else resync_target(fd, size, plan);
-    } else {
-        std::lock_guard lk(mu);
-        // Nothing to send: settle a source that stopped between the two end-of-resync commits.
-        st().gen = settle_after_none(st().gen, peer_gen);
-        crashed_primary = false;
-        commit_or_log("in sync");
-        enter_connected();
     }
     steady(fd, size);
 }

@@ -272,6 +272,34 @@ TEST_CASE("a reconnect resynchronizes only the blocks written while apart", "[ke
     CHECK(log.wait("alpha replication.connected", 3).find("bitmap_source") != std::string::npos);
 }
 
+TEST_CASE("an outdated standby that returns with nothing to resync is up to date when it reports the connection",
+          "[kernel][replication][engine]") {
+    REQUIRE_DIRECT_IO();
+    event_log log;
+    node a("alpha", true, 32 * mib, true), b("beta", false, 32 * mib, false);
+    in_sync_with_alpha_primary(a, b, log);
+    b.eng->stop();
+    CHECK(b.eng->outdate("the primary writes without this node"));
+    b.eng.reset();
+    // Alpha wrote nothing meanwhile: the same generation, decision none. tandemd
+    // reads the status once, on replication.connected; no resync event follows.
+    std::atomic<engine*> beta{nullptr};
+    std::atomic<int> outdated_then{-1};
+    auto record = log.for_node("beta");
+    auto e = engine::open(b.cfg, [&](std::string_view kind, const std::string& detail) {
+        if (kind == "replication.connected" && beta.load()) outdated_then = beta.load()->status().outdated ? 1 : 0;
+        record(kind, detail);
+    });
+    REQUIRE(e);
+    b.eng = std::move(*e);
+    REQUIRE(b.eng->status().outdated);
+    beta = b.eng.get();
+    auto connected = log.count("beta replication.connected");
+    b.eng->start();
+    CHECK_THAT(log.wait("beta replication.connected", connected + 1), Catch::Contains("sync decision none"));
+    CHECK(outdated_then == 0);
+}
+
 TEST_CASE("fencing: writes wait until the lost peer is outdated, and an outdated copy is not promoted before a resync",
           "[kernel][replication][engine]") {
     REQUIRE_DIRECT_IO();
