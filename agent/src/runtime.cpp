@@ -122,13 +122,16 @@ std::optional<std::string> save_counter(const std::string& dir, const std::strin
     ::mkdir(dir.c_str(), 0700);
     auto tmp = path + ".tmp";
     int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    bool ok = fd >= 0;
-    if (ok) {
-        auto text = std::to_string(v) + "\n";
-        ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
-        ::close(fd);
+    if (fd < 0) return std::string(std::strerror(errno));
+    auto text = std::to_string(v) + "\n";
+    auto n = ::write(fd, text.data(), text.size());
+    int err = n < 0 ? errno : n != static_cast<ssize_t>(text.size()) ? ENOSPC : ::fsync(fd) != 0 ? errno : 0;
+    ::close(fd);  // its errno would hide the write's
+    if (err == 0 && ::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+    if (err != 0) {
+        ::unlink(tmp.c_str());
+        return std::string(std::strerror(err));
     }
-    if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) return std::string(std::strerror(errno));
     return std::nullopt;
 }
 
