@@ -493,9 +493,24 @@ TEST_CASE("protocol A completes writes locally and a flush waits for the peer", 
     a.cfg.protocol = write_protocol::a;
     a.cfg.protocol_a_window = 8;
     in_sync_with_alpha_primary(a, b, log);
-    auto data = pattern(mib, 31);
-    for (int i = 0; i < 16; ++i) REQUIRE(a.eng->write(static_cast<std::uint64_t>(i) * mib, data));
+    auto before = a.eng->status().connections;
+    // One buffer, refilled as soon as each write returns: a write may return
+    // only once its bytes are sent (or copied), whoever sends them.
+    std::vector<std::byte> data(mib);
+    for (int i = 0; i < 16; ++i) {
+        auto fill = pattern(mib, 31 + static_cast<std::uint64_t>(i));
+        std::copy(fill.begin(), fill.end(), data.begin());
+        REQUIRE(a.eng->write(static_cast<std::uint64_t>(i) * mib, data));
+    }
+    // Small writes, whose local write is over before a hand-off to another thread would be.
+    auto small = std::span(data).first(4096);
+    for (int i = 0; i < 512; ++i) {
+        std::fill(small.begin(), small.end(), static_cast<std::byte>(i));
+        REQUIRE(a.eng->write(16 * mib + static_cast<std::uint64_t>(i) * 4096, small));
+    }
     REQUIRE(a.eng->flush());  // every write acknowledged and flushed on the peer
+    INFO("alpha: " << a.eng->status().last_error << "; beta: " << b.eng->status().last_error);
+    CHECK(a.eng->status().connections == before);  // no frame was refused for a bad checksum
     CHECK(a.vol.digest() == b.vol.digest());
     CHECK(a.eng->status().dirty_bytes == 0);
 }
