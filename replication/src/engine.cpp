@@ -16,11 +16,13 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -124,9 +126,50 @@ struct engine::impl {
     std::optional<volume> vol;
     std::optional<metadata_file> md;
 
+    // A protocol C writer's wait for its own ack. The engine thread wakes it
+    // after letting go of `mu`, so the writer does not wake only to block on the
+    // mutex; a writer acknowledged without error returns without taking `mu`.
+    // Waiters come from a pool that lives as long as the engine: a wake that
+    // lands after its writer returned finds a live object (at worst a spurious
+    // wake of the waiter's next user, who checks its state again).
+    struct ack_waiter {
+        static constexpr std::uint32_t waiting = 0, acked = 1, lost = 2;  // lost: the connection ended first
+        std::atomic<std::uint32_t> state{waiting};
+        std::uint32_t wait() {
+            for (;;) {
+                auto v = state.load(std::memory_order_acquire);
+                if (v != waiting) return v;
+                ::syscall(SYS_futex, &state, FUTEX_WAIT_PRIVATE, waiting, nullptr, nullptr, 0);
+            }
+        }
+        void finish(std::uint32_t how) {
+            state.store(how, std::memory_order_release);
+            ::syscall(SYS_futex, &state, FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+        }
+    };
+    std::mutex pool_mu;
+    std::deque<ack_waiter> waiter_pool;  // never shrinks; under pool_mu
+    std::vector<ack_waiter*> free_waiters;
+    ack_waiter* take_waiter() {
+        std::lock_guard lk(pool_mu);
+        ack_waiter* w;
+        if (free_waiters.empty()) {
+            w = &waiter_pool.emplace_back();
+        } else {
+            w = free_waiters.back();
+            free_waiters.pop_back();
+        }
+        w->state.store(ack_waiter::waiting, std::memory_order_relaxed);
+        return w;
+    }
+    void give_waiter(ack_waiter* w) {
+        std::lock_guard lk(pool_mu);
+        free_waiters.push_back(w);
+    }
+
     mutable std::mutex mu;             // everything below up to the send lock
-    // A pending write completed. Its own writer waits on the entry's cv and is
-    // woken alone; `acked` is for the rarer waits on the set as a whole (an
+    // A pending write completed. Its own writer waits on the entry's waiter and
+    // is woken alone; `acked` is for the rarer waits on the set as a whole (an
     // overlapping write, a flush, protocol A's window, a demotion), and is
     // signalled only while one of them waits.
     std::condition_variable acked;
@@ -164,7 +207,6 @@ struct engine::impl {
     // caller's peer_fenced() or a connection in sync again.
     std::atomic<bool> fence_pending{false};  // written under mu, read without it
     unsigned writes_held = 0;
-    std::set<std::uint64_t> unreplicated;  // seqs of writes failed by a connection's end, until their writer sees it
     void raise_fence(std::string_view why) {
         if (!cfg.fencing || fence_pending) return;
         fence_pending = true;
@@ -203,7 +245,7 @@ struct engine::impl {
     struct pending_write {
         std::uint64_t offset = 0;
         std::uint32_t length = 0;
-        std::condition_variable* writer = nullptr;  // the thread waiting for this ack, if one does
+        ack_waiter* writer = nullptr;  // the thread waiting for this ack, if one does
     };
     std::map<std::uint64_t, pending_write> pending;  // seq -> write waiting for the peer's ack
     std::uint64_t tx_seq = 0;
@@ -341,8 +383,8 @@ struct engine::impl {
         for (auto& [seq, w] : pending) {
             mark_dirty(w.offset, w.length);
             al_end(w.offset, w.length);
-            if (w.length && cfg.protocol == write_protocol::c) unreplicated.insert(seq);  // its writer waits
-            if (w.writer) w.writer->notify_one();
+            // A write's writer then waits for the fence; a flush completes.
+            if (w.writer) w.writer->finish(w.length ? ack_waiter::lost : ack_waiter::acked);
         }
         pending.clear();
         acked.notify_all();
@@ -357,7 +399,7 @@ struct engine::impl {
     // `feature`: what the peer must have negotiated for the piece's frame.
     template <class Send, class Apply>
     result<void> replicate(std::uint64_t off, std::uint32_t len, std::uint64_t feature, Send&& send, Apply&& apply) {
-        std::condition_variable ack_cv;  // protocol C: the peer's ack for this piece wakes this thread alone
+        ack_waiter* waiter = nullptr;  // protocol C: the peer's ack for this piece wakes this thread alone
         std::uint64_t seq = 0, gen = 0;
         int fd = -1;
         {
@@ -375,7 +417,8 @@ struct engine::impl {
                 seq = ++tx_seq;
                 fd = conn_fd;
                 gen = conn_gen;
-                pending[seq] = {off, len, cfg.protocol == write_protocol::c ? &ack_cv : nullptr};
+                if (cfg.protocol == write_protocol::c) waiter = take_waiter();
+                pending[seq] = {off, len, waiter};
             } else {
                 diverge_if_primary();  // durable before the first write without the peer
                 mark_dirty(off, len);
@@ -384,16 +427,18 @@ struct engine::impl {
         }
         if (fd >= 0) send(fd, seq, gen);
         result<void> local = apply();
+        if (waiter) {
+            auto how = waiter->wait();
+            give_waiter(waiter);
+            if (how == ack_waiter::acked) return local;
+            // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
+            std::unique_lock lk(mu);
+            if (!hold_writes(lk, false)) return make_error_code(std::errc::operation_canceled);
+            return local;
+        }
         std::unique_lock lk(mu);
         if (fd >= 0) {
-            if (cfg.protocol == write_protocol::c) {
-                ack_cv.wait(lk, [&] { return !pending.count(seq); });
-                // Not acknowledged by the peer (the connection ended): complete only once it is fenced.
-                if (unreplicated.erase(seq) && !hold_writes(lk, false))
-                    return make_error_code(std::errc::operation_canceled);
-            } else {
-                wait_acked(lk, [&] { return pending.size() <= cfg.protocol_a_window; });
-            }
+            wait_acked(lk, [&] { return pending.size() <= cfg.protocol_a_window; });  // protocol A
         } else {
             al_end(off, len);
             if (--local_inflight == 0) gate_cv.notify_all();
@@ -971,7 +1016,8 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             case msg_type::flush_ack: {
                 auto a = f.header.type == msg_type::data_ack ? decode_data_ack(f.payload) : decode_flush_ack(f.payload);
                 if (!a) throw link_down("a bad acknowledgement");
-                std::lock_guard lk(mu);
+                ack_waiter* waiter = nullptr;
+                std::unique_lock lk(mu);
                 auto it = pending.find(a->seq);
                 if (it == pending.end()) throw link_down(fmt::format("an acknowledgement for write {} that was never sent", a->seq));
                 if (a->status != ack_status::ok) {
@@ -981,9 +1027,11 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                     log::error("replication.peer_write_failed", "{}", last_error);
                 }
                 al_end(it->second.offset, it->second.length);
-                if (it->second.writer) it->second.writer->notify_one();
+                waiter = it->second.writer;
                 pending.erase(it);
                 if (acked_waiters) acked.notify_all();
+                lk.unlock();
+                if (waiter) waiter->finish(ack_waiter::acked);  // after the unlock: it need not wait for `mu`
                 break;
             }
             case msg_type::digest_request:
@@ -1721,14 +1769,14 @@ result<void> engine::flush() {
     auto seq = ++p.tx_seq;
     int fd = p.conn_fd;
     std::uint64_t gen = p.conn_gen;
-    std::condition_variable ack_cv;
-    p.pending[seq] = {0, 0, &ack_cv};
+    auto* waiter = p.take_waiter();
+    p.pending[seq] = {0, 0, waiter};
     lk.unlock();
     std::array<std::byte, frame_header_size> buf{};
     (void)encode_flush(buf, seq);
     p.send_if_current(fd, gen, buf);
-    lk.lock();
-    ack_cv.wait(lk, [&] { return !p.pending.count(seq); });
+    waiter->wait();  // acked, or the connection ended (a flush then completes)
+    p.give_waiter(waiter);
     return {};
 }
 
