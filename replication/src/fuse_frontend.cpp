@@ -326,7 +326,12 @@ result<void> fuse_frontend::close() {
     if (auto r = loop_.detach(); !r) out = r;
     if (se_) {
         fuse_session_exit(se_);
-        if (mounted_) fuse_session_unmount(se_);  // lazy: the loop device may still be letting go
+        // Lazy, as the loop device may still be letting go. Not fuse_session_unmount():
+        // it also closes the session's descriptor, which the server threads may be
+        // reading at that moment (and the number could be reused under them).
+        // fuse_session_destroy() closes it once they are gone.
+        if (mounted_ && ::umount2(mount_dir_.c_str(), MNT_DETACH) != 0)
+            log::warning("store.frontend", "unmounting {}: {}", mount_dir_, std::strerror(errno));
         mounted_ = false;
         if (!servers_.empty()) {
             // The servers return when the connection ends, which is when the last
