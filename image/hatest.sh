@@ -2,9 +2,8 @@
 # image: the guest's half of the two-guest test (image/test-ha.sh). Runs only
 # with tandem.hatest=STEP on the kernel command line (tandem-hatest.service) and
 # reports on the serial console, one "TANDEM-HATEST <node> <what>" line a step:
-#   primary  wait ACTIVE, wait until /store is in sync with the peer, (uring)
-#            fstrim /store, still in sync after it; write /store/hatest/before
-#            durably, report READY; then the host cuts power
+#   primary  wait ACTIVE, wait until /store is in sync with the peer, write
+#            /store/hatest/before durably, report READY; then the host cuts power
 #   standby  wait STANDBY, report; wait ACTIVE (the takeover), check /store,
 #            report TOOK-OVER; write /store/hatest/after, report WROTE; (uring)
 #            kill -9 tandemd: systemd starts it again, it detaches the stale
@@ -49,17 +48,9 @@ primary)
     progress
     $ctl sync --timeout 10s > /dev/null || fail "not in sync with the peer"
     mountpoint -q /store || fail "/store is not mounted on the active node"
-    trimmed=none
-    if grep -q '^backend = "uring"' /etc/tandem/tandem.toml; then
-        # Discards through nbd.ko: ext4's first fstrim after a mount trims all its
-        # free space, each NBD_CMD_TRIM becomes the engine's zero(), replicated live.
-        out=$(fstrim -v /store 2>&1) || fail "fstrim /store: $out"
-        trimmed=$(echo "$out" | sed -n 's/.*(\([0-9]*\) bytes) trimmed.*/\1/p')
-        $ctl sync --timeout 10s > /dev/null || fail "not in sync with the peer after fstrim"
-    fi
     mkdir -p /store/hatest
     head -c 16M /dev/urandom > /store/hatest/before && sync /store/hatest/before || fail "writing /store"
-    say "READY vip=$(vip) store=$(store) before=$(sum /store/hatest/before) trimmed=${trimmed:-unreadable} $($ctl cstate)"
+    say "READY vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
     ;;
 standby)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
