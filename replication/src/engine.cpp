@@ -34,7 +34,6 @@
 #include <cstring>
 #include <deque>
 #include <map>
-#include <set>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -1016,7 +1015,6 @@ void engine::impl::steady(int fd, std::uint64_t size) {
             case msg_type::flush_ack: {
                 auto a = f.header.type == msg_type::data_ack ? decode_data_ack(f.payload) : decode_flush_ack(f.payload);
                 if (!a) throw link_down("a bad acknowledgement");
-                ack_waiter* waiter = nullptr;
                 std::unique_lock lk(mu);
                 auto it = pending.find(a->seq);
                 if (it == pending.end()) throw link_down(fmt::format("an acknowledgement for write {} that was never sent", a->seq));
@@ -1027,7 +1025,7 @@ void engine::impl::steady(int fd, std::uint64_t size) {
                     log::error("replication.peer_write_failed", "{}", last_error);
                 }
                 al_end(it->second.offset, it->second.length);
-                waiter = it->second.writer;
+                auto* waiter = it->second.writer;
                 pending.erase(it);
                 if (acked_waiters) acked.notify_all();
                 lk.unlock();
