@@ -421,6 +421,7 @@ struct engine::impl {
             } else {
                 diverge_if_primary();  // durable before the first write without the peer
                 mark_dirty(off, len);
+                if (link == link_state::sync_source) progress.application_wrote(clock::now());  // the resync yields
                 ++local_inflight;
             }
         }
@@ -1532,6 +1533,7 @@ result<std::unique_ptr<engine>> engine::open(engine_config cfg, engine_event_fn 
                      cfg.device, p->md->state().bitmap.dirty_bytes());
     }
     p->progress.rate_bps = cfg.rate_bps;
+    p->progress.yield_bps = cfg.yield_rate_bps;
     p->cfg = std::move(cfg);
     p->on_event = std::move(on_event);
     p->wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -1613,6 +1615,7 @@ result<void> engine::demote() {
 }
 
 void engine::set_rate(std::uint64_t bps) { p_->progress.rate_bps = bps; }
+void engine::set_yield_rate(std::uint64_t bps) { p_->progress.yield_bps = bps; }
 
 bool engine::fence_pending() const { return p_->fence_pending; }
 

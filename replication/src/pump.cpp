@@ -192,8 +192,9 @@ pump_result pump_source(volume& vol, int sock, const pump_options& opt, pump_pro
             order.push_back(i);
             s.sent = 0;
             next += s.len;
-            if (pr.rate_bps && bucket.rate() != pr.rate_bps) bucket.set_rate(pr.rate_bps, clock.now(), burst_for(pr.rate_bps));
-            auto wait = pr.rate_bps ? bucket.take(s.len, now) : nanos(0);
+            auto rate = pr.rate_now(now);
+            if (rate && bucket.rate() != rate) bucket.set_rate(rate, clock.now(), burst_for(rate));
+            auto wait = rate ? bucket.take(s.len, now) : nanos(0);
             if (wait.count() > 0) {
                 s.state = slot::waiting;
                 s.not_before = now + wait;

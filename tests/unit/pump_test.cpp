@@ -3,6 +3,7 @@
 
 #include "tandem/replication/protocol.hpp"
 #include "support/skip.hpp"
+#include "support/util.hpp"
 #include "support/volume_file.hpp"
 
 #include <arpa/inet.h>
@@ -16,6 +17,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <fstream>
 #include <random>
 #include <thread>
@@ -79,6 +81,56 @@ TEST_CASE("the pump copies a volume exactly", "[kernel][replication]") {
     CHECK(rt.bytes == 64 * mib);
     CHECK(rs.resume_at == 64 * mib);
     CHECK(ps.bytes_done == 64 * mib);
+    CHECK(src.digest() == dst.digest());
+}
+
+TEST_CASE("a resync yields to application writes: the yield rate while they arrive, unlimited after", "[kernel][replication]") {
+    std::string why;
+    if (!can_direct(why)) TANDEM_SKIP(why);
+    volume_file src(64 * mib, true), dst(64 * mib, false);
+    auto sv = volume::open(src.path);
+    auto dv = volume::open(dst.path);
+    REQUIRE(sv.has_value());
+    REQUIRE(dv.has_value());
+    auto [a, b] = tcp_pair();
+    pump_progress ps, pt;
+    system_steady_clock clock;
+    constexpr std::uint64_t yield = 8 * mib;  // per second; no limit otherwise
+    ps.yield_bps = yield;
+    // The application: a write every 10 ms (well inside the 200 ms window) until told to stop.
+    std::atomic<bool> writing{true};
+    ps.application_wrote(clock.now());
+    std::thread app([&] {
+        while (writing) {
+            ps.application_wrote(clock.now());
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    });
+    pump_result rt, rs;
+    std::thread target([&, fd = std::move(b)]() mutable {
+        rt = pump_target(*dv, fd.get(), {}, pt);
+        fd.reset();
+    });
+    auto t0 = std::chrono::steady_clock::now();
+    std::thread source([&] { rs = pump_source(*sv, a.get(), {}, ps, clock); });
+    // The bucket starts empty: 4 MiB acknowledged took at least 4 MiB at 8 MiB/s.
+    bool reached = tandem::test::wait_until([&] { return ps.bytes_done >= 4 * mib; });
+    auto slow = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    auto at_stop = ps.bytes_done.load();
+    writing = false;
+    app.join();
+    auto t1 = std::chrono::steady_clock::now();
+    source.join();
+    target.join();
+    auto fast = std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count();
+    INFO(rs.error << " / " << rt.error << "; 4 MiB in " << slow << " s, then " << (64 * mib - at_stop) << " bytes in "
+                  << fast << " s");
+    REQUIRE(reached);
+    REQUIRE(rs.ok());
+    REQUIRE(rt.ok());
+    CHECK(slow >= 0.45);  // 0.5 s by the bucket, less a margin for the clock reads
+    // The rest at the yield rate would take over 6 s; unlimited, it is a fraction of that.
+    CHECK(fast < static_cast<double>(64 * mib - at_stop) / yield / 2);
     CHECK(src.digest() == dst.digest());
 }
 

@@ -75,3 +75,21 @@ TEST_CASE("an empty-started bucket never runs ahead of the rate, and catches up 
     CHECK(d.take(1 << 20, c.now()) == 0ns);
     CHECK(d.take(1 << 20, c.now()) == 10ms);
 }
+
+TEST_CASE("a resync yields to application writes for the window after the last one", "[unit][replication]") {
+    constexpr auto limit = mib_per_s(400), yield = mib_per_s(20);
+    manual_clock c(steady_time{} + 10s);
+    auto never = steady_time::min();
+    // No write yet: the configured limit, or unlimited.
+    CHECK(resync_rate(limit, yield, never, c.now()) == limit);
+    CHECK(resync_rate(0, yield, never, c.now()) == 0);
+    auto wrote = c.now();
+    c.advance(resync_yield_window - 1ns);
+    CHECK(resync_rate(limit, yield, wrote, c.now()) == yield);
+    CHECK(resync_rate(0, yield, wrote, c.now()) == yield);  // unlimited yields too
+    CHECK(resync_rate(mib_per_s(5), yield, wrote, c.now()) == mib_per_s(5));  // never above the limit
+    CHECK(resync_rate(limit, 0, wrote, c.now()) == limit);  // 0: never yields
+    c.advance(1ns);
+    CHECK(resync_rate(limit, yield, wrote, c.now()) == limit);
+    CHECK(resync_rate(0, yield, wrote, c.now()) == 0);
+}

@@ -36,6 +36,9 @@ struct engine_config {
     std::uint16_t port = 7789;
     std::vector<std::byte> key;  // the cluster key; never logged
     std::uint64_t rate_bps = 100ull << 20;
+    // The resync's rate while application writes arrive (it yields to them);
+    // 0: never yields. Changeable at runtime (set_yield_rate).
+    std::uint64_t yield_rate_bps = std::uint64_t{20} << 20;
     // A peer silent this long (no frame, no pong) is dropped; also the stall limit mid-frame.
     std::chrono::milliseconds peer_timeout{10'000};
     std::chrono::milliseconds retry{500};  // between connection attempts
@@ -143,6 +146,8 @@ public:
     bool clear_outdated();
 
     void set_rate(std::uint64_t bps);
+    // The resync's rate while application writes arrive; 0: it never yields.
+    void set_yield_rate(std::uint64_t bps);
     // Split-brain resolution on the node whose data is to be overwritten: its
     // metadata becomes fresh, so the next connection brings a full resync from the
     // peer. Refused on the primary and when there is nothing to resolve.

@@ -22,6 +22,15 @@ struct pump_progress {
     std::atomic<std::uint64_t> bytes_total{0};
     std::atomic<std::uint64_t> rate_bps{0};     // the limit now; tandemctl sync-rate changes it
     std::atomic<bool> stop{false};              // asks the pump to end after the frames in flight
+    // A resync source yields to application writes (rate_limit.hpp, resync_rate):
+    std::atomic<std::uint64_t> yield_bps{0};    // its rate while they arrive; 0: never yields
+    std::atomic<steady_time::rep> last_write{steady_time::min().time_since_epoch().count()};
+
+    // Called for each application write the resync runs beside (any thread).
+    void application_wrote(steady_time now) noexcept { last_write = now.time_since_epoch().count(); }
+    [[nodiscard]] std::uint64_t rate_now(steady_time now) const noexcept {
+        return resync_rate(rate_bps, yield_bps, steady_time(steady_time::duration(last_write.load())), now);
+    }
 };
 
 struct pump_options {

@@ -3,6 +3,7 @@
 
 #include "tandem/base/clock.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 
@@ -43,5 +44,19 @@ private:
 };
 
 [[nodiscard]] constexpr std::uint64_t mib_per_s(std::uint32_t mib) { return std::uint64_t{mib} << 20; }
+
+// A resync yields to application writes: while the last one came less than
+// `resync_yield_window` ago, the resync runs at no more than `yield` (DRBD's
+// c-min-rate); otherwise at `limit`. 0 means unlimited for `limit` and never
+// yielding for `yield`.
+inline constexpr nanos resync_yield_window = std::chrono::milliseconds(200);
+inline constexpr std::uint32_t default_yield_rate_mib = 20;
+
+[[nodiscard]] constexpr std::uint64_t resync_rate(std::uint64_t limit, std::uint64_t yield, steady_time last_write,
+                                                  steady_time now) {
+    // Not `now - last_write`: that overflows for steady_time::min(), "no write yet".
+    if (yield == 0 || last_write <= now - resync_yield_window) return limit;
+    return limit == 0 ? yield : std::min(limit, yield);
+}
 
 }  // namespace tandem::replication
