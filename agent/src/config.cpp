@@ -348,7 +348,7 @@ config validate(const toml::table& root, const std::string& path) {
     }
 
     auto* re = r.section(root, "replication", false,
-                         {"backend", "port", "rate", "device", "metadata", "protocol", "lease_device"});
+                         {"backend", "port", "rate", "resync_yield_rate", "device", "metadata", "protocol", "lease_device"});
     if (auto b = r.choice<backend_kind>(re, "replication", "backend",
                                         {{"none", backend_kind::none},
                                          {"uring", backend_kind::uring},
@@ -359,6 +359,9 @@ config validate(const toml::table& root, const std::string& path) {
     // The seeds' disk synchronization rate: default 100 MB/s, DRBD's ceiling 4096 MB/s.
     if (auto v = r.integer(re, "replication", "rate", 1, 4096, " MB/s (MiB/s)"))
         c.replication.rate_mib = static_cast<std::uint32_t>(*v);
+    // The resync yields to application writes (DRBD's c-min-rate); 0: it never does.
+    if (auto v = r.integer(re, "replication", "resync_yield_rate", 0, 4096, " MB/s (MiB/s; 0: the resync never yields)"))
+        c.replication.yield_rate_mib = static_cast<std::uint32_t>(*v);
     c.replication.device = r.string(re, "replication", "device", false).value_or("");
     if (auto m = r.string(re, "replication", "metadata", false)) {
         if (m->empty() || (*m)[0] != '/') r.problem(re->get("metadata"), "replication.metadata", "must be an absolute path");
@@ -598,6 +601,8 @@ reload_plan plan_reload(const config& a, const config& b) {
     applied("connectivity.require", a.connectivity.require == connectivity_rule::any ? "any" : "all",
             b.connectivity.require == connectivity_rule::any ? "any" : "all");
     applied("replication.rate", std::to_string(a.replication.rate_mib), std::to_string(b.replication.rate_mib));
+    applied("replication.resync_yield_rate", std::to_string(a.replication.yield_rate_mib),
+            std::to_string(b.replication.yield_rate_mib));
     applied("health.store_path", a.health.store_path, b.health.store_path);
     applied("health.check_command", a.health.check_command, b.health.check_command);
     applied("health.interval", format_duration(a.health.interval), format_duration(b.health.interval));

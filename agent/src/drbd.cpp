@@ -81,6 +81,7 @@ resource from_config(const config& c) {
     r.disk = c.replication.device;
     r.port = c.replication.port;
     r.rate_kib = std::uint64_t{c.replication.rate_mib} * 1024;
+    r.min_rate_kib = std::uint64_t{c.replication.yield_rate_mib} * 1024;
     r.protocol_a = c.replication.protocol_a;
     r.secret = derive_secret(c.auth.key);
     r.split_brain_flag = c.node.state_dir + "/drbd/split-brain";
@@ -140,8 +141,9 @@ std::string render(const resource& r) {
         "    disk {{\n"
         "        c-max-rate {}k;\n"
         "        resync-rate {}k;\n"
+        "        c-min-rate {}k;\n"
         "    }}\n",
-        r.name, r.protocol_a ? 'A' : 'C', r.secret, r.rate_kib, r.rate_kib);
+        r.name, r.protocol_a ? 'A' : 'C', r.secret, r.rate_kib, r.rate_kib, r.min_rate_kib);
     if (!r.split_brain_flag.empty())
         s += fmt::format(
             "    handlers {{\n"
@@ -412,8 +414,9 @@ backend::backend(const config& c) : res_(from_config(c)) {
     write();
 }
 
-void backend::set_rate(std::uint64_t kib) {
+void backend::set_rate(std::uint64_t kib, std::uint64_t min_kib) {
     res_.rate_kib = kib;
+    res_.min_rate_kib = min_kib;
     write();
 }
 

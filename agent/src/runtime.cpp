@@ -237,6 +237,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
         ec.port = cfg_.replication.port;
         ec.key = cfg_.auth.key;
         ec.rate_bps = std::uint64_t{cfg_.replication.rate_mib} << 20;
+        ec.yield_rate_bps = std::uint64_t{cfg_.replication.yield_rate_mib} << 20;
         // Silence for twice the heartbeat timeout, plus one 1 MiB frame at the rate.
         ec.peer_timeout = std::max(2 * cfg_.heartbeat.timeout, std::chrono::milliseconds(2000)) +
                           std::chrono::milliseconds(1000 / cfg_.replication.rate_mib + 1);
@@ -952,7 +953,8 @@ asio::awaitable<void> node_runtime::drbd_keep_up() {
 // The configured rate into DRBD: the resource file, then `drbdadm adjust`.
 bool node_runtime::apply_drbd_rate() {
     try {
-        drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024);
+        drbd_->set_rate(std::uint64_t{cfg_.replication.rate_mib} * 1024,
+                        std::uint64_t{cfg_.replication.yield_rate_mib} * 1024);
     } catch (const std::exception& e) {
         bus_.publish({"replication.error", std::string("the new rate did not reach DRBD: ") + e.what(), {}});
         return false;
@@ -1251,8 +1253,13 @@ json node_runtime::reload() {
     cfg_ = std::move(fresh);
     machine_.set_params(params_of(cfg_));
     for (auto& l : links_) l->latency->set_thresholds(cfg_);
-    if (engine_) engine_->set_rate(std::uint64_t{cfg_.replication.rate_mib} << 20);
-    if (drbd_ && drbd_->res().rate_kib != std::uint64_t{cfg_.replication.rate_mib} * 1024) apply_drbd_rate();
+    if (engine_) {
+        engine_->set_rate(std::uint64_t{cfg_.replication.rate_mib} << 20);
+        engine_->set_yield_rate(std::uint64_t{cfg_.replication.yield_rate_mib} << 20);
+    }
+    if (drbd_ && (drbd_->res().rate_kib != std::uint64_t{cfg_.replication.rate_mib} * 1024 ||
+                  drbd_->res().min_rate_kib != std::uint64_t{cfg_.replication.yield_rate_mib} * 1024))
+        apply_drbd_rate();
     std::string what = plan.applied.empty() ? "no changes" : fmt::format("{}", fmt::join(plan.applied, "; "));
     bus_.publish({"config.reloaded", what, {}});
     apply({});  // timers: the interval and the deadlines may have changed

@@ -70,6 +70,7 @@ TEST_CASE_METHOD(fixture, "the issue's example configuration is valid", "[unit][
     CHECK(c.heartbeat.timeout == 30s);
     CHECK(c.heartbeat.port == 694);
     CHECK(c.replication.rate_mib == 100);
+    CHECK(c.replication.yield_rate_mib == 20);
     CHECK(c.auth.key.size() == 64);
     CHECK(c.connectivity.targets.size() == 1);
     CHECK(tandem::netlink::address_string(c.peer_address_on("eth0")) == "10.77.0.2");
@@ -113,6 +114,8 @@ TEST_CASE_METHOD(fixture, "bad values name file, line, key, value and what is al
         {"rate = 100", "rate = 5000", "replication.rate = 5000: must be an integer from 1 to 4096 MB/s"},
         {"rate = 100", "rate = 0", "replication.rate = 0: must be an integer from 1 to 4096"},
         {"rate = 100", "rate = \"fast\"", "replication.rate = \"fast\""},
+        {"rate = 100", "rate = 100\nresync_yield_rate = 5000",
+         "replication.resync_yield_rate = 5000: must be an integer from 0 to 4096 MB/s (MiB/s; 0: the resync never yields)"},
         {"rate = 100", "rate = 100\nprotocol = \"B\"", "replication.protocol = \"B\""},
         {"rate = 100", "rate = 100\nmetadata = \"meta\"", "replication.metadata = \"meta\": must be an absolute path"},
         {"role = \"primary\"", "role = \"master\"", "node.role = \"master\": must be one of: primary, secondary"},

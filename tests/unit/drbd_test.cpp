@@ -52,6 +52,7 @@ resource store {
     disk {
         c-max-rate 102400k;
         resync-rate 102400k;
+        c-min-rate 20480k;
     }
     on alpha {
         device /dev/drbd0 minor 0;
@@ -340,6 +341,7 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
             CHECK(dump.status == 0);
             CHECK(dump.out.find("resource store {") != std::string::npos);
             CHECK(dump.out.find("c-max-rate       102400k;") != std::string::npos);
+            CHECK(dump.out.find("c-min-rate       20480k;") != std::string::npos);
         }
         const std::string self = std::string(node) == "alpha" ? "10.77.0.1" : "10.77.0.2";
         const std::string peer = std::string(node) == "alpha" ? "10.77.0.2" : "10.77.0.1";
@@ -354,6 +356,7 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
         CHECK(up9.out.find(" ipv4:" + self + ":7789 ipv4:" + peer + ":7789") != std::string::npos);
         CHECK(up9.out.find("drbdsetup new-path store") != std::string::npos);
         CHECK(up9.out.find("--c-max-rate=102400k") != std::string::npos);
+        CHECK(up9.out.find("--c-min-rate=20480k") != std::string::npos);
         CHECK(up9.out.find("drbdsetup attach 0 /dev/vdb4 /dev/vdb4 internal") != std::string::npos);
         auto up84 = h.drbdadm("/usr/lib/drbd/drbdadm-84", node, "-d up store");
         INFO(up84.out);
@@ -362,6 +365,7 @@ TEST_CASE("drbd: drbdadm 9 and 8.4 accept the rendered resource and plan the exp
         CHECK(up84.out.find("drbdsetup-84 connect store ipv4:" + self + ":7789 ipv4:" + peer + ":7789 --protocol=C") !=
               std::string::npos);
         CHECK(up84.out.find("--c-max-rate=102400k") != std::string::npos);
+        CHECK(up84.out.find("--c-min-rate=20480k") != std::string::npos);
         for (std::string tool : {"/usr/sbin/drbdadm", "/usr/lib/drbd/drbdadm-84"}) {
             auto discard = h.drbdadm(tool, node, "-d connect --discard-my-data store");
             INFO(discard.out);

@@ -67,6 +67,7 @@ struct config {
         backend_kind backend = backend_kind::none;
         std::uint16_t port = 7789;
         std::uint32_t rate_mib = 100;  // MiB/s, 1..4096
+        std::uint32_t yield_rate_mib = 20;  // MiB/s, 0..4096: the resync's rate while application writes arrive
         std::string device;
         std::string metadata;  // default: <node.state_dir>/replication.meta
         bool protocol_a = false;  // "A": a write completes locally; default "C": on both nodes

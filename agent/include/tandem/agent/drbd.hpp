@@ -35,6 +35,7 @@ struct resource {
     host first, second;
     std::uint16_t port = 7789;
     std::uint64_t rate_kib = 100 * 1024;
+    std::uint64_t min_rate_kib = 20 * 1024;  // c-min-rate: [replication] resync_yield_rate; 0: never yields
     bool protocol_a = false;  // [replication] protocol = "A"; C by default
     std::string secret;  // derived from the cluster key (derive_secret)
     // DRBD's split-brain handler touches this file: 8.4 shows no more than
@@ -121,7 +122,7 @@ public:
     // `drbdadm ACTION store` in a child; its output goes to the journal.
     boost::asio::awaitable<process_result> run(action a) const;
     // A new rate in the file; `drbdadm adjust` applies it to the running resource.
-    void set_rate(std::uint64_t kib);
+    void set_rate(std::uint64_t kib, std::uint64_t min_kib);
 
 private:
     void write() const;
