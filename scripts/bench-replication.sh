@@ -11,6 +11,9 @@
 #   (e) CPU seconds per GB, both ends together: the whole machine's busy time
 #       (/proc/stat, so the loop devices' kworkers and softirqs count) for the
 #       pump and for iperf3, and the pump's own process (both pumps run in it).
+#   (f) application writes (1 MiB sequential, 4 KiB random) during a resync: the
+#       resync yielding to them (resync_yield_rate, 20 MiB/s), the yield off, and
+#       no resync at all.
 set -euo pipefail
 # shellcheck source=lib/stats.sh
 source "$(dirname "$(readlink -f "$0")")/lib/stats.sh"
@@ -121,3 +124,8 @@ awk -v p="$(v seq_mib_s_peer)" -v a="$(v seq_mib_s_alone)" \
     'BEGIN { printf "  (d) 1 MiB sequential: %.1f MiB/s with the peer (protocol C), %.1f MiB/s alone: ratio %.2f\n", p, a, p/a }'
 awk -v p="$(v rnd_iops_peer)" -v a="$(v rnd_iops_alone)" -v lp="$(v rnd_us_peer)" -v la="$(v rnd_us_alone)" \
     'BEGIN { printf "      4 KiB random QD1: %.0f IOPS (%.1f us) with the peer, %.0f IOPS (%.1f us) alone: ratio %.2f\n", p, lp, a, la, p/a }'
+echo "  (f) application writes, one at a time, during a resync of the whole volume (mean of 2 rounds each):"
+for m in yield:"the resync yielding (20 MiB/s)" noyield:"the yield off" away:"no resync (peer away)"; do
+    awk -v s="$(v "during_seq_${m%%:*}")" -v u="$(v "during_us_${m%%:*}")" -v r="$(v "during_resync_${m%%:*}")" -v what="${m#*:}" \
+        'BEGIN { printf "      %-32s 1 MiB sequential %7.1f MiB/s, 4 KiB random %6.1f us%s\n", what ":", s, u, r == "" ? "" : sprintf("; the resync meanwhile %.1f MiB/s", r) }'
+done

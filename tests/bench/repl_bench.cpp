@@ -85,6 +85,10 @@ struct events {
     std::size_t count(const std::string& what) {
         return static_cast<std::size_t>(std::count(seen.begin(), seen.end(), what));
     }
+    std::size_t seen_now(const std::string& what) {
+        std::lock_guard lk(mu);
+        return count(what);
+    }
     void wait(const std::string& what, std::size_t n) {
         std::unique_lock lk(mu);
         if (!cv.wait_for(lk, std::chrono::minutes(10), [&] { return count(what) >= n; }))
@@ -197,14 +201,75 @@ int engine_bench(const std::string& src, const std::string& dst, const std::stri
     b.reset();
     ev.wait("alpha replication.disconnected", 2);
     auto alone = app_writes(*a, size, seconds);
+
+    // (f) application writes during a resync of the whole volume (dirtied while
+    // the peer was away), one at a time: 1 MiB sequential for half of `seconds`,
+    // then 4 KiB random. Three modes: the resync yields to the writes (the
+    // default yield rate), the yield is off, and no resync at all (the peer stays
+    // away; the volume just as dirty, so the writes mark nothing new). Rounds in
+    // the order A B C C B A, each figure the mean of its two rounds.
+    struct during_figures {
+        double seq_mib_s = 0, rnd_us = 0, resync_mib_s = 0;
+    };
+    std::vector<std::byte> mib(1 << 20, std::byte{0x3c});
+    auto during = [&](std::optional<std::uint64_t> yield_bps) {
+        for (std::uint64_t off = 0; off < size; off += mib.size())
+            if (!a->write(off, mib)) die("write");
+        auto done = ev.seen_now("beta replication.sync_done");
+        auto lost = ev.seen_now("alpha replication.disconnected");
+        if (yield_bps) {
+            a->set_yield_rate(*yield_bps);
+            auto started = ev.seen_now("alpha replication.sync_started");
+            b = p.start(false);
+            ev.wait("alpha replication.sync_started", started + 1);
+        }
+        // Each half lasts seconds / 2, or until the resync ends.
+        auto resyncing = [&] { return !yield_bps || a->status().link == link_state::sync_source; };
+        auto st0 = a->status();
+        during_figures f;
+        auto t = std::chrono::steady_clock::now();
+        std::uint64_t n = 0, off = 0;
+        while (since(t) < seconds / 2 && resyncing()) {
+            if (!a->write(off, mib)) die("write");
+            off = (off + mib.size()) % size;
+            ++n;
+        }
+        f.seq_mib_s = static_cast<double>(n) / since(t);
+        auto t2 = std::chrono::steady_clock::now();
+        n = 0;
+        while (since(t2) < seconds / 2 && (n % 64 != 0 || resyncing())) {
+            if (!a->write(rng() % (size / 4096) * 4096, block)) die("write");
+            ++n;
+        }
+        f.rnd_us = since(t2) / static_cast<double>(n) * 1e6;
+        if (yield_bps) {
+            f.resync_mib_s = static_cast<double>(a->status().sync_done - st0.sync_done) / since(t) / (1 << 20);
+            ev.wait("beta replication.sync_done", done + 1);
+            b.reset();
+            ev.wait("alpha replication.disconnected", lost + 1);
+        }
+        return f;
+    };
+    const std::optional<std::uint64_t> modes[] = {engine_config{}.yield_rate_bps, 0, std::nullopt};
+    during_figures mean[3];
+    for (int i : {0, 1, 2, 2, 1, 0}) {
+        auto f = during(modes[i]);
+        mean[i].seq_mib_s += f.seq_mib_s / 2;
+        mean[i].rnd_us += f.rnd_us / 2;
+        mean[i].resync_mib_s += f.resync_mib_s / 2;
+    }
     std::printf("{\"volume_bytes\":%llu,\"full_sync_s\":%.3f,\"full_mib_s\":%.1f,"
                 "\"delta_changed_bytes\":%.0f,\"delta_sent_bytes\":%llu,\"delta_ratio\":%.4f,\"delta_s\":%.3f,"
                 "\"seq_mib_s_peer\":%.1f,\"seq_mib_s_alone\":%.1f,\"rnd_iops_peer\":%.0f,\"rnd_iops_alone\":%.0f,"
-                "\"rnd_us_peer\":%.1f,\"rnd_us_alone\":%.1f}\n",
+                "\"rnd_us_peer\":%.1f,\"rnd_us_alone\":%.1f,"
+                "\"during_seq_yield\":%.1f,\"during_us_yield\":%.1f,\"during_resync_yield\":%.1f,"
+                "\"during_seq_noyield\":%.1f,\"during_us_noyield\":%.1f,\"during_resync_noyield\":%.1f,"
+                "\"during_seq_away\":%.1f,\"during_us_away\":%.1f}\n",
                 static_cast<unsigned long long>(size), full_s, static_cast<double>(size) / full_s / (1 << 20), changed,
                 static_cast<unsigned long long>(sent), static_cast<double>(sent) / changed, delta_s,
                 with_peer.seq_mib_s, alone.seq_mib_s, with_peer.rnd_iops, alone.rnd_iops, with_peer.rnd_us,
-                alone.rnd_us);
+                alone.rnd_us, mean[0].seq_mib_s, mean[0].rnd_us, mean[0].resync_mib_s, mean[1].seq_mib_s,
+                mean[1].rnd_us, mean[1].resync_mib_s, mean[2].seq_mib_s, mean[2].rnd_us);
     a.reset();
     return 0;
 }
