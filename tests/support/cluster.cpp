@@ -1,5 +1,6 @@
 // tests: starting, stopping and querying tandemd nodes in the test cluster.
 #include "support/cluster.hpp"
+#include "support/util.hpp"
 
 #include <poll.h>
 #include <signal.h>
@@ -219,7 +220,7 @@ std::uint64_t test_cluster::last_seq(const std::string& node) const {
 
 bool test_cluster::wait(const std::string& node, const std::string& cond, std::chrono::milliseconds timeout,
                         std::optional<std::uint64_t> since) const {
-    auto r = ctl(node, fmt::format("wait {} --timeout {}ms{}", cond, timeout.count(),
+    auto r = ctl(node, fmt::format("wait {} --timeout {}ms{}", cond, timeout.count() * deadline_scale,
                                    since ? fmt::format(" --since {}", *since) : ""));
     if (r.status != 0) {
         UNSCOPED_INFO("waiting on " << node << " for " << cond << ": " << r.out);

@@ -25,11 +25,20 @@ inline std::string hex(std::span<const std::byte> b) {
     return s;
 }
 
+// Under ThreadSanitizer the daemons and the tests run 5 to 15 times slower, so
+// every deadline (here and in test_cluster::wait) stretches by this factor. A
+// deadline only bounds a wait for an event; it never decides what is measured.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr int deadline_scale = 10;
+#else
+inline constexpr int deadline_scale = 1;
+#endif
+
 // Re-checks real state until it holds or the deadline passes. The short pause
 // between checks only paces the polling; nothing waits a guessed time.
 template <class Pred>
 bool wait_until(Pred&& pred, std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
+    auto deadline = std::chrono::steady_clock::now() + timeout * deadline_scale;
     for (;;) {
         if (pred()) return true;
         if (std::chrono::steady_clock::now() > deadline) return false;
