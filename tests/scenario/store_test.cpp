@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -40,15 +41,36 @@ std::string record(std::uint32_t n) {
     return r + "\n";
 }
 
-// A child process in `target`'s mount namespace (where that node's /store is mounted).
+// A child process in `target`'s mount namespace (where that node's /store is
+// mounted). Returns once the child is in it; a child that could not enter is
+// the test's failure, with the reason, not a silent exit.
 template <class Body>
 pid_t spawn_in_mounts_of(pid_t target, Body body) {
+    int p[2];
+    REQUIRE(::pipe2(p, O_CLOEXEC) == 0);
     pid_t pid = ::fork();
-    if (pid != 0) return pid;
+    REQUIRE(pid >= 0);
+    if (pid != 0) {
+        ::close(p[1]);
+        int err = -1;
+        auto n = ::read(p[0], &err, sizeof err);
+        ::close(p[0]);
+        INFO("entering the mount namespace of " << target << ": "
+                                                << (n == sizeof err ? std::strerror(err) : "the child died first"));
+        REQUIRE((n == sizeof err && err == 0));
+        return pid;
+    }
+    ::close(p[0]);
     // Catch2's handlers would report a signal to the child as the test's failure.
     for (int sig : {SIGTERM, SIGINT, SIGABRT, SIGSEGV, SIGILL, SIGFPE}) ::signal(sig, SIG_DFL);
+    // setns(CLONE_NEWNS) refuses (EINVAL) a thread whose file-system context is
+    // shared; under ThreadSanitizer the child has a second thread that shares it.
+    int err = ::unshare(CLONE_FS) == 0 ? 0 : errno;
     int ns = ::open(fmt::format("/proc/{}/ns/mnt", target).c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns < 0 || ::setns(ns, CLONE_NEWNS) != 0) ::_exit(120);
+    if (err == 0 && (ns < 0 || ::setns(ns, CLONE_NEWNS) != 0)) err = errno;
+    (void)!::write(p[1], &err, sizeof err);
+    ::close(p[1]);
+    if (err != 0) ::_exit(120);
     ::_exit(body());
 }
 
