@@ -3,8 +3,9 @@
 # (secondary), joined by two bridges in a network namespace of their own:
 # management (eth0, with an observer at 10.99.0.254) and crossover (eth1).
 #   image/test-ha.sh OUT_DIR [uring|drbd] [TIMEOUT_S]
-# 1. both boot; alpha becomes ACTIVE with the VIP, /store syncs to beta, alpha
-#    writes a file on /store durably and reports READY;
+# 1. both boot; alpha becomes ACTIVE with the VIP, /store syncs to beta, (uring)
+#    fstrim on alpha's /store sends discards through nbd.ko and the copies stay
+#    in sync, alpha writes a file on /store durably and reports READY;
 # 2. alpha's power is cut (qemu SIGKILLed): beta takes over, the VIP moves
 #    (the observer's ARP entry follows the gratuitous ARP), /store is mounted
 #    on beta and holds alpha's file; beta writes a second file;
@@ -166,6 +167,13 @@ boot_to_ready=$(since "$t")
 [[ $(field vip "$ready") == 10.99.0.100/24 ]] || die "alpha is ACTIVE without the VIP on eth0:0"
 [[ $(field store "$ready") == mounted ]] || die "/store is not mounted on alpha"
 before=$(field before "$ready")
+if [[ $backend == uring ]]; then
+    # fstrim on alpha's /store: discards through nbd.ko to the engine, replicated while in sync.
+    trimmed=$(field trimmed "$ready")
+    [[ $trimmed =~ ^[0-9]+$ ]] && (( trimmed >= 64 * 1048576 )) ||
+        die "fstrim on alpha's /store (NBD) trimmed \"$trimmed\" bytes, not the free space of a new file system (64 MiB or more)"
+    say "fstrim on alpha's /store trimmed $trimmed bytes through nbd.ko, and the peer stayed in sync"
+fi
 nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "the observer cannot reach the VIP on alpha"
 [[ $(vip_mac) == "$(mac alpha 0)" ]] || die "the VIP answers from $(vip_mac), not alpha's eth0 ($(mac alpha 0))"
 say "the observer reaches the VIP at alpha's $(mac alpha 0)"
