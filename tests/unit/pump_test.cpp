@@ -48,31 +48,43 @@ std::pair<unique_fd, unique_fd> tcp_pair() {
     return {std::move(c), std::move(s)};
 }
 
+// A source volume of pseudo-random data and a zeroed target, both open for the pump.
+struct volume_pair {
+    volume_file src, dst;
+    volume sv, dv;
+    explicit volume_pair(std::uint64_t size) : src(size, true), dst(size, false), sv(open(src)), dv(open(dst)) {}
+    static volume open(const volume_file& f) {
+        auto v = volume::open(f.path);
+        REQUIRE(v.has_value());
+        return std::move(*v);
+    }
+};
+
+// The target pump on a thread of its own. Its owner closes the connection when
+// the pump returns, as the engine does.
+std::thread run_target(volume& dv, unique_fd fd, const pump_options& opt, pump_progress& pt, pump_result& rt) {
+    return std::thread([&dv, fd = std::move(fd), opt, &pt, &rt]() mutable {
+        rt = pump_target(dv, fd.get(), opt, pt);
+        fd.reset();
+    });
+}
 
 }  // namespace
 
 TEST_CASE("the pump copies a volume exactly", "[kernel][replication]") {
     std::string why;
     if (!can_direct(why)) TANDEM_SKIP(why);
-    volume_file src(64 * mib, true), dst(64 * mib, false);
-    auto sv = volume::open(src.path);
-    auto dv = volume::open(dst.path);
-    REQUIRE(sv.has_value());
-    REQUIRE(dv.has_value());
+    volume_pair v(64 * mib);
     auto [a, b] = tcp_pair();
     pump_progress ps, pt;
     system_steady_clock clock;
     pump_result rt;
-    // The target's owner closes the connection when the pump returns, as the engine will.
-    std::thread target([&, fd = std::move(b)]() mutable {
-        rt = pump_target(*dv, fd.get(), {}, pt);
-        fd.reset();
-    });
+    auto target = run_target(v.dv, std::move(b), {}, pt, rt);
     pump_options so;
     // Both send paths: copying, and zero-copy from the registered buffers (where the kernel has it).
     so.zero_copy = GENERATE(false, true);
     INFO("zero_copy " << so.zero_copy);
-    auto rs = pump_source(*sv, a.get(), so, ps, clock);
+    auto rs = pump_source(v.sv, a.get(), so, ps, clock);
     target.join();
     INFO(rs.error << " / " << rt.error);
     REQUIRE(rs.ok());
@@ -81,17 +93,13 @@ TEST_CASE("the pump copies a volume exactly", "[kernel][replication]") {
     CHECK(rt.bytes == 64 * mib);
     CHECK(rs.resume_at == 64 * mib);
     CHECK(ps.bytes_done == 64 * mib);
-    CHECK(src.digest() == dst.digest());
+    CHECK(v.src.digest() == v.dst.digest());
 }
 
 TEST_CASE("a resync yields to application writes: the yield rate while they arrive, unlimited after", "[kernel][replication]") {
     std::string why;
     if (!can_direct(why)) TANDEM_SKIP(why);
-    volume_file src(64 * mib, true), dst(64 * mib, false);
-    auto sv = volume::open(src.path);
-    auto dv = volume::open(dst.path);
-    REQUIRE(sv.has_value());
-    REQUIRE(dv.has_value());
+    volume_pair v(64 * mib);
     auto [a, b] = tcp_pair();
     pump_progress ps, pt;
     system_steady_clock clock;
@@ -107,12 +115,9 @@ TEST_CASE("a resync yields to application writes: the yield rate while they arri
         }
     });
     pump_result rt, rs;
-    std::thread target([&, fd = std::move(b)]() mutable {
-        rt = pump_target(*dv, fd.get(), {}, pt);
-        fd.reset();
-    });
+    auto target = run_target(v.dv, std::move(b), {}, pt, rt);
     auto t0 = std::chrono::steady_clock::now();
-    std::thread source([&] { rs = pump_source(*sv, a.get(), {}, ps, clock); });
+    std::thread source([&] { rs = pump_source(v.sv, a.get(), {}, ps, clock); });
     // The bucket starts empty: 4 MiB acknowledged took at least 4 MiB at 8 MiB/s.
     bool reached = tandem::test::wait_until([&] { return ps.bytes_done >= 4 * mib; });
     auto slow = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -131,17 +136,13 @@ TEST_CASE("a resync yields to application writes: the yield rate while they arri
     CHECK(slow >= 0.45);  // 0.5 s by the bucket, less a margin for the clock reads
     // The rest at the yield rate would take over 6 s; unlimited, it is a fraction of that.
     CHECK(fast < static_cast<double>(64 * mib - at_stop) / yield / 2);
-    CHECK(src.digest() == dst.digest());
+    CHECK(v.src.digest() == v.dst.digest());
 }
 
 TEST_CASE("a link dropped mid-sync resumes from the acknowledged point", "[kernel][replication]") {
     std::string why;
     if (!can_direct(why)) TANDEM_SKIP(why);
-    volume_file src(32 * mib, true), dst(32 * mib, false);
-    auto sv = volume::open(src.path);
-    auto dv = volume::open(dst.path);
-    REQUIRE(sv.has_value());
-    REQUIRE(dv.has_value());
+    volume_pair v(32 * mib);
     system_steady_clock clock;
     std::uint64_t resume = 0;
     {
@@ -151,11 +152,8 @@ TEST_CASE("a link dropped mid-sync resumes from the acknowledged point", "[kerne
         pump_options topt;
         topt.end = 8 * mib;
         pump_result rt;
-        std::thread target([&, fd = std::move(b)]() mutable {
-            rt = pump_target(*dv, fd.get(), topt, pt);
-            fd.reset();
-        });
-        auto rs = pump_source(*sv, a.get(), {}, ps, clock);
+        auto target = run_target(v.dv, std::move(b), topt, pt, rt);
+        auto rs = pump_source(v.sv, a.get(), {}, ps, clock);
         target.join();
         CHECK_FALSE(rs.ok());
         REQUIRE(rt.ok());
@@ -171,17 +169,14 @@ TEST_CASE("a link dropped mid-sync resumes from the acknowledged point", "[kerne
         pump_options opt;
         opt.start = resume;
         pump_result rt;
-        std::thread target([&, fd = std::move(b)]() mutable {
-            rt = pump_target(*dv, fd.get(), opt, pt);
-            fd.reset();
-        });
-        auto rs = pump_source(*sv, a.get(), opt, ps, clock);
+        auto target = run_target(v.dv, std::move(b), opt, pt, rt);
+        auto rs = pump_source(v.sv, a.get(), opt, ps, clock);
         target.join();
         REQUIRE(rs.ok());
         REQUIRE(rt.ok());
         CHECK(rs.bytes == 24 * mib);  // only the rest went over the wire
     }
-    CHECK(src.digest() == dst.digest());
+    CHECK(v.src.digest() == v.dst.digest());
 }
 
 TEST_CASE("bad frames are refused and nothing of them reaches the disk", "[kernel][replication]") {
