@@ -38,7 +38,7 @@ struct engine_config {
     std::uint64_t rate_bps = 100ull << 20;
     // The resync's rate while application writes arrive (it yields to them);
     // 0: never yields. Changeable at runtime (set_yield_rate).
-    std::uint64_t yield_rate_bps = std::uint64_t{20} << 20;
+    std::uint64_t yield_rate_bps = mib_per_s(default_yield_rate_mib);
     // A peer silent this long (no frame, no pong) is dropped; also the stall limit mid-frame.
     std::chrono::milliseconds peer_timeout{10'000};
     std::chrono::milliseconds retry{500};  // between connection attempts
