@@ -2,6 +2,7 @@
 #pragma once
 
 #include "tandem/netlink/vip.hpp"
+#include "tandem/replication/rate_limit.hpp"
 
 #include <array>
 #include <chrono>
@@ -66,8 +67,8 @@ struct config {
     struct {
         backend_kind backend = backend_kind::none;
         std::uint16_t port = 7789;
-        std::uint32_t rate_mib = 100;  // MiB/s, 1..4096
-        std::uint32_t yield_rate_mib = 20;  // MiB/s, 0..4096: the resync's rate while application writes arrive
+        std::uint32_t rate_mib = tandem::replication::default_rate_mib;  // MiB/s, 1..4096
+        std::uint32_t yield_rate_mib = tandem::replication::default_yield_rate_mib;  // MiB/s, 0..4096: the resync's rate while application writes arrive
         std::string device;
         std::string metadata;  // default: <node.state_dir>/replication.meta
         bool protocol_a = false;  // "A": a write completes locally; default "C": on both nodes

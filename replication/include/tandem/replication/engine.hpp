@@ -35,7 +35,7 @@ struct engine_config {
     std::string bind_device;    // SO_BINDTODEVICE when not empty (the crossover interface)
     std::uint16_t port = 7789;
     std::vector<std::byte> key;  // the cluster key; never logged
-    std::uint64_t rate_bps = 100ull << 20;
+    std::uint64_t rate_bps = mib_per_s(default_rate_mib);
     // The resync's rate while application writes arrive (it yields to them);
     // 0: never yields. Changeable at runtime (set_yield_rate).
     std::uint64_t yield_rate_bps = mib_per_s(default_yield_rate_mib);
