@@ -27,7 +27,19 @@ steady_ring::steady_ring(ring r, buffer_pool b, int fd, unsigned depth)
     : ring_(std::move(r)), buffers_(std::move(b)), fd_(fd), slots_(2 * std::size_t{depth}) {}
 
 steady_ring::~steady_ring() {
-    drain([](const applied&) {});
+    auto ignore = [](const applied&) {};
+    drain(ignore);
+    for (unsigned tag = 0; tag < 32; ++tag) {
+        if (!(armed_ & (std::uint32_t{1} << tag))) continue;
+        io_uring_sqe* s = ring_.sqe();
+        io_uring_prep_poll_remove(s, (std::uint64_t{tag} << 2) | poll_bit);
+        io_uring_sqe_set_data64(s, removal);
+    }
+    // A removed poll completes with -ECANCELED; one that fired meanwhile, with its events.
+    while (armed_ != 0) {
+        if (!wait_one()) break;
+        reap(ignore);
+    }
 }
 
 unsigned steady_ring::data_in_flight() const noexcept {

@@ -43,7 +43,11 @@ public:
     [[nodiscard]] static result<std::unique_ptr<steady_ring>> create(int volume_fd, unsigned depth);
     steady_ring(const steady_ring&) = delete;
     steady_ring& operator=(const steady_ring&) = delete;
-    ~steady_ring();  // waits for writes in flight: their slots must outlive them
+    // Waits for writes in flight (their slots must outlive them), then cancels
+    // the polls still armed and waits for those too: an armed poll holds its
+    // file until the kernel's asynchronous teardown of the ring reaches it, and
+    // a listening socket closed meanwhile would keep its port busy until then.
+    ~steady_ring();
 
     // Queues a write (flags as in data_msg); waits for completions, handing them
     // to `done`, while no slot is free or an overlapping write is in flight.
@@ -113,6 +117,8 @@ public:
 private:
     // user_data: slot << 2 | fsync_bit for writes, their fsyncs and flushes; tag << 2 | poll_bit for polls.
     static constexpr std::uint64_t fsync_bit = 1, poll_bit = 2;
+    // A poll removal's own completion: neither bit, and no slot that high.
+    static constexpr std::uint64_t removal = std::uint64_t{1} << 40;
     struct slot {
         bool busy = false;
         bool flush = false;
