@@ -354,6 +354,7 @@ asio::awaitable<std::string> store_phase::stop_holders() {
 
 asio::awaitable<phase_outcome> store_phase::release(release_kind how) {
     std::string stopped;
+    bool lazily = false;
     if (mounted()) {
         // Never pull the file system from under a running application: a release
         // that may wait is refused; one that cannot (the node must give up
@@ -369,13 +370,32 @@ asio::awaitable<phase_outcome> store_phase::release(release_kind how) {
         auto r = co_await run_command("umount " + quote(c_.store.mount), {}, std::chrono::minutes(10));
         if (!r.ok()) {
             auto b = busy();
-            co_return phase_outcome::failed(last_error_ = fmt::format("umount {} {}{}", c_.store.mount, r.describe(),
-                                                                       b.empty() ? "" : "; " + b));
+            auto why = fmt::format("umount {} {}{}", c_.store.mount, r.describe(), b.empty() ? "" : "; " + b);
+            // Still busy after its holders were ended: a process asleep in the kernel,
+            // or a user that is not a process (a loop device or an NFS export on
+            // /store). A forced release must still let the peer continue this
+            // volume's history. Over the engine's own front end it can: detach the
+            // mount lazily, and closing the front end below cuts the file system
+            // left behind from the volume (its I/O fails from then on), so the
+            // demotion is safe. DRBD's device and a shared one stay writable under
+            // a lazy unmount: there the release fails, and the operator resolves it.
+            if (how == release_kind::requested || !fe_ || !e_) co_return phase_outcome::failed(last_error_ = why);
+            auto l = co_await run_command("umount -l " + quote(c_.store.mount), {}, std::chrono::minutes(1));
+            if (!l.ok())
+                co_return phase_outcome::failed(last_error_ = fmt::format("{}; umount -l {}", why, l.describe()));
+            log::warning("store.detached_busy",
+                         "{} was still busy after its holders were stopped ({}): detached it lazily; the front end "
+                         "is closed under it, so what still holds it gets I/O errors, and the peer continues the "
+                         "volume's history",
+                         c_.store.mount, why);
+            lazily = true;
         }
     }
-    auto stopped_note = stopped.empty() ? std::string() : "; stopped its holders: " + stopped;
+    auto stopped_note = (stopped.empty() ? std::string() : "; stopped its holders: " + stopped) +
+                        (lazily ? "; still busy: detached lazily, its front end closed under it" : "");
     if (fe_) {
-        if (auto r = fe_->close(); !r) log::warning("store.detach", "detaching {}: {}", device_, r.error().message());
+        if (auto r = lazily ? fe_->cut() : fe_->close(); !r)
+            log::warning("store.detach", "detaching {}: {}", device_, r.error().message());
         fe_.reset();
     }
     device_.clear();

@@ -64,9 +64,13 @@ public:
     std::string_view kind() const noexcept override { return "fuse+loop"; }
     const std::string& device() const noexcept override { return loop_.path(); }
     result<void> start(std::string& why_not);
-    result<void> close() override;
+    result<void> close() override { return stop(false); }
+    result<void> cut() override { return stop(true); }
 
 private:
+    // `cut`: the loop device stays in use, so the server threads would not
+    // return: end the connection at once instead of after a grace period.
+    result<void> stop(bool cut);
     void serve();
     static fuse_frontend& self(fuse_req_t req) { return *static_cast<fuse_frontend*>(fuse_req_userdata(req)); }
     struct stat attr(fuse_ino_t ino) const;
@@ -321,7 +325,7 @@ void fuse_frontend::serve() {
     if (--serving_ == 0) cv_.notify_all();
 }
 
-result<void> fuse_frontend::close() {
+result<void> fuse_frontend::stop(bool cut) {
     result<void> out;
     if (auto r = loop_.detach(); !r) out = r;
     if (se_) {
@@ -337,7 +341,11 @@ result<void> fuse_frontend::close() {
             // The servers return when the connection ends, which is when the last
             // user of the file is gone. Past a grace period, end it by force.
             std::unique_lock lk(mu_);
-            if (!cv_.wait_for(lk, std::chrono::seconds(5), [&] { return serving_ == 0; })) {
+            if (cut) {
+                lk.unlock();
+                log::warning("store.frontend", "the volume is still in use: aborting FUSE connection {}", conn_minor_);
+                abort_connection(conn_minor_);
+            } else if (!cv_.wait_for(lk, std::chrono::seconds(5), [&] { return serving_ == 0; })) {
                 lk.unlock();
                 log::warning("store.frontend", "FUSE server still busy 5 s after unmount: aborting connection {}",
                              conn_minor_);

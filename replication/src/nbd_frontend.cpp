@@ -238,6 +238,8 @@ public:
         return {};
     }
 
+    // A disconnect fails the device's I/O whether or not it is still in use.
+    result<void> cut() override { return close(); }
     result<void> close() override {
         result<void> out;
         if (index_ >= 0) {

@@ -537,6 +537,54 @@ TEST_CASE("a health failure with /store busy ends its holders, hands over, and t
     CHECK(s.sha256("a", "meanwhile") == meanwhile);
 }
 
+TEST_CASE("a health failure with /store held by a loop device detaches it lazily, hands over, and the copies stay "
+          "one history",
+          "[scenario][store]") {
+    REQUIRE_FRONT_END();
+    live_store s;
+    auto& c = s.c;
+    s.up();
+    auto before = s.write_random("a", "before", 4);
+    // A user of /store that is not a process: no signal ends it, and umount says busy.
+    auto attached = s.in_store("a", fmt::format("truncate -s 8M {0}/img && losetup -f --show {0}/img", s.mount("a")));
+    REQUIRE(attached.status == 0);
+    auto inner = attached.out.substr(0, attached.out.find('\n'));
+    REQUIRE(inner.rfind("/dev/loop", 0) == 0);
+    struct detach_at_end {
+        std::string dev;
+        ~detach_at_end() { run("losetup -d " + dev); }
+    } guard{inner};
+
+    auto since = c.last_seq("b");
+    std::ofstream(s.dir.path() / "sick-a") << "";
+    REQUIRE(c.wait("b", "event=failover.complete", soon, since));
+    auto log = c.log("a");
+    INFO(log);
+    CHECK_THAT(log, Catch::Contains("was still busy after its holders were stopped") &&
+                        Catch::Contains("still busy: detached lazily"));
+    CHECK(c.state("a") == "FAILED");
+    CHECK(c.status("a")["store"]["mounted"] == false);
+    CHECK(s.in_store("a", "mountpoint -q " + s.mount("a")).status != 0);
+    // The file system left behind on alpha is cut from the volume: a write
+    // through it cannot be made durable (the flush reaches the dead front end).
+    CHECK(run(fmt::format("dd if=/dev/zero of={} bs=4096 count=1 oflag=direct conv=fsync", inner)).status != 0);
+
+    // Alpha demoted before beta promoted: beta continues the same history.
+    CHECK(s.sha256("b", "before") == before);
+    auto meanwhile = s.write_random("b", "meanwhile", 4);
+    auto synced = c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count()));
+    INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump());
+    REQUIRE(synced.status == 0);
+    CHECK(c.status("a")["replication"]["split_brain"] == false);
+    std::filesystem::remove(s.dir.path() / "sick-a");
+    REQUIRE(c.wait("a", "state=STANDBY", soon));
+    since = c.last_seq("a");
+    REQUIRE(c.ctl("b", "giveback").status == 0);
+    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+    CHECK(s.sha256("a", "before") == before);
+    CHECK(s.sha256("a", "meanwhile") == meanwhile);
+}
+
 TEST_CASE("a tandemd stopped with /store busy leaves it on a dead device, and its next start detaches it",
           "[scenario][store]") {
     REQUIRE_FRONT_END();

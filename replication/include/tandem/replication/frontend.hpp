@@ -35,6 +35,10 @@ public:
     [[nodiscard]] virtual const std::string& device() const noexcept = 0;  // /dev/loop7, /dev/nbd0
     // Detaches the block device (it must no longer be mounted) and stops serving.
     [[nodiscard]] virtual result<void> close() = 0;
+    // The same while a file system on the device is still in use (lazily
+    // unmounted): whatever I/O it still makes fails from now on, none reaches
+    // the engine once this returns.
+    [[nodiscard]] virtual result<void> cut() = 0;
 };
 
 // Whether nbd.ko is loaded, or can be (modprobe).
