@@ -73,8 +73,10 @@ result<volume> volume::open(const std::string& path) {
     if (!fd) {
         int e = errno;
         if (e == EINVAL)
-            log::error("replication.no_o_direct", "{}: the file system does not support O_DIRECT (tmpfs?); put the "
-                       "volume on a block device or a loop device", path);
+            log::error("replication.no_o_direct",
+                       "{}: the file system does not support O_DIRECT (tmpfs before Linux 6.6?); put the volume on a "
+                       "block device or a loop device",
+                       path);
         return errno_error(e);
     }
     struct stat st {};

@@ -1,4 +1,4 @@
-// tests: volume files for the replication tests — on /var/tmp, where O_DIRECT works (tmpfs has none).
+// tests: volume files for the replication tests — on /var/tmp, where O_DIRECT works (on tmpfs only since Linux 6.6).
 #pragma once
 
 #include "tandem/replication/volume.hpp"
@@ -16,7 +16,7 @@ namespace tandem::test {
 
 inline constexpr std::uint64_t mib = 1 << 20;
 
-// A volume file on a file system with O_DIRECT (/var/tmp; tmpfs has none).
+// A volume file on a file system with O_DIRECT (/var/tmp; tmpfs has it only since Linux 6.6).
 struct volume_file {
     std::string path;
     explicit volume_file(std::uint64_t size, bool random_content) {
