@@ -267,6 +267,25 @@ struct live_store {
     std::uint64_t sent(const std::string& node) {
         return c.status(node)["replication"]["resync_bytes_sent"].get<std::uint64_t>();
     }
+    // After alpha, made unhealthy (DIR/sick-a), gave /store up and beta took
+    // over: alpha demoted before beta promoted, so what beta writes replicates
+    // to alpha with no split brain; then alpha recovers, beta gives back, and
+    // alpha's /store holds the file "before" (its sha256: `before`) and what
+    // beta wrote meanwhile.
+    void one_history_after_alpha_gave_up(const std::string& before) {
+        auto meanwhile = write_random("b", "meanwhile", 4);
+        auto synced = c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count()));
+        INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump());
+        REQUIRE(synced.status == 0);
+        CHECK(c.status("a")["replication"]["split_brain"] == false);
+        std::filesystem::remove(dir.path() / "sick-a");
+        REQUIRE(c.wait("a", "state=STANDBY", soon));
+        auto since = c.last_seq("a");
+        REQUIRE(c.ctl("b", "giveback").status == 0);
+        REQUIRE(c.wait("a", "event=failover.complete", soon, since));
+        CHECK(sha256("a", "before") == before);
+        CHECK(sha256("a", "meanwhile") == meanwhile);
+    }
 };
 
 // Every record 1..acked is present, in order and intact; what follows may be a torn tail.
@@ -521,20 +540,7 @@ TEST_CASE("a health failure with /store busy ends its holders, hands over, and t
         CHECK(c.status("a")["store"]["mounted"] == false);
         CHECK(s.in_store("a", "mountpoint -q " + s.mount("a")).status != 0);
     }
-    // Alpha demoted before beta promoted: what beta writes now replicates to
-    // alpha in real time, with no split brain.
-    auto meanwhile = s.write_random("b", "meanwhile", 4);
-    auto synced = c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count()));
-    INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump());
-    REQUIRE(synced.status == 0);
-    CHECK(c.status("a")["replication"]["split_brain"] == false);
-    std::filesystem::remove(s.dir.path() / "sick-a");
-    REQUIRE(c.wait("a", "state=STANDBY", soon));
-    auto since = c.last_seq("a");
-    REQUIRE(c.ctl("b", "giveback").status == 0);
-    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
-    CHECK(s.sha256("a", "before") == before);
-    CHECK(s.sha256("a", "meanwhile") == meanwhile);
+    s.one_history_after_alpha_gave_up(before);
 }
 
 TEST_CASE("a health failure with /store held by a loop device detaches it lazily, hands over, and the copies stay "
@@ -569,20 +575,8 @@ TEST_CASE("a health failure with /store held by a loop device detaches it lazily
     // through it cannot be made durable (the flush reaches the dead front end).
     CHECK(run(fmt::format("dd if=/dev/zero of={} bs=4096 count=1 oflag=direct conv=fsync", inner)).status != 0);
 
-    // Alpha demoted before beta promoted: beta continues the same history.
     CHECK(s.sha256("b", "before") == before);
-    auto meanwhile = s.write_random("b", "meanwhile", 4);
-    auto synced = c.ctl("b", fmt::format("sync --timeout {}s", sync_limit.count()));
-    INFO(synced.out << "\nalpha: " << c.status("a")["replication"].dump());
-    REQUIRE(synced.status == 0);
-    CHECK(c.status("a")["replication"]["split_brain"] == false);
-    std::filesystem::remove(s.dir.path() / "sick-a");
-    REQUIRE(c.wait("a", "state=STANDBY", soon));
-    since = c.last_seq("a");
-    REQUIRE(c.ctl("b", "giveback").status == 0);
-    REQUIRE(c.wait("a", "event=failover.complete", soon, since));
-    CHECK(s.sha256("a", "before") == before);
-    CHECK(s.sha256("a", "meanwhile") == meanwhile);
+    s.one_history_after_alpha_gave_up(before);
 }
 
 TEST_CASE("a tandemd stopped with /store busy leaves it on a dead device, and its next start detaches it",
