@@ -341,13 +341,10 @@ result<void> fuse_frontend::stop(bool cut) {
             // The servers return when the connection ends, which is when the last
             // user of the file is gone. Past a grace period, end it by force.
             std::unique_lock lk(mu_);
-            if (cut) {
+            if (cut || !cv_.wait_for(lk, std::chrono::seconds(5), [&] { return serving_ == 0; })) {
                 lk.unlock();
-                log::warning("store.frontend", "the volume is still in use: aborting FUSE connection {}", conn_minor_);
-                abort_connection(conn_minor_);
-            } else if (!cv_.wait_for(lk, std::chrono::seconds(5), [&] { return serving_ == 0; })) {
-                lk.unlock();
-                log::warning("store.frontend", "FUSE server still busy 5 s after unmount: aborting connection {}",
+                log::warning("store.frontend", "{}: aborting connection {}",
+                             cut ? "the volume is still in use" : "FUSE server still busy 5 s after unmount",
                              conn_minor_);
                 abort_connection(conn_minor_);
             }
