@@ -228,11 +228,12 @@ config validate(const toml::table& root, const std::string& path) {
         static const std::set<std::string_view> sections = {"cluster",      "node", "peer",    "heartbeat",
                                                              "connectivity", "auth", "replication", "crossover",
                                                              "control",      "health", "services", "announce",
-                                                             "store"};
+                                                             "store",        "watchdog"};
         if (!sections.count(k.str()))
             r.problem(&v, k.str(), "unknown section; allowed: " +
                                        join({"cluster", "node", "peer", "heartbeat", "connectivity", "auth",
-                                             "replication", "crossover", "control", "health", "services", "announce", "store"},
+                                             "replication", "crossover", "control", "health", "services", "announce", "store",
+                                             "watchdog"},
                                             ", "));
     }
 
@@ -480,6 +481,38 @@ config validate(const toml::table& root, const std::string& path) {
     if (auto d = r.duration(sv, "services", "timeout", milliseconds(100), milliseconds(3'600'000)))
         c.services.timeout = *d;
 
+    auto* wd = r.section(root, "watchdog", false, {"device", "timeout"});
+    if (auto d = r.string(wd, "watchdog", "device", false); d && !d->empty()) {
+        if ((*d)[0] != '/') r.problem(wd->get("device"), "watchdog.device", "must be an absolute path, such as \"/dev/watchdog\"");
+        else c.watchdog.device = *d;
+    }
+    {
+        using std::chrono::seconds;
+        // The kernel's watchdog API counts in seconds.
+        auto ceil_s = std::chrono::ceil<seconds>(c.heartbeat.timeout);
+        c.watchdog.timeout = std::max(ceil_s, seconds(1));
+        if (auto d = r.duration(wd, "watchdog", "timeout", milliseconds(1000), milliseconds(3'600'000))) {
+            if (d->count() % 1000 != 0)
+                r.problem(wd->get("timeout"), "watchdog.timeout",
+                          "must be whole seconds, such as \"10s\" (the kernel's watchdog API counts in seconds)");
+            else
+                c.watchdog.timeout = std::chrono::duration_cast<seconds>(*d);
+        }
+        // With the lease, the host must be reset before the peer claims the shared
+        // device: lease_expiry() after the last renewal it saw, and a renewal may be
+        // up to two intervals old when the feeding stops (docs/hw-watchdog.md).
+        auto limit = 2 * c.heartbeat.timeout - 2 * c.heartbeat.interval;
+        if (!c.watchdog.device.empty() && !c.replication.lease_device.empty() && c.watchdog.timeout > limit)
+            r.problem(wd ? wd->get("timeout") : nullptr, "watchdog.timeout",
+                      fmt::format("{} is too long for the shared-storage lease: the peer claims the device 2 x "
+                                  "heartbeat.timeout after this node's last renewal, so the watchdog must fire "
+                                  "within 2 x heartbeat.timeout - 2 x heartbeat.interval = {}; {}",
+                                  format_duration(c.watchdog.timeout), format_duration(limit),
+                                  limit >= seconds(1)
+                                      ? fmt::format("set it to at most {}s", std::chrono::floor<seconds>(limit).count())
+                                      : std::string("no whole number of seconds fits: lengthen heartbeat.timeout")));
+    }
+
     // The seeds' pairing rules ("IP Addressing and Subnets"): node, peer and VIP in one subnet.
     if (c.cluster.vip.family && c.node.address.family && c.peer.address.family) {
         if (c.node.address.family != c.peer.address.family)
@@ -566,6 +599,8 @@ reload_plan plan_reload(const config& a, const config& b) {
     refused("crossover.address", a.crossover.address != b.crossover.address);
     refused("crossover.peer_address", a.crossover.peer_address != b.crossover.peer_address);
     refused("control.socket", a.control.socket != b.control.socket);
+    if (a.watchdog.device != b.watchdog.device)
+        p.refused.push_back("watchdog.device: opened once at start-up; restart tandemd to use another one");
     for (auto [key, changed] : {std::pair{"store.mount", a.store.mount != b.store.mount},
                                 {"store.fstype", a.store.fstype != b.store.fstype},
                                 {"store.options", a.store.options != b.store.options},
@@ -614,6 +649,7 @@ reload_plan plan_reload(const config& a, const config& b) {
     applied("services.start", a.services.start, b.services.start);
     applied("services.stop", a.services.stop, b.services.stop);
     applied("services.timeout", format_duration(a.services.timeout), format_duration(b.services.timeout));
+    applied("watchdog.timeout", format_duration(a.watchdog.timeout), format_duration(b.watchdog.timeout));
     return p;
 }
 

@@ -30,7 +30,7 @@ const nlohmann::json& event_bus::publish(const event& e) {
 
     auto lvl = e.id.ends_with(".refused") || e.id.ends_with(".blocked") || e.id.starts_with("collision") ||
                        e.id.find("failed") != std::string::npos || e.id.ends_with(".lost") ||
-                       e.id.ends_with(".expired") || e.id == "vip.removed" || e.id == "vip.foreign"
+                       e.id.ends_with(".expired") || e.id.ends_with(".starving") || e.id == "vip.removed" || e.id == "vip.foreign"
                    ? log::level::warning
                    : log::level::notice;
     log::write(lvl, e.id, e.message);

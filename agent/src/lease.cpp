@@ -118,6 +118,7 @@ lease_info lease_keeper::turn(bool holding) {
         v = info_;
     }
     v.ok = false;
+    v.wants_holding = holding;
     auto mine = lease_index(o_.role);
     auto theirs = static_cast<std::uint16_t>(1 - mine);
     lease_slot s{mine, holding ? lease_flag_holding : 0u, counter_ + 1, o_.node_name};
@@ -125,6 +126,7 @@ lease_info lease_keeper::turn(bool holding) {
         v.error = fmt::format("node name {} is too long for a slot", o_.node_name);
         return v;
     }
+    auto started = std::chrono::steady_clock::now();
     auto n = ::pwrite(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(mine * lease_slot_size));
     if (n != static_cast<ssize_t>(lease_slot_size)) {
         v.error = fmt::format("writing slot {}: {}", mine, n < 0 ? errno_text() : "short write");
@@ -132,6 +134,7 @@ lease_info lease_keeper::turn(bool holding) {
     }
     counter_ = s.counter;
     v.renewed = std::chrono::steady_clock::now();
+    v.renew_started = started;
     v.holding = holding;
     n = ::pread(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(theirs * lease_slot_size));
     if (n != static_cast<ssize_t>(lease_slot_size)) {

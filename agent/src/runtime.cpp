@@ -180,6 +180,7 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
       watchdog_timer_(io),
       refresh_timer_(io),
       signals_(io, SIGTERM, SIGINT, SIGHUP),
+      hw_watchdog_timer_(io),
       boot_id_(next_boot_id(cfg_)) {
     std::uint8_t index = 0;
     for (auto& name : cfg_.heartbeat.links) {
@@ -261,7 +262,30 @@ node_runtime::node_runtime(asio::io_context& io, config cfg)
     }
 }
 
-node_runtime::~node_runtime() = default;
+node_runtime::~node_runtime() {
+    if (!hw_watchdog_) return;
+    if (auto held = still_held(); !held.empty()) {
+        log::error("watchdog.left_running",
+                   "tandemd ends while this node still holds {}: the watchdog {} is left running and resets this host "
+                   "in {} s unless tandemd is started again",
+                   held, hw_watchdog_->describe().device, hw_watchdog_->describe().timeout.count());
+        return;  // closed without the magic character
+    }
+    if (hw_watchdog_->disarm())
+        log::notice("watchdog.stopped", "watchdog {} stopped: this node holds nothing", hw_watchdog_->describe().device);
+    else
+        log::warning("watchdog.nowayout",
+                     "watchdog {} cannot be stopped (nowayout): it resets this host in {} s unless tandemd is started "
+                     "again",
+                     hw_watchdog_->describe().device, hw_watchdog_->describe().timeout.count());
+}
+
+std::string node_runtime::still_held() const {
+    if (machine_.busy()) return "a failover sequence that has not finished";
+    if (machine_.state() == host_state::active) return "the ACTIVE role (the VIP and /store)";
+    if (const auto& l = machine_.lease(); l && l->wants_holding) return "the shared store's lease";
+    return "";
+}
 
 void node_runtime::install_sequence(failover_sequence seq) { sequence_.emplace(std::move(seq)); }
 
@@ -273,6 +297,25 @@ std::unique_ptr<failover_phase> node_runtime::make_storage_phase() {
 }
 
 void node_runtime::start() {
+    // First: a device that cannot be used stops tandemd before it holds anything.
+    if (!cfg_.watchdog.device.empty()) {
+        hw_watchdog_ = hw_watchdog::open(cfg_.watchdog.device, cfg_.watchdog.timeout);
+        hw_watchdog_last_fed_ = now();
+        const auto& d = hw_watchdog_->describe();
+        bus_.publish({"watchdog.armed",
+                      fmt::format("watchdog {} ({}) armed with a {} s timeout{}", d.device, d.identity,
+                                  d.timeout.count(),
+                                  machine_.params().lease_configured
+                                      ? "; fed while the shared store's lease is renewed"
+                                      : "; fed from the event loop"),
+                      {{"device", d.device}, {"identity", d.identity}, {"timeout_s", std::to_string(d.timeout.count())}}});
+        if (d.nowayout)
+            log::warning("watchdog.nowayout",
+                         "watchdog {} cannot be stopped (nowayout): even a clean stop of tandemd resets this host "
+                         "{} s later unless tandemd is started again",
+                         d.device, d.timeout.count());
+        asio::co_spawn(io_, hw_watchdog_loop(), asio::detached);
+    }
     bus_.publish({"tandemd.started",
                   fmt::format("tandemd {} as {} {} of cluster {}; listening for the peer for {}", tandem_version,
                               to_string(cfg_.node.role), cfg_.node.name, cfg_.cluster.name,
@@ -740,6 +783,51 @@ asio::awaitable<void> node_runtime::sd_watchdog_loop() {
     }
 }
 
+// Feeds the host's watchdog a few times per timeout while may_feed_watchdog()
+// allows it. The loop runs on the io_context: a stalled loop stops the feeding.
+asio::awaitable<void> node_runtime::hw_watchdog_loop() {
+    while (hw_watchdog_ && hw_watchdog_->armed()) {  // also while stopping: the release may take a while
+        const auto t = now();
+        const auto& lease = machine_.lease();
+        const bool feed = may_feed_watchdog(t, lease, cfg_.heartbeat.interval);
+        if (feed) {
+            if (auto ec = hw_watchdog_->keepalive())
+                log::error("watchdog.keepalive_failed", "watchdog {}: WDIOC_KEEPALIVE: {}",
+                           hw_watchdog_->describe().device, ec.message());
+            else
+                hw_watchdog_last_fed_ = t;
+        }
+        if (feed != hw_watchdog_fed_) {
+            hw_watchdog_fed_ = feed;
+            if (!feed) {  // only with a lease (may_feed_watchdog)
+                auto renewed = std::chrono::duration_cast<std::chrono::milliseconds>(t - lease->renew_started);
+                bus_.publish({"watchdog.starving",
+                              fmt::format("this node holds the shared store's lease, but its last renewal started {} "
+                                          "ago: the watchdog is no longer fed and resets this host within {} s",
+                                          format_duration(renewed), hw_watchdog_->describe().timeout.count()),
+                              {{"renewed_ms_ago", std::to_string(renewed.count())}}});
+            } else {
+                bus_.publish({"watchdog.fed", "the lease is renewed again: the watchdog is fed again", {}});
+            }
+        }
+        hw_watchdog_timer_.expires_after(std::min<std::chrono::milliseconds>(hw_watchdog_->describe().timeout / 4,
+                                                                             cfg_.heartbeat.interval));
+        co_await hw_watchdog_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+}
+
+json node_runtime::watchdog_section() const {
+    if (!hw_watchdog_) return {{"device", cfg_.watchdog.device}, {"armed", false}};
+    const auto& d = hw_watchdog_->describe();
+    return {{"device", d.device},
+            {"armed", hw_watchdog_->armed()},
+            {"identity", d.identity},
+            {"timeout_s", d.timeout.count()},
+            {"nowayout", d.nowayout},
+            {"fed", hw_watchdog_fed_},
+            {"fed_ms_ago", std::chrono::duration_cast<std::chrono::milliseconds>(now() - hw_watchdog_last_fed_).count()}};
+}
+
 void node_runtime::notify_status() {
     auto s = fmt::format("{}/{} peer {} {}", to_string(machine_.state()), to_string(machine_.mode()),
                          cfg_.peer.name,
@@ -863,6 +951,7 @@ json node_runtime::status() const {
         {"latency", latency_section(false)},
         {"replication", replication_status()},
         {"store", store_section()},
+        {"watchdog", watchdog_section()},
         {"last_sequence", last_sequence_},
     };
 }
@@ -1250,6 +1339,10 @@ json node_runtime::reload() {
         for (auto& r : plan.refused) msg += "\n  " + r;
         return {{"ok", false}, {"error", msg}};
     }
+    if (hw_watchdog_ && fresh.watchdog.timeout != cfg_.watchdog.timeout) {
+        if (auto why = hw_watchdog_->set_timeout(fresh.watchdog.timeout); !why.empty())
+            return {{"ok", false}, {"error", "refused; nothing changed:\n  watchdog.timeout: " + why}};
+    }
     cfg_ = std::move(fresh);
     machine_.set_params(params_of(cfg_));
     for (auto& l : links_) l->latency->set_thresholds(cfg_);
@@ -1265,6 +1358,7 @@ json node_runtime::reload() {
     apply({});  // timers: the interval and the deadlines may have changed
     send_timer_.cancel();
     refresh_timer_.cancel();
+    hw_watchdog_timer_.cancel();  // its period follows the timeout
     return {{"ok", true}, {"applied", plan.applied}};
 }
 

@@ -2,6 +2,7 @@
 #include "tandem/agent/config.hpp"
 #include "tandem/agent/drbd.hpp"
 #include "tandem/agent/failover.hpp"
+#include "tandem/agent/hw_watchdog.hpp"
 #include "tandem/agent/runtime.hpp"
 #include "tandem/agent/version.hpp"
 #include "tandem/base/kmod.hpp"
@@ -75,6 +76,9 @@ void check_features(const config& c, bool starting) {
                 std::strerror(errno)));
         ::close(fd);
     }
+    // Opening the watchdog starts it, so a check only looks at the device node.
+    if (!c.watchdog.device.empty())
+        if (auto why = hw_watchdog::check(c.watchdog.device); !why.empty()) throw std::runtime_error(why);
     // Hooks and check commands are awaited through pidfds (Linux >= 5.3).
     int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, ::getpid(), 0));
     if (pidfd < 0)

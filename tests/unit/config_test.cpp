@@ -91,6 +91,25 @@ TEST_CASE_METHOD(fixture, "defaults are the seeds' figures", "[unit][config]") {
     CHECK(c.heartbeat.links == std::vector<std::string>{"eth0"});
     CHECK(c.replication.port == 7789);
     CHECK(c.replication.rate_mib == 100);
+    CHECK(c.watchdog.device.empty());  // no watchdog unless one is named
+    CHECK(c.watchdog.timeout == 30s);  // the heartbeat timeout
+}
+
+TEST_CASE_METHOD(fixture, "the watchdog's timeout defaults to the heartbeat timeout, rounded up to whole seconds",
+                 "[unit][config]") {
+    auto text = good(key, "[watchdog]\ndevice = \"/dev/watchdog\"\n");
+    text.replace(text.find("\"10s\""), 5, "\"50ms\"");
+    text.replace(text.find("\"30s\""), 5, "\"150ms\"");
+    auto c = parse_config(text, "x.toml");
+    CHECK(c.watchdog.device == "/dev/watchdog");
+    CHECK(c.watchdog.timeout == 1s);
+    text.replace(text.find("\"150ms\""), 7, "\"2500ms\"");
+    CHECK(parse_config(text, "x.toml").watchdog.timeout == 3s);
+    // With the lease, 40 s fits 2 x 30s - 2 x 10s exactly.
+    auto lease = good(key, "[watchdog]\ndevice = \"/dev/watchdog\"\ntimeout = \"40s\"\n");
+    lease.replace(lease.find("backend = \"none\""), 16,
+                  "backend = \"shared\"\ndevice = \"/dev/sdb\"\nlease_device = \"/dev/sdc\"");
+    CHECK(parse_config(lease, "x.toml").watchdog.timeout == 40s);
 }
 
 TEST_CASE_METHOD(fixture, "50ms heartbeats are accepted", "[unit][config]") {
@@ -158,6 +177,21 @@ TEST_CASE_METHOD(fixture, "bad values name file, line, key, value and what is al
         {"backend = \"none\"", "backend = \"uring\"", "replication.device: missing: backend \"uring\" needs the device"},
         {"[peer]\nname = \"beta\"\n", "[peer]\n", "peer.name: missing (required)"},
         {"vip = \"10.77.0.100/24\"", "vip = ", "not valid TOML"},
+        {"tandemd.sock\"", "tandemd.sock\"\n[watchdog]\ndevice = \"watchdog\"",
+         "watchdog.device = \"watchdog\": must be an absolute path, such as \"/dev/watchdog\""},
+        {"tandemd.sock\"", "tandemd.sock\"\n[watchdog]\ntimeout = \"1500ms\"",
+         "watchdog.timeout = \"1500ms\": must be whole seconds, such as \"10s\" (the kernel's watchdog API counts in "
+         "seconds)"},
+        {"tandemd.sock\"", "tandemd.sock\"\n[watchdog]\ntimeout = \"2h\"",
+         "watchdog.timeout = \"2h\": must be a duration such as \"50ms\", \"10s\" or \"2min\", from 1s to 60min"},
+        // The lease: the peer claims 2 x 30s after the last renewal it saw, which
+        // may be up to 2 x 10s old when the feeding stops: 40 s at most.
+        {"backend = \"none\"",
+         "backend = \"shared\"\ndevice = \"/dev/sdb\"\nlease_device = \"/dev/sdc\"\n[watchdog]\ndevice = "
+         "\"/dev/watchdog\"\ntimeout = \"41s\"",
+         "watchdog.timeout = \"41s\": 41s is too long for the shared-storage lease: the peer claims the device 2 x "
+         "heartbeat.timeout after this node's last renewal, so the watchdog must fire within 2 x heartbeat.timeout - 2 "
+         "x heartbeat.interval = 40s; set it to at most 40s"},
     };
     for (auto& c : cases) {
         auto text = good(key);
@@ -270,6 +304,8 @@ TEST_CASE_METHOD(fixture, "every key a reload sees is either applied or refused,
         {"announce.count", "[announce]\n", "[announce]\ncount = 5\n", true},
         {"announce.spacing", "[announce]\n", "[announce]\nspacing = \"2s\"\n", true},
         {"announce.refresh", "[announce]\n", "[announce]\nrefresh = \"60s\"\n", true},
+        {"watchdog.device", "[announce]\n", "[announce]\n[watchdog]\ndevice = \"/dev/watchdog\"\n", false},
+        {"watchdog.timeout", "[announce]\n", "[announce]\n[watchdog]\ntimeout = \"20s\"\n", true},
     };
     for (auto& c : changes) {
         INFO(c.key);

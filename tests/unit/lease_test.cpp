@@ -124,6 +124,10 @@ TEST_CASE("two lease keepers on one device see each other's slots, the holding f
     auto mine = write_now(*b, true);
     REQUIRE(mine.ok);
     CHECK(mine.holding);
+    CHECK(mine.wants_holding);
+    // The watchdog counts from the write's start: the peer may read it from then on.
+    CHECK(mine.renew_started != tandem::steady_time{});
+    CHECK(mine.renew_started <= mine.renewed);
     CHECK(ta.next([](const lease_info& v) { return v.peer_holding; }));
 
     // beta's tandemd goes: alpha sees the same counter and change time turn after turn.

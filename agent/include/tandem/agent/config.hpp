@@ -111,6 +111,11 @@ struct config {
         std::string stop;
         std::chrono::milliseconds timeout{30'000};
     } services;
+    struct {
+        std::string device;  // the host's watchdog, e.g. "/dev/watchdog"; empty: none (docs/hw-watchdog.md)
+        // Whole seconds (the kernel's unit). Default: heartbeat.timeout, rounded up.
+        std::chrono::seconds timeout{0};
+    } watchdog;
 
     // Where heartbeats go on `link`: the peer's management address, or its
     // crossover address on the crossover interface.

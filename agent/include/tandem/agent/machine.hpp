@@ -42,6 +42,8 @@ struct lease_info {
     bool ok = false;                          // the last turn wrote our slot and read the peer's
     std::string error;                        // why not
     steady_time renewed{};                    // our slot last written
+    steady_time renew_started{};              // when that write was issued: the peer may see it from then on
+    bool wants_holding = false;               // the flag this node last asked for, written or not
     std::optional<steady_time> peer_changed;  // when the peer's slot was last seen to change
     bool holding = false;                     // what our slot says
     bool peer_holding = false;                // what the peer's slot says

@@ -8,6 +8,7 @@
 #include "tandem/agent/failover.hpp"
 #include "tandem/agent/store.hpp"
 #include "tandem/agent/heartbeat_codec.hpp"
+#include "tandem/agent/hw_watchdog.hpp"
 #include "tandem/agent/lease.hpp"
 #include "tandem/agent/machine.hpp"
 #include "tandem/agent/vip_owner.hpp"
@@ -58,6 +59,11 @@ private:
     boost::asio::awaitable<void> watchdog_loop();
     boost::asio::awaitable<void> health_loop();
     boost::asio::awaitable<void> sd_watchdog_loop();
+    boost::asio::awaitable<void> hw_watchdog_loop();
+    [[nodiscard]] nlohmann::json watchdog_section() const;
+    // What a stopping tandemd still holds, which the host's watchdog must not
+    // be stopped under; "" when nothing.
+    [[nodiscard]] std::string still_held() const;
     boost::asio::awaitable<void> signal_loop();
     boost::asio::awaitable<void> netlink_loop();
     boost::asio::awaitable<void> refresh_loop();
@@ -128,6 +134,12 @@ private:
     boost::asio::steady_timer watchdog_timer_;
     boost::asio::steady_timer refresh_timer_;  // re-armed by a reload
     boost::asio::signal_set signals_;
+    // [watchdog] device: opened by start(), fed by hw_watchdog_loop(). Stopped
+    // by the destructor only when this node holds nothing.
+    std::optional<hw_watchdog> hw_watchdog_;
+    boost::asio::steady_timer hw_watchdog_timer_;  // re-armed by a reload
+    bool hw_watchdog_fed_ = true;  // the loop's last decision
+    steady_time hw_watchdog_last_fed_{};
 
     std::uint64_t boot_id_;
     std::uint64_t saved_generation_ = machine_.generation();  // what <state_dir>/generation.<node> holds
