@@ -14,12 +14,15 @@
 #   rejoin   the old primary back: wait STANDBY (no automatic failback), follow
 #            the delta resync, report REJOINED with the bytes it received
 #   repair   the same on a flattened and re-provisioned node ("Restore System"),
-#            then a manual takeover: report TOOK-BACK with /store's files
+#            then a manual takeover: report TOOK-BACK with /store's files;
+#            then tandemd dies for good (Restart=no, kill -9): report
+#            ABANDONED, and the watchdog resets this guest
 #   refill   the same as rejoin, then `tandemctl discard-local` without a split
 #            brain (DRBD: drbdadm invalidate): report REFILLED with the bytes of
 #            the full resync that follows; then the crossover address goes away
 #            until DRBD gives up (StandAlone: it cannot bind it) and comes back:
-#            tandemd reconnects DRBD, report RECONNECTED
+#            tandemd reconnects DRBD, report RECONNECTED; stop tandemd, report
+#            STOPPED with the watchdog's state
 # A wait that runs out reports FAIL with tandemd's journal, well inside the
 # host's time limit, so the host's log says why.
 ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
@@ -36,6 +39,8 @@ fail() {
 }
 vip() { ip -4 -o addr show dev eth0 label eth0:0 | awk '{print $4}'; }
 sum() { sha256sum "$1" 2>/dev/null | cut -c1-16; }
+# The watchdog tandemd arms ([watchdog]): "active,30s" once armed, "inactive,30s" once stopped.
+wd() { w=/sys/class/watchdog/watchdog0; [ -r $w/state ] && echo "$(cat $w/state),$(cat $w/timeout)s" || echo none; }
 store() { if mountpoint -q /store; then echo "mounted dev=$(findmnt -no SOURCE /store)"; else echo unmounted; fi; }
 # Shows the resync while it runs; the `sync --timeout 10s` after it checks the outcome.
 progress() { $ctl sync --timeout 600s 2>&1 | while read -r l; do say "sync: $l"; done; }
@@ -70,7 +75,7 @@ primary)
     fi
     mkdir -p /store/hatest
     head -c 16M /dev/urandom > /store/hatest/before && sync /store/hatest/before || fail "writing /store"
-    say "READY vip=$(vip) store=$(store) before=$(sum /store/hatest/before) trimmed=${trimmed:-unreadable} $($ctl cstate)"
+    say "READY vip=$(vip) store=$(store) watchdog=$(wd) before=$(sum /store/hatest/before) trimmed=${trimmed:-unreadable} $($ctl cstate)"
     ;;
 standby)
     $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
@@ -98,7 +103,7 @@ standby)
         $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "not ACTIVE again after the restart: $($ctl cstate 2>&1)"
         acquired
         stale=$(journalctl -b -u tandemd -o cat | grep -o 'detached /store left mounted on /dev/nbd[^,;]*' | tail -1)
-        say "RESTARTED stale=\"$stale\" vip=$(vip) store=$(store) after=$(sum /store/hatest/after) $($ctl cstate)"
+        say "RESTARTED stale=\"$stale\" watchdog=$(wd) vip=$(vip) store=$(store) after=$(sum /store/hatest/after) $($ctl cstate)"
     fi
     $ctl wait state=ACTIVE --timeout 1s > /dev/null || fail "no longer ACTIVE"
     progress
@@ -141,6 +146,8 @@ rejoin | repair | refill)
         progress
         $ctl sync --timeout 10s > /dev/null || fail "DRBD not connected and in sync after the address came back"
         say "RECONNECTED $($ctl cstate) gave-up=\"$gave_up\""
+        systemctl stop tandemd || fail "systemctl stop tandemd"
+        say "STOPPED watchdog=$(wd)"
         exit 0
     fi
     [ "$step" = repair ] || exit 0
@@ -148,6 +155,14 @@ rejoin | repair | refill)
     $ctl wait state=ACTIVE --timeout 120s > /dev/null || fail "not ACTIVE after the takeover: $($ctl cstate 2>&1)"
     acquired
     say "TOOK-BACK vip=$(vip) store=$(store) before=$(sum /store/hatest/before) after=$(sum /store/hatest/after) $($ctl cstate)"
+    # tandemd dies and may not come back: its watchdog, left running without the
+    # magic close, must reset this host (the host watches this qemu end).
+    mkdir -p /run/systemd/system/tandemd.service.d
+    printf '[Service]\nRestart=no\n' > /run/systemd/system/tandemd.service.d/hatest-no-restart.conf
+    systemctl daemon-reload || fail "systemctl daemon-reload"
+    pid=$(systemctl show -p MainPID --value tandemd)
+    say "ABANDONED tandemd=$pid watchdog=$(wd)"
+    kill -9 "$pid"
     ;;
 *)
     fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair|refill)"

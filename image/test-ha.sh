@@ -10,7 +10,8 @@
 #    (the observer's ARP entry follows the gratuitous ARP), /store is mounted
 #    on beta and holds alpha's file; beta writes a second file;
 #    (uring) then tandemd is killed on beta: systemd starts it again, and it
-#    detaches the stale NBD mount, claims again and mounts /store with the file;
+#    detaches the stale NBD mount, claims again and mounts /store with the file
+#    (within the watchdog's timeout: beta is not reset);
 # 3. alpha boots again: it stays STANDBY (no automatic failback) and resyncs:
 #    with uring only the delta (checked: under half the store); DRBD 8.4 resyncs what
 #    its on-disk bitmap marks, which after a power cut can be the whole device;
@@ -18,7 +19,13 @@
 #    crossover address until DRBD gives up (StandAlone): tandemd reconnects it;
 # 4. (uring) alpha's disk is flattened with tandem-recovery and provisioned
 #    again: it re-pairs as standby, receives a full resync from beta, and a
-#    manual takeover shows both files on its /store ("Restore System").
+#    manual takeover shows both files on its /store ("Restore System");
+# 5. (uring) tandemd dies on alpha and systemd may not start it again: the
+#    watchdog it left running resets alpha, and beta serves the VIP.
+# Each guest has a watchdog (qemu's i6300esb) that tandemd arms with a 30 s
+# timeout ([watchdog]); a reset ends that guest's qemu (-no-reboot), so a
+# spurious one fails the step that waits on it. With DRBD, alpha's clean stop
+# at the end stops its watchdog.
 # With uring the active node exposes /store through the NBD front end (nbd.ko is
 # in the image's kernel, not on the build machine, whose tests cover FUSE).
 # The guests' half is image/hatest.sh. Each node's identity goes on its config
@@ -96,6 +103,9 @@ rate = 1000
 [store]
 mount = "/store"
 $([[ $backend == uring ]] && echo 'frontend = "nbd"')
+[watchdog]
+device = "/dev/watchdog"
+timeout = "30s"
 EOF
     cp --sparse=always "$out/disk.img" "$work/$n.img"
     "$here/recovery/tandem-recovery" provision --target "$work/$n.img" --config "$c" > "$work/provision-$n.log" 2>&1 ||
@@ -127,6 +137,7 @@ boot() {  # node step
         -drive "file=$work/$n.img,format=raw,if=virtio" \
         -netdev "tap,id=mgmt,ifname=t-$n-0,script=no,downscript=no" -device "virtio-net-pci,netdev=mgmt,addr=03,mac=$(mac "$n" 0)" \
         -netdev "tap,id=xo,ifname=t-$n-1,script=no,downscript=no" -device "virtio-net-pci,netdev=xo,addr=04,mac=$(mac "$n" 1)" \
+        -device i6300esb,addr=05 \
         >> "$work/$n.log" 2>&1 &
     pid[$n]=$!
 }
@@ -166,6 +177,8 @@ say "alpha: $ready"
 boot_to_ready=$(since "$t")
 [[ $(field vip "$ready") == 10.99.0.100/24 ]] || die "alpha is ACTIVE without the VIP on eth0:0"
 [[ $(field store "$ready") == mounted ]] || die "/store is not mounted on alpha"
+[[ $(field watchdog "$ready") == active,30s ]] ||
+    die "alpha's watchdog is \"$(field watchdog "$ready")\", not armed by tandemd with 30 s (active,30s)"
 before=$(field before "$ready")
 if [[ $backend == uring ]]; then
     # fstrim on alpha's /store: discards through nbd.ko to the engine, replicated while in sync.
@@ -204,6 +217,8 @@ if [[ $backend == uring ]]; then
     [[ $(field vip "$restarted") == 10.99.0.100/24 ]] || die "beta is ACTIVE again without the VIP"
     [[ $(field store "$restarted") == mounted ]] || die "/store is not mounted on beta after tandemd's restart"
     [[ $(field after "$restarted") == "$(field after "$wrote")" ]] || die "beta's file differs after tandemd's restart"
+    [[ $(field watchdog "$restarted") == active,30s ]] ||
+        die "beta's watchdog is \"$(field watchdog "$restarted")\" after tandemd's restart, not armed again (active,30s)"
     crash="tandemd killed on beta and back with /store in $(since "$t") s"
 fi
 
@@ -282,7 +297,43 @@ if [[ $backend == uring ]]; then
     [[ $(field after "$took_back") == "$wrote_after" ]] || die "the restored alpha's /store lacks beta's file"
     [[ $(vip_mac) == "$(mac alpha 0)" ]] || die "the observer's ARP entry for the VIP is $(vip_mac), not alpha's"
     repair="${repair} s (${full} bytes received, flatten ${flatten} s)"
+
+    # tandemd dies on the active alpha and systemd may not start it again: the
+    # watchdog it left running (no magic close) must reset alpha. With
+    # -no-reboot, the reset ends alpha's qemu.
+    abandoned=$(await alpha ABANDONED)
+    t=$(date +%s.%N)
+    say "alpha: $abandoned"
+    [[ $(field watchdog "$abandoned") == active,30s ]] || die "alpha's watchdog is not armed before tandemd's death"
+    timeout 120 tail --pid="${pid[alpha]}" -s 0.2 -f /dev/null ||
+        die "alpha was not reset within 120 s of tandemd's death (its watchdog has a 30 s timeout)"
+    wait "${pid[alpha]}" 2>/dev/null || true
+    unset 'pid[alpha]'
+    reset_after=$(since "$t")
+    # Fed every second until the kill, so the reset comes about 30 s after it.
+    awk -v s="$reset_after" 'BEGIN { exit !(s >= 20) }' ||
+        die "alpha ended ${reset_after} s after tandemd's death: sooner than its watchdog's 30 s"
+    after_kill=$(tail -n +"${from[alpha]}" "$work/alpha.log" | sed -n '/TANDEM-HATEST alpha ABANDONED/,$p')
+    ! grep -aq "reboot: \|Kernel panic\|Power down" <<< "$after_kill" ||
+        die "alpha's console shows a reboot, power-off or panic after tandemd's death: not a watchdog reset"
+    # The kernel's word that the device was closed without the magic character.
+    grep -aq "watchdog0: watchdog did not stop" <<< "$after_kill" ||
+        die "alpha's kernel did not log \"watchdog did not stop!\" when tandemd died: was the watchdog stopped?"
+    # Beta took over once alpha's heartbeats stopped; alpha's kernel answered
+    # for the VIP until its reset, so ask again.
+    nsx ip neigh flush dev mgmt
+    nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "nobody answers for the VIP after alpha's reset"
+    [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the VIP answers from $(vip_mac) after alpha's reset, not beta's"
+    reset="tandemd dead on alpha, watchdog reset ${reset_after} s later, the VIP on beta"
+fi
+if [[ $backend == drbd ]]; then
+    # A clean stop of tandemd on a standby stops its watchdog.
+    stopped=$(await alpha STOPPED)
+    say "alpha: $stopped"
+    [[ $(field watchdog "$stopped") == inactive,30s ]] ||
+        die "alpha's watchdog is \"$(field watchdog "$stopped")\" after a clean stop of tandemd, not stopped (inactive,30s)"
+    reset="a clean stop of tandemd stopped the watchdog"
 fi
 echo "image-test-ha ($backend) passed: boot to in-sync and READY ${boot_to_ready} s, failover ${failover} s (power cut" \
     "to /store mounted on beta), ${crash:+$crash, }rejoin and delta resync ${resync} s (${delta:-?} bytes), restore:" \
-    "${repair}, total $(since "$t0") s"
+    "${repair}, ${reset}, total $(since "$t0") s"

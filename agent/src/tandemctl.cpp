@@ -154,6 +154,13 @@ void print_status(const json& st) {
     if (!l["blocked"].get<std::string>().empty())
         std::cout << "failover  blocked: " << l["blocked"].get<std::string>() << "\n";
     if (st["collision"].get<bool>()) std::cout << "collision both nodes are ACTIVE; resolving\n";
+    if (const auto& w = st.value("watchdog", json::object()); w.value("armed", false))
+        std::cout << fmt::format("watchdog  {} ({})  {} s  {}\n", w["device"].get<std::string>(),
+                                 w["identity"].get<std::string>(), w["timeout_s"].get<std::int64_t>(),
+                                 w["fed"].get<bool>()
+                                     ? fmt::format("fed {:.1f} s ago", w["fed_ms_ago"].get<std::int64_t>() / 1000.0)
+                                     : fmt::format("NOT FED for {:.1f} s: the host resets when the timeout runs out",
+                                                   w["fed_ms_ago"].get<std::int64_t>() / 1000.0));
     for (auto& k : st["heartbeat"]["links"]) {
         std::cout << fmt::format("link      {:<8} {}  rtt {}  tx {} rx {}\n", k["name"].get<std::string>(),
                                  k["up"].get<bool>() ? "UP  " : "DOWN",
