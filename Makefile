@@ -142,10 +142,11 @@ image: all image-deps
 	$(Q)image/build.sh $(OUT)/bin $(IMAGE_OUT)
 image-test: image
 	$(Q)image/test.sh $(IMAGE_OUT)
-# Two guests: failover with /store, for the io_uring engine and kernel DRBD.
+# Two guests: failover with /store, for the io_uring engine, kernel DRBD and shared storage.
 image-test-ha: image
 	$(Q)image/test-ha.sh $(IMAGE_OUT) uring
 	$(Q)image/test-ha.sh $(IMAGE_OUT) drbd
+	$(Q)image/test-ha.sh $(IMAGE_OUT) shared
 
 # Benchmarks measure Tandem and a peer side by side in one run and print ratios.
 .PHONY: bench bench-deps bench-failover bench-idle bench-replication bench-store bench-ebpf

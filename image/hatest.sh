@@ -23,6 +23,13 @@
 #            until DRBD gives up (StandAlone: it cannot bind it) and comes back:
 #            tandemd reconnects DRBD, report RECONNECTED; stop tandemd, report
 #            STOPPED with the watchdog's state
+#   sharedactive   (backend "shared") wait ACTIVE: the lease taken, the file
+#            system created on the shared store, /store mounted; write
+#            /store/hatest/before durably, report READY; then the host hangs
+#            this guest's storage path: wait for watchdog.starving, report
+#            STARVING; the watchdog resets this guest
+#   sharedstandby  wait STANDBY, report; wait ACTIVE (the takeover once the
+#            peer's lease expired), report TOOK-OVER with /store's file
 # A wait that runs out reports FAIL with tandemd's journal, well inside the
 # host's time limit, so the host's log says why.
 ctl="/usr/sbin/tandemctl -c /etc/tandem/tandem.toml"
@@ -164,7 +171,28 @@ rejoin | repair | refill)
     say "ABANDONED tandemd=$pid watchdog=$(wd)"
     kill -9 "$pid"
     ;;
+sharedactive)
+    $ctl wait state=ACTIVE --timeout 300s > /dev/null || fail "not ACTIVE: $($ctl cstate 2>&1)"
+    acquired
+    mountpoint -q /store || fail "/store is not mounted on the active node"
+    mkdir -p /store/hatest
+    head -c 8M /dev/urandom > /store/hatest/before && sync /store/hatest/before || fail "writing /store"
+    seq=$($ctl events --backlog 1 | sed -n 's/.*"seq":\([0-9]*\).*/\1/p')
+    say "READY vip=$(vip) store=$(store) watchdog=$(wd) before=$(sum /store/hatest/before) $($ctl cstate)"
+    # The host now hangs the path to the shared disks. Nothing here touches them.
+    $ctl wait event=watchdog.starving --since "$seq" --timeout 120s > /dev/null ||
+        fail "no watchdog.starving after the storage path hung"
+    msg=$($ctl events --backlog 50 | grep -F watchdog.starving | tail -1 | sed -n 's/.*"message":"\([^"]*\)".*/\1/p')
+    say "STARVING \"$msg\""
+    ;;
+sharedstandby)
+    $ctl wait state=STANDBY --timeout 300s > /dev/null || fail "not STANDBY: $($ctl cstate 2>&1)"
+    say "STANDBY vip=$(vip) store=$(store) watchdog=$(wd) $($ctl cstate)"
+    $ctl wait state=ACTIVE --timeout 300s > /dev/null || fail "no takeover: $($ctl cstate 2>&1)"
+    acquired
+    say "TOOK-OVER vip=$(vip) store=$(store) before=$(sum /store/hatest/before) $($ctl cstate)"
+    ;;
 *)
-    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair|refill)"
+    fail "unknown step \"$step\" (tandem.hatest=primary|standby|rejoin|repair|refill|sharedactive|sharedstandby)"
     ;;
 esac

@@ -2,7 +2,7 @@
 # make image-test-ha: two guests of the image, alpha (primary) and beta
 # (secondary), joined by two bridges in a network namespace of their own:
 # management (eth0, with an observer at 10.99.0.254) and crossover (eth1).
-#   image/test-ha.sh OUT_DIR [uring|drbd] [TIMEOUT_S]
+#   image/test-ha.sh OUT_DIR [uring|drbd|shared] [TIMEOUT_S]
 # 1. both boot; alpha becomes ACTIVE with the VIP, /store syncs to beta, (uring)
 #    fstrim on alpha's /store sends discards through nbd.ko and the copies stay
 #    in sync, alpha writes a file on /store durably and reports READY;
@@ -35,7 +35,8 @@ out=$(readlink -f "${1:?OUT_DIR}")
 backend=${2:-uring}
 limit=${3:-1500}
 here=$(dirname "$(readlink -f "$0")")
-[[ $backend == uring || $backend == drbd ]] || { echo "image-test-ha: backend \"$backend\": allowed uring, drbd"; exit 2; }
+[[ $backend == uring || $backend == drbd || $backend == shared ]] ||
+    { echo "image-test-ha: backend \"$backend\": allowed uring, drbd, shared"; exit 2; }
 (cd "$out" && sha256sum --quiet -c SHA256SUMS) || { echo "image-test-ha: checksums do not match SHA256SUMS"; exit 1; }
 
 work=$(mktemp -d /tmp/tandem-ha-XXXXXX)
@@ -98,14 +99,19 @@ peer_address = "10.98.0.${me[${peer[$n]}]}"
 key_file = "/etc/tandem/cluster.key"
 [replication]
 backend = "$backend"
-device = "/dev/disk/by-partlabel/store"
-rate = 1000
+$(if [[ $backend == shared ]]; then
+    echo 'device = "/dev/disk/by-id/virtio-tandem-store"'
+    echo 'lease_device = "/dev/disk/by-id/virtio-tandem-lease"'
+else
+    echo 'device = "/dev/disk/by-partlabel/store"'
+    echo 'rate = 1000'
+fi)
 [store]
 mount = "/store"
 $([[ $backend == uring ]] && echo 'frontend = "nbd"')
 [watchdog]
 device = "/dev/watchdog"
-timeout = "30s"
+$([[ $backend == shared ]] && echo 'timeout = "6s"' || echo 'timeout = "30s"')
 EOF
     cp --sparse=always "$out/disk.img" "$work/$n.img"
     "$here/recovery/tandem-recovery" provision --target "$work/$n.img" --config "$c" > "$work/provision-$n.log" 2>&1 ||
@@ -126,6 +132,19 @@ for n in alpha beta; do
     done
 done
 mac() { printf '52:54:00:99:%02x:%02x' "${me[$1]}" "$2"; }
+# Shared storage: one store disk and one lease disk (zeros), both files attached
+# to both guests, as a LUN presented to two hosts. qemu's image locking is off
+# for them, and each guest gets a QMP socket through which the script throttles
+# its path to them (the hung storage path).
+shared_disks=()
+if [[ $backend == shared ]]; then
+    truncate -s 256M "$work/shared-store.img"
+    truncate -s 1M "$work/shared-lease.img"
+    for d in store lease; do
+        shared_disks+=(-drive "file=$work/shared-$d.img,format=raw,if=none,id=$d,file.locking=off"
+                       -device "virtio-blk-pci,drive=$d,serial=tandem-$d,addr=0$([[ $d == store ]] && echo 6 || echo 7)")
+    done
+fi
 boot() {  # node step
     local n=$1
     echo "=== boot: tandem.hatest=$2" >> "$work/$n.log"
@@ -137,7 +156,8 @@ boot() {  # node step
         -drive "file=$work/$n.img,format=raw,if=virtio" \
         -netdev "tap,id=mgmt,ifname=t-$n-0,script=no,downscript=no" -device "virtio-net-pci,netdev=mgmt,addr=03,mac=$(mac "$n" 0)" \
         -netdev "tap,id=xo,ifname=t-$n-1,script=no,downscript=no" -device "virtio-net-pci,netdev=xo,addr=04,mac=$(mac "$n" 1)" \
-        -device i6300esb,addr=05 \
+        -device i6300esb,addr=05 "${shared_disks[@]}" \
+        $([[ $backend == shared ]] && echo "-qmp unix:$work/$n.qmp,server=on,wait=off") \
         >> "$work/$n.log" 2>&1 &
     pid[$n]=$!
 }
@@ -157,6 +177,84 @@ await() {  # node what -> the line
 }
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<< "$2"; }
 vip_mac() { nsx ip neigh show 10.99.0.100 dev mgmt | awk '{print $3}'; }
+
+# Sends one QMP command to a guest's qemu; fails naming the command and qemu's answer.
+qmp() {  # node json
+    local answer
+    answer=$(python3 - "$work/$1.qmp" "$2" <<'PY'
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+f = s.makefile("rw")
+def reply():
+    while True:
+        m = json.loads(f.readline())
+        if "return" in m or "error" in m:
+            return m
+        # greetings and asynchronous events are skipped
+f.readline()  # the greeting
+f.write('{"execute": "qmp_capabilities"}\n'); f.flush(); reply()
+f.write(sys.argv[2] + "\n"); f.flush()
+print(json.dumps(reply()))
+PY
+    ) || die "QMP to $1's qemu: $2: no answer"
+    [[ $answer == '{"return": {}}' ]] || die "QMP to $1's qemu: $2: $answer"
+}
+
+if [[ $backend == shared ]]; then
+    # 1. Both boot; alpha takes the lease, creates the file system on the shared
+    #    store (first-time set-up), mounts /store and writes a file durably.
+    boot alpha sharedactive
+    boot beta sharedstandby
+    t=$(date +%s.%N)
+    standby=$(await beta STANDBY)
+    say "beta: $standby"
+    ready=$(await alpha READY)
+    boot_to_ready=$(since "$t")
+    say "alpha: $ready"
+    [[ $(field store "$ready") == mounted ]] || die "/store is not mounted on alpha"
+    [[ $(field dev "$ready") == /dev/vd* ]] || die "alpha's /store is on $(field dev "$ready"), not the shared virtio disk"
+    [[ $(field watchdog "$ready") == active,6s ]] ||
+        die "alpha's watchdog is \"$(field watchdog "$ready")\", not armed by tandemd with 6 s (active,6s)"
+    [[ $(field store "$standby") == unmounted ]] || die "the standby beta has /store mounted"
+    # 2. Alpha's path to the shared storage hangs (qemu lets a byte a second
+    #    through): its lease renewals stop, so it stops feeding its watchdog,
+    #    and the release it starts cannot unmount. The watchdog (6 s, at most
+    #    2 x 5 s - 2 x 1 s) must reset alpha before beta, which claims 2 x 5 s
+    #    after the last renewal it saw, mounts /store.
+    for d in store lease; do
+        qmp alpha "{\"execute\": \"block_set_io_throttle\", \"arguments\": {\"device\": \"$d\", \"bps\": 1,
+            \"bps_rd\": 0, \"bps_wr\": 0, \"iops\": 0, \"iops_rd\": 0, \"iops_wr\": 0}}"
+    done
+    t=$(date +%s.%N)
+    say "alpha's path to the shared store and lease throttled to 1 byte/s"
+    starving=$(await alpha STARVING)
+    say "alpha: $starving"
+    timeout 120 tail --pid="${pid[alpha]}" -s 0.2 -f /dev/null ||
+        die "alpha was not reset within 120 s of its storage path hanging (its watchdog has a 6 s timeout)"
+    wait "${pid[alpha]}" 2>/dev/null || true
+    unset 'pid[alpha]'
+    reset_after=$(since "$t")
+    # At the reset, beta must not have mounted /store yet.
+    ! tail -n +"${from[beta]}" "$work/beta.log" | grep -aq "TANDEM-HATEST beta TOOK-OVER" ||
+        die "beta reported /store mounted before alpha's watchdog reset alpha"
+    after_hang=$(tail -n +"${from[alpha]}" "$work/alpha.log" | sed -n '/TANDEM-HATEST alpha STARVING/,$p')
+    ! grep -aq "reboot: \|Kernel panic\|Power down" <<< "$after_hang" ||
+        die "alpha's console shows a reboot, power-off or panic after its storage hung: not a watchdog reset"
+    took=$(await beta TOOK-OVER)
+    failover=$(since "$t")
+    say "beta: $took"
+    [[ $(field store "$took") == mounted ]] || die "/store is not mounted on beta after the takeover"
+    [[ $(field before "$took") == "$(field before "$ready")" ]] ||
+        die "alpha's file on the shared /store differs on beta: $(field before "$took") != $(field before "$ready")"
+    nsx ip neigh flush dev mgmt
+    nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "nobody answers for the VIP after alpha's reset"
+    [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the VIP answers from $(vip_mac) after alpha's reset, not beta's"
+    echo "image-test-ha ($backend) passed: boot to READY ${boot_to_ready} s; alpha's storage path hung, its watchdog" \
+        "reset it ${reset_after} s later, before beta mounted /store (${failover} s after the hang, with alpha's file); total" \
+        "$(since "$t0") s"
+    exit 0
+fi
 
 want_dev=$([[ $backend == uring ]] && echo /dev/nbd || echo /dev/drbd)
 boot alpha primary

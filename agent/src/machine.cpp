@@ -317,7 +317,20 @@ void ha_machine::evaluate_standby(steady_time now, effects& e) {
                  (p_.role == node_role::primary || pr.role == node_role::secondary) &&
                  !(pr.state == host_state::initializing && pr.role == node_role::primary))
             why = "no node is active; the primary claims";  // deterministic: never both
-        if (!why.empty()) claim(why, e);
+        if (why.empty()) return;
+        // A peer that let go may not have been able to say so on the lease
+        // device (its storage path hangs): its slot still says it holds the
+        // device. The storage phase would refuse to mount, and the node would
+        // be FAILED for good; wait instead until the slot lets go or expires.
+        if (lease_ && lease_->ok && lease_->peer_holding && lease_->peer_alive(now, lease_expiry())) {
+            lease_wait_ = *lease_->peer_changed + lease_expiry();
+            block(fmt::format("{}, but its slot on the lease device {} still says it holds /store: waiting until it "
+                              "lets go or the slot has not changed for {}",
+                              why, lease_->device, format_duration(lease_expiry())),
+                  e);
+            return;
+        }
+        claim(why, e);
         return;
     }
     // The peer is silent on every link.

@@ -614,8 +614,26 @@ TEST_CASE("an active node whose lease is not renewed gives up ACTIVE well before
         if (e.id == "release.start" && e.fields.size() && e.fields[0].second.find("was not renewed") != std::string::npos)
             said = true;
     CHECK(said);
-    // It handed over: the peer, which hears it, takes over.
-    c.run(500ms);
+    // It handed over, but its slot, which it cannot write, still says it holds
+    // /store: the peer, which hears it, waits for the slot to expire (600 ms
+    // after the last change it saw) rather than fail in its storage phase.
+    CHECK(c.a.m->state() == S::standby);
+    while (c.b.m->state() != S::active && c.clock.now() - last < 5s) c.step();
+    CHECK(c.b.m->state() == S::active);
+    CHECK(c.clock.now() - last >= 600ms);
+    CHECK(c.clock.now() - last <= 800ms);
+    CHECK_THAT(blocked_reason(c.b), Catch::Contains("the peer handed over (STANDBY), but its slot on the lease device "
+                                                    "/dev/lease still says it holds /store: waiting"));
+}
+
+TEST_CASE("with a lease, a node the peer hands over to claims once the peer's slot says it let go",
+          "[unit][machine][lease]") {
+    cluster c(false);
+    with_lease(c);
+    c.run(1s);
+    REQUIRE(c.a.m->state() == S::active);
+    REQUIRE(c.command(c.b, command::takeover).ok);  // b asks a to hand over
+    c.run(300ms);  // a's next lease turn writes "not holding", well before the slot's expiry
     CHECK(c.b.m->state() == S::active);
     CHECK(c.a.m->state() == S::standby);
 }
