@@ -154,6 +154,17 @@ void print_status(const json& st) {
     if (!l["blocked"].get<std::string>().empty())
         std::cout << "failover  blocked: " << l["blocked"].get<std::string>() << "\n";
     if (st["collision"].get<bool>()) std::cout << "collision both nodes are ACTIVE; resolving\n";
+    // Shared storage: who the lease device says holds /store, and whether the peer still writes its slot.
+    if (const auto& s = st.value("store", json::object()); s.contains("lease")) {
+        const auto& l = s["lease"];
+        auto held = [](bool h) { return h ? "holding" : "not holding"; };
+        std::cout << fmt::format(
+            "lease     {}  {}  this node {}, renewed {:.1f} s ago; peer {} {}, {}\n", l["device"].get<std::string>(),
+            l["ok"].get<bool>() ? "ok" : "FAILED: " + l["error"].get<std::string>(), held(l["holding"].get<bool>()),
+            l["renewed_ms_ago"].get<std::int64_t>() / 1000.0,
+            l["peer_node"].get<std::string>().empty() ? "(blank slot)" : l["peer_node"].get<std::string>(),
+            held(l["peer_holding"].get<bool>()), l["peer_alive"].get<bool>() ? "slot changing" : "slot expired");
+    }
     if (const auto& w = st.value("watchdog", json::object()); w.value("armed", false))
         std::cout << fmt::format("watchdog  {} ({})  {} s  {}\n", w["device"].get<std::string>(),
                                  w["identity"].get<std::string>(), w["timeout_s"].get<std::int64_t>(),

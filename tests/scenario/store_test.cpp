@@ -667,6 +667,9 @@ TEST_CASE("shared storage with a lease: a cut heartbeat cable leaves /store moun
     CHECK(la["peer_alive"] == true);
     // beta reads alpha's slot once per heartbeat interval: its next turn sees "holding".
     CHECK(wait_until([&] { return c.status("b")["store"]["lease"]["peer_holding"] == true; }));
+    // The same for a person: one line of `tandemctl status`.
+    CHECK_THAT(c.ctl("b", "status").out, Catch::Matches("[\\s\\S]*\nlease     \\S+  ok  this node not holding, renewed "
+                                                        "[0-9.]+ s ago; peer alpha holding, slot changing\n[\\s\\S]*"));
 
     // Cut only the heartbeats: both nodes still reach the client and the storage.
     // Without the lease, beta would now check and mount the device alpha has mounted.
