@@ -62,18 +62,18 @@ lease_keeper::lease_keeper(options o, std::function<void(const lease_info&)> on_
     if (size < 2 * lease_slot_size)
         fail(fmt::format("is {} bytes; the lease needs at least {} (a {}-byte slot per node)", size,
                          2 * lease_slot_size, lease_slot_size));
-    buf_ = static_cast<std::byte*>(std::aligned_alloc(lease_slot_size, lease_slot_size));
+    buf_.reset(static_cast<std::byte*>(std::aligned_alloc(lease_slot_size, lease_slot_size)));
     if (!buf_) fail("no memory for an aligned slot");
     // Nothing is written to a device whose slots hold anything but zeros or
     // lease slots: a data disk named here by mistake stays as it was.
     auto mine = lease_index(o_.role);
     std::optional<lease_slot> own;
     for (std::uint16_t i : {static_cast<std::uint16_t>(1 - mine), mine}) {
-        if (::pread(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(i * lease_slot_size)) !=
+        if (::pread(fd_.get(), buf_.get(), lease_slot_size, static_cast<off_t>(i * lease_slot_size)) !=
             static_cast<ssize_t>(lease_slot_size))
             fail(fmt::format("reading slot {}: {}", i, errno_text()));
         std::string why;
-        auto s = decode_lease_slot(std::span<const std::byte>(buf_, lease_slot_size), why);
+        auto s = decode_lease_slot(std::span<const std::byte>(buf_.get(), lease_slot_size), why);
         if (!s && why.find("wrong magic") != std::string::npos)
             fail(fmt::format("its first {} bytes hold something other than zeros or Tandem's lease slots: is it the "
                              "right device? A new lease device must be zeroed first (dd if=/dev/zero of={} bs=4096 "
@@ -101,7 +101,6 @@ lease_keeper::~lease_keeper() {
     }
     cv_.notify_all();
     if (thread_.joinable()) thread_.join();
-    std::free(buf_);
 }
 
 void lease_keeper::start() { thread_ = std::thread([this] { run(); }); }
@@ -122,12 +121,12 @@ lease_info lease_keeper::turn(bool holding) {
     auto mine = lease_index(o_.role);
     auto theirs = static_cast<std::uint16_t>(1 - mine);
     lease_slot s{mine, holding ? lease_flag_holding : 0u, counter_ + 1, o_.node_name};
-    if (!encode_lease_slot(std::span<std::byte, lease_slot_size>(buf_, lease_slot_size), s)) {
+    if (!encode_lease_slot(std::span<std::byte, lease_slot_size>(buf_.get(), lease_slot_size), s)) {
         v.error = fmt::format("node name {} is too long for a slot", o_.node_name);
         return v;
     }
     auto started = std::chrono::steady_clock::now();
-    auto n = ::pwrite(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(mine * lease_slot_size));
+    auto n = ::pwrite(fd_.get(), buf_.get(), lease_slot_size, static_cast<off_t>(mine * lease_slot_size));
     if (n != static_cast<ssize_t>(lease_slot_size)) {
         v.error = fmt::format("writing slot {}: {}", mine, n < 0 ? errno_text() : "short write");
         return v;
@@ -136,13 +135,13 @@ lease_info lease_keeper::turn(bool holding) {
     v.renewed = std::chrono::steady_clock::now();
     v.renew_started = started;
     v.holding = holding;
-    n = ::pread(fd_.get(), buf_, lease_slot_size, static_cast<off_t>(theirs * lease_slot_size));
+    n = ::pread(fd_.get(), buf_.get(), lease_slot_size, static_cast<off_t>(theirs * lease_slot_size));
     if (n != static_cast<ssize_t>(lease_slot_size)) {
         v.error = fmt::format("reading slot {}: {}", theirs, n < 0 ? errno_text() : "short read");
         return v;
     }
     std::string why;
-    auto p = decode_lease_slot(std::span<const std::byte>(buf_, lease_slot_size), why);
+    auto p = decode_lease_slot(std::span<const std::byte>(buf_.get(), lease_slot_size), why);
     if (!p && why != "blank") {
         v.error = fmt::format("the peer's slot {}: {}", theirs, why);
         return v;

@@ -5,12 +5,14 @@
 
 #include "tandem/agent/lease_slot.hpp"
 #include "tandem/agent/machine.hpp"
+#include "tandem/base/c_ptr.hpp"
 #include "tandem/base/unique_fd.hpp"
 
 #include <boost/asio/awaitable.hpp>
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdlib>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -60,7 +62,8 @@ private:
     options o_;
     std::function<void(const lease_info&)> on_turn_;
     unique_fd fd_;
-    std::byte* buf_ = nullptr;  // one aligned slot for I/O
+    // One aligned slot for I/O; owned here, so a constructor that throws frees it too.
+    c_ptr<std::byte, ::free> buf_;
     mutable std::mutex mu_;
     std::condition_variable cv_;
     bool stop_ = false;
