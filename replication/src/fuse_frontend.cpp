@@ -8,6 +8,7 @@
 #include "tandem/replication/loop_device.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -44,6 +45,13 @@ void abort_connection(unsigned minor_no) {
     auto ctl = fmt::format("/sys/fs/fuse/connections/{}/abort", minor_no);
     if (::access(ctl.c_str(), W_OK) != 0) ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr);
     std::ofstream(ctl) << "1";
+}
+
+// Whether the kernel has ended the connection behind a /dev/fuse descriptor:
+// the device then polls as an error.
+bool connection_ended(int fd) {
+    pollfd p{fd, 0, 0};
+    return ::poll(&p, 1, 0) == 1 && (p.revents & POLLERR);
 }
 
 int errno_of(const error_code& ec) {
@@ -276,6 +284,7 @@ result<void> fuse_frontend::start(std::string& why_not) {
     const char* argv[] = {"tandemd", "-o", opts.c_str()};
     fuse_args args = FUSE_ARGS_INIT(3, const_cast<char**>(argv));
     se_ = fuse_session_new(&args, &ops, sizeof ops, this);
+    fuse_opt_free_args(&args);  // the session parsed them into a copy of its own
     if (!se_) {
         why_not = "fuse_session_new failed (see the log above)";
         return errno_error(EINVAL);
@@ -351,6 +360,13 @@ result<void> fuse_frontend::stop(bool cut) {
             for (auto& t : servers_) t.join();
             servers_.clear();
         }
+        // fuse_session_unmount() is what frees the session's copy of the mount
+        // point. It unmounts nothing when the connection has ended; otherwise it
+        // would try the (lazily unmounted) directory again and complain. Servers
+        // can return on the exit flag while the connection lives on: end it
+        // here, as closing the descriptor in fuse_session_destroy() would.
+        if (!connection_ended(fuse_session_fd(se_)) && conn_minor_) abort_connection(conn_minor_);
+        if (connection_ended(fuse_session_fd(se_))) fuse_session_unmount(se_);
         fuse_session_destroy(se_);
         se_ = nullptr;
     }
