@@ -201,6 +201,28 @@ PY
     [[ $answer == '{"return": {}}' ]] || die "QMP to $1's qemu: $2: $answer"
 }
 
+# Waits (at most 120 s) for alpha's qemu to end: its watchdog's reset, under
+# -no-reboot. Its console from the line "TANDEM-HATEST alpha MARKER" on, kept
+# in $after_reset, must show no reboot, power-off or panic. Sets $reset_after,
+# the seconds since $t.
+await_reset() {  # marker what-happened
+    timeout 120 tail --pid="${pid[alpha]}" -s 0.2 -f /dev/null ||
+        die "alpha was not reset within 120 s of $2 (its watchdog's timeout is $(field watchdog "$ready"))"
+    wait "${pid[alpha]}" 2>/dev/null || true
+    unset 'pid[alpha]'
+    reset_after=$(since "$t")
+    after_reset=$(tail -n +"${from[alpha]}" "$work/alpha.log" | sed -n "/TANDEM-HATEST alpha $1/,\$p")
+    ! grep -aq "reboot: \|Kernel panic\|Power down" <<< "$after_reset" ||
+        die "alpha's console shows a reboot, power-off or panic after $2: not a watchdog reset"
+}
+# Beta took over once alpha's heartbeats stopped; alpha's kernel may have
+# answered for the VIP until its reset, so the observer asks again.
+vip_on_beta() {
+    nsx ip neigh flush dev mgmt
+    nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "nobody answers for the VIP after alpha's reset"
+    [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the VIP answers from $(vip_mac) after alpha's reset, not beta's"
+}
+
 if [[ $backend == shared ]]; then
     # 1. Both boot; alpha takes the lease, creates the file system on the shared
     #    store (first-time set-up), mounts /store and writes a file durably.
@@ -230,26 +252,17 @@ if [[ $backend == shared ]]; then
     say "alpha's path to the shared store and lease throttled to 1 byte/s"
     starving=$(await alpha STARVING)
     say "alpha: $starving"
-    timeout 120 tail --pid="${pid[alpha]}" -s 0.2 -f /dev/null ||
-        die "alpha was not reset within 120 s of its storage path hanging (its watchdog has a 6 s timeout)"
-    wait "${pid[alpha]}" 2>/dev/null || true
-    unset 'pid[alpha]'
-    reset_after=$(since "$t")
+    await_reset STARVING "its storage path hung"
     # At the reset, beta must not have mounted /store yet.
     ! tail -n +"${from[beta]}" "$work/beta.log" | grep -aq "TANDEM-HATEST beta TOOK-OVER" ||
         die "beta reported /store mounted before alpha's watchdog reset alpha"
-    after_hang=$(tail -n +"${from[alpha]}" "$work/alpha.log" | sed -n '/TANDEM-HATEST alpha STARVING/,$p')
-    ! grep -aq "reboot: \|Kernel panic\|Power down" <<< "$after_hang" ||
-        die "alpha's console shows a reboot, power-off or panic after its storage hung: not a watchdog reset"
     took=$(await beta TOOK-OVER)
     failover=$(since "$t")
     say "beta: $took"
     [[ $(field store "$took") == mounted ]] || die "/store is not mounted on beta after the takeover"
     [[ $(field before "$took") == "$(field before "$ready")" ]] ||
         die "alpha's file on the shared /store differs on beta: $(field before "$took") != $(field before "$ready")"
-    nsx ip neigh flush dev mgmt
-    nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "nobody answers for the VIP after alpha's reset"
-    [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the VIP answers from $(vip_mac) after alpha's reset, not beta's"
+    vip_on_beta
     echo "image-test-ha ($backend) passed: boot to READY ${boot_to_ready} s; alpha's storage path hung, its watchdog" \
         "reset it ${reset_after} s later, before beta mounted /store (${failover} s after the hang, with alpha's file); total" \
         "$(since "$t0") s"
@@ -403,25 +416,14 @@ if [[ $backend == uring ]]; then
     t=$(date +%s.%N)
     say "alpha: $abandoned"
     [[ $(field watchdog "$abandoned") == active,30s ]] || die "alpha's watchdog is not armed before tandemd's death"
-    timeout 120 tail --pid="${pid[alpha]}" -s 0.2 -f /dev/null ||
-        die "alpha was not reset within 120 s of tandemd's death (its watchdog has a 30 s timeout)"
-    wait "${pid[alpha]}" 2>/dev/null || true
-    unset 'pid[alpha]'
-    reset_after=$(since "$t")
+    await_reset ABANDONED "tandemd's death"
     # Fed every second until the kill, so the reset comes about 30 s after it.
     awk -v s="$reset_after" 'BEGIN { exit !(s >= 20) }' ||
         die "alpha ended ${reset_after} s after tandemd's death: sooner than its watchdog's 30 s"
-    after_kill=$(tail -n +"${from[alpha]}" "$work/alpha.log" | sed -n '/TANDEM-HATEST alpha ABANDONED/,$p')
-    ! grep -aq "reboot: \|Kernel panic\|Power down" <<< "$after_kill" ||
-        die "alpha's console shows a reboot, power-off or panic after tandemd's death: not a watchdog reset"
     # The kernel's word that the device was closed without the magic character.
-    grep -aq "watchdog0: watchdog did not stop" <<< "$after_kill" ||
+    grep -aq "watchdog0: watchdog did not stop" <<< "$after_reset" ||
         die "alpha's kernel did not log \"watchdog did not stop!\" when tandemd died: was the watchdog stopped?"
-    # Beta took over once alpha's heartbeats stopped; alpha's kernel answered
-    # for the VIP until its reset, so ask again.
-    nsx ip neigh flush dev mgmt
-    nsx ping -c 1 -W 2 10.99.0.100 > /dev/null || die "nobody answers for the VIP after alpha's reset"
-    [[ $(vip_mac) == "$(mac beta 0)" ]] || die "the VIP answers from $(vip_mac) after alpha's reset, not beta's"
+    vip_on_beta
     reset="tandemd dead on alpha, watchdog reset ${reset_after} s later, the VIP on beta"
 fi
 if [[ $backend == drbd ]]; then
